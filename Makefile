@@ -1,0 +1,67 @@
+# glimpse: the lab's entry points. Every target bootstraps .venv on first use.
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+DATA_ROOT   ?= data/
+STORE_ROOT  ?= stores/
+RUN_ROOT    ?= runs/
+DATASET     ?= synthetic
+MODEL       ?= regattn
+BACKBONE    ?= googlenet
+WEIGHTS     ?= imagenet
+RUN         ?= $(RUN_ROOT)$(DATASET)-$(MODEL)
+DEMO_DIR    ?= demo/
+PYTEST_ARGS ?=
+
+.PHONY: help install extract train evaluate table demo test lint bench clean
+
+help:
+	@echo "make demo                         synthetic dataset -> store -> models -> comparison table"
+	@echo "make test                         the whole test suite"
+	@echo "make extract DATASET=ucf11        DATA_ROOT/ucf11 -> STORE_ROOT/ucf11 (BACKBONE=, WEIGHTS=)"
+	@echo "make train MODEL=regattn [DATASET=ucf11]"
+	@echo "make evaluate RUN=runs/ucf11-regattn"
+	@echo "make bench                        benchmarks under bench/ -> docs/benchmarks.md"
+
+# The stamp is rebuilt when pyproject.toml changes. torch/torchvision are left unpinned so pip
+# resolves a matching pair; a torchvision that cannot import (the CPU-only torch trap) fails here.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@$(PY) -c "import torch, torchvision, av, zarr, cv2, dask.distributed; \
+		print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| av', av.__version__, '| zarr', zarr.__version__, '| opencv', cv2.__version__)" \
+		|| { echo "ERROR: the installed torch/torchvision pair does not import (see README, 'The torch trap')." >&2; exit 1; }
+	touch $@
+
+install: $(VENV)/.installed
+
+extract: install
+	$(PY) -m extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --out $(STORE_ROOT)$(DATASET) \
+		--backbone $(BACKBONE) --weights $(WEIGHTS)
+
+train: install
+	$(PY) -m train --store $(STORE_ROOT)$(DATASET) --model $(MODEL) --out $(RUN)
+
+evaluate: install
+	$(PY) -m evaluate --run $(RUN)
+
+table: install
+	$(PY) -m evaluate table --store $(STORE_ROOT)$(DATASET) --runs $(RUN_ROOT)
+
+demo: install
+	$(PY) -m glimpse demo --out $(DEMO_DIR)
+
+# pytest exits 5 when it collected nothing: for this project that is a broken suite, not a pass.
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Evaluation stage: protocols, metrics, attention maps and the comparison table."""

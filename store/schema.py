@@ -1,0 +1,58 @@
+"""The one place where glimpse's store schema is defined.
+
+Everything that crosses the boundary between the stages is described here as frozen
+dataclasses: a dataset adapter produces :class:`VideoRecord` s, the extraction stage writes
+them (plus features) into a store, and training / evaluation read them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+#: Streams a store may hold, each only if it was extracted.
+STREAMS = ("rgb", "flow", "flow_cnn")
+
+#: Membership of a video in one split of its dataset.
+TRAIN, TEST, UNUSED = "train", "test", "unused"
+SPLIT_ROLES = (TRAIN, TEST, UNUSED)
+
+
+class SchemaError(ValueError):
+    """A record or store does not follow the schema; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a dataset, as its adapter reads it from the official layout.
+
+    ``id`` is unique within the dataset and stable across machines (the video's path relative
+    to the dataset root, without extension). ``labels`` holds class indices into the
+    dataset's class list: one for single-label datasets, several for Hollywood2.
+    ``splits`` maps an official split name ("1", "2", ...) to "train", "test" or "unused".
+    ``boxes`` is the path of a per-frame ground-truth box file where the dataset has them.
+    """
+
+    id: str
+    path: str
+    labels: tuple[int, ...]
+    splits: Mapping[str, str]
+    group: str | None = None
+    boxes: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise SchemaError(f"video record for {self.path!r} has an empty id")
+        if not self.labels or any(int(lab) < 0 for lab in self.labels):
+            raise SchemaError(f"video {self.id!r}: labels must be non-negative class indices, got {self.labels}")
+        for split, role in self.splits.items():
+            if role not in SPLIT_ROLES:
+                raise SchemaError(f"video {self.id!r}: split {split!r} has role {role!r}, not one of {SPLIT_ROLES}")
+
+    @property
+    def label(self) -> int:
+        """The primary (first) class index; for single-label datasets, the label."""
+        return self.labels[0]

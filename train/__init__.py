@@ -1,0 +1,1 @@
+"""Training stage: the recurrent attention models and the service that trains them from a store."""
