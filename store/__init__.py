@@ -1,5 +1,19 @@
 """The store: the one contract between extraction and training / evaluation."""
 
-from store.schema import SCHEMA_VERSION, STREAMS, SchemaError, VideoRecord
+from store.reader import Store, StoreError, open_store
+from store.schema import SCHEMA_VERSION, STREAMS, SchemaError, VideoEntry, VideoRecord
+from store.writer import StoreExistsError, StoreWriter, create_store
 
-__all__ = ["SCHEMA_VERSION", "STREAMS", "SchemaError", "VideoRecord"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STREAMS",
+    "SchemaError",
+    "Store",
+    "StoreError",
+    "StoreExistsError",
+    "StoreWriter",
+    "VideoEntry",
+    "VideoRecord",
+    "create_store",
+    "open_store",
+]

@@ -56,3 +56,45 @@ class VideoRecord:
     def label(self) -> int:
         """The primary (first) class index; for single-label datasets, the label."""
         return self.labels[0]
+
+
+#: Status of a video inside a store.
+PENDING, WRITING, DONE, FAILED = "pending", "writing", "done", "failed"
+
+#: Dimension names of each stream's per-video array, written into the array metadata.
+STREAM_DIMS = {
+    "rgb": ("frame", "channel", "y", "x"),
+    "flow": ("frame", "component", "y", "x"),
+    "flow_cnn": ("frame", "channel", "y", "x"),
+}
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One video as a store holds it: the dataset record plus what extraction made of it.
+
+    ``frame_indices`` are source frame numbers (0-based, in decode order) of the stored frames and
+    ``timestamps`` their presentation times in seconds. ``boxes`` holds one ``[x0, y0, x1, y1]``
+    source-pixel box per stored frame where the dataset has ground truth (NaN where a frame has
+    none). ``checksums`` maps each stream to the sha256 of its float16 bytes, recorded at write time.
+    """
+
+    id: str
+    key: str
+    path: str
+    labels: tuple[int, ...]
+    splits: Mapping[str, str]
+    group: str | None = None
+    status: str = PENDING
+    error: str | None = None
+    n_frames: int = 0
+    frame_indices: tuple[int, ...] = ()
+    timestamps: tuple[float, ...] = ()
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    source: Mapping[str, object] = field(default_factory=dict)
+    checksums: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> int:
+        """The primary (first) class index."""
+        return self.labels[0]

@@ -1,0 +1,60 @@
+"""Where things live inside a store, and the few pure functions both the reader and writer need.
+
+A store is one Zarr v3 group::
+
+    STORE/zarr.json                  attributes["glimpse"]: schema version, dataset, classes, config and
+                                     its hash, backbone, layer, weights, versions, the video manifest
+    STORE/videos/<key>/zarr.json     attributes["video"]: status, error, frame indices, timestamps, boxes,
+                                     checksums; written last, so "done" means every array is complete
+    STORE/videos/<key>/rgb           (frames, channels, K, K) float16
+    STORE/videos/<key>/flow          (frames, 2, H, W) float16, channel 0 = x (right), 1 = y (down), pixels
+    STORE/videos/<key>/flow_cnn      (frames, channels, K, K) float16
+
+Every video has its own arrays, so no two extraction tasks ever write the same chunk or shard
+(zarr issues 3514 and 3682: unaligned concurrent shard writes lose data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+
+ROOT_ATTR = "glimpse"
+VIDEO_ATTR = "video"
+VIDEOS_GROUP = "videos"
+
+#: Bytes of uncompressed data aimed at per chunk.
+CHUNK_BYTES = 2 * 1024 * 1024
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def video_key(video_id: str) -> str:
+    """A name for ``video_id`` that is safe as a Zarr node on every file system and object store.
+
+    Ids made only of safe characters keep their look (``/`` becomes ``__``); anything else gets
+    a short hash suffix so that two ids never share a key.
+    """
+    readable = _UNSAFE.sub("_", video_id.replace("/", "__")).strip("._") or "video"
+    if readable == video_id.replace("/", "__"):
+        return readable
+    return f"{readable[:80]}-{hashlib.sha256(video_id.encode()).hexdigest()[:8]}"
+
+
+def config_hash(config: dict) -> str:
+    """A stable hash of an extraction config (canonical JSON), 16 hex digits."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """sha256 of an array's bytes in C order, as recorded at write time and checked by verify."""
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def frames_per_chunk(frame_shape: tuple[int, ...], itemsize: int = 2) -> int:
+    """How many frames of ``frame_shape`` fill about CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (int(np.prod(frame_shape)) * itemsize))

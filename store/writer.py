@@ -1,0 +1,175 @@
+"""Writing a store: created once by the extraction client, filled one video at a time by tasks.
+
+Each task owns one video's group: it writes the arrays first and the video's attributes last
+(an atomic file replace on local stores), so a video is "done" only when all of its data is
+on disk. A task killed half-way leaves a group without "done", which the next run rewrites.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from store.layout import (
+    ROOT_ATTR,
+    VIDEO_ATTR,
+    VIDEOS_GROUP,
+    array_checksum,
+    config_hash,
+    frames_per_chunk,
+    video_key,
+)
+from store.reader import StoreError, _open_root
+from store.schema import DONE, FAILED, SCHEMA_VERSION, STREAM_DIMS, WRITING, VideoRecord
+
+#: float16 values compressed with zstd inside Blosc, byte-shuffled (ReLU cubes are sparse).
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2)
+
+
+class StoreExistsError(StoreError):
+    """The target path holds a store made with another config (or something that is not a store)."""
+
+
+def manifest_row(record: VideoRecord) -> dict[str, Any]:
+    """The part of a video's description fixed at store creation."""
+    return {
+        "id": record.id,
+        "key": video_key(record.id),
+        "path": record.path,
+        "labels": list(record.labels),
+        "splits": dict(record.splits),
+        "group": record.group,
+    }
+
+
+def create_store(
+    path: str | Path,
+    *,
+    dataset: str,
+    classes: Sequence[str],
+    records: Sequence[VideoRecord],
+    config: Mapping[str, Any],
+    streams: Mapping[str, Mapping[str, Any]],
+    info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> StoreWriter:
+    """Create the store at ``path``, or reopen it when it holds the same config (a resume).
+
+    A store made with a different config is refused with :class:`StoreExistsError` unless
+    ``overwrite``; a non-empty directory that is not a store is always refused (nothing is deleted
+    that glimpse did not write).
+    """
+    path = Path(path)
+    config = dict(config)
+    digest = config_hash(config)
+    if path.exists() and any(path.iterdir()):
+        try:
+            existing = _open_root(path, "r")
+        except StoreError as exc:
+            raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
+        old = existing.attrs[ROOT_ATTR]
+        if old.get("config_hash") == digest and not overwrite:
+            return StoreWriter(path)
+        if not overwrite:
+            raise StoreExistsError(
+                f"{path}: holds a store made with another config (hash {old.get('config_hash')}, "
+                f"this run {digest}); pass --overwrite to replace it, or choose another --out"
+            )
+        shutil.rmtree(path)
+    keys = [video_key(r.id) for r in records]
+    if len(set(keys)) != len(keys):
+        raise StoreError(f"{path}: dataset {dataset!r} has duplicate video ids")
+    for name in streams:
+        if name not in STREAM_DIMS:
+            raise StoreError(f"unknown stream {name!r}; streams are {sorted(STREAM_DIMS)}")
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset,
+        "classes": list(classes),
+        "config": config,
+        "config_hash": digest,
+        "streams": {name: {"dims": list(STREAM_DIMS[name]), **dict(desc)} for name, desc in streams.items()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_by": getpass.getuser(),
+        **dict(info or {}),
+        "videos": [manifest_row(r) for r in records],
+    }
+    root = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={ROOT_ATTR: meta})
+    root.create_group(VIDEOS_GROUP)
+    return StoreWriter(path)
+
+
+class StoreWriter:
+    """Writes videos into an existing store; cheap to construct, so each task may make its own."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._root = _open_root(self.path, "r+")
+        self.meta = self._root.attrs[ROOT_ATTR]
+        self.keys = frozenset(row["key"] for row in self.meta["videos"])
+
+    def _fresh_group(self, key: str) -> zarr.Group:
+        """The video's group, emptied of whatever an earlier, interrupted attempt left."""
+        if key not in self.keys:
+            raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
+        node_path = f"{VIDEOS_GROUP}/{key}"
+        if node_path in self._root:
+            del self._root[node_path]
+        return self._root.create_group(node_path, attributes={VIDEO_ATTR: {"status": WRITING}})
+
+    def write_video(self, key: str, arrays: Mapping[str, np.ndarray], result: Mapping[str, Any]) -> dict[str, Any]:
+        """Write a finished video's arrays (cast to float16), then mark it done. Returns the result written.
+
+        Raises ValueError, before anything is marked done, when a stream is missing, unexpected, or
+        holds values that are not finite in float16.
+        """
+        expected = set(self.meta["streams"])
+        if set(arrays) != expected:
+            raise ValueError(f"video {key}: streams {sorted(arrays)} given, the store holds {sorted(expected)}")
+        cast = {}
+        for name, data in arrays.items():
+            half = np.ascontiguousarray(data, dtype=np.float16)
+            if not np.isfinite(half).all():
+                raise ValueError(f"video {key}: stream {name} has values that are NaN or overflow float16")
+            cast[name] = half
+        group = self._fresh_group(key)
+        for name, half in cast.items():
+            group.create_array(
+                name,
+                data=half,
+                chunks=(min(len(half), frames_per_chunk(half.shape[1:])), *half.shape[1:]),
+                compressors=COMPRESSOR,
+                dimension_names=STREAM_DIMS[name],
+            )
+        checksums = {n: array_checksum(a) for n, a in cast.items()}
+        done = {**dict(result), "status": DONE, "error": None, "checksums": checksums}
+        group.attrs[VIDEO_ATTR] = _json_safe(done)
+        return done
+
+    def write_failure(self, key: str, error: str, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Record that a video failed, with the reason; any partial data of it is removed."""
+        group = self._fresh_group(key)
+        failed = {**dict(result or {}), "status": FAILED, "error": error}
+        group.attrs[VIDEO_ATTR] = _json_safe(failed)
+        return failed
+
+
+def _json_safe(value: Any) -> Any:
+    """Attributes are JSON: numpy scalars become Python numbers and NaN becomes null."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
