@@ -1,0 +1,132 @@
+"""What every model shares: its registry entry, its config defaults, its output and input checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+AGGREGATIONS = ("mean", "vote")
+LOGITS = ("step", "clip")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Fields every model config has; each family subclasses it with the paper's defaults.
+
+    ``channels`` (D) and ``size`` (K) describe the stored cube, (T, D, K, K) per stream;
+    ``weight_decay`` is gamma * ||theta||^2 of the papers, applied by the optimizer, never in aux_losses.
+    """
+
+    channels: int = 1024
+    size: int = 7
+    classes: int = 11
+    dropout: float = 0.5
+    weight_decay: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: how to build a model and what the trainer needs to know about it.
+
+    ``build`` takes the config instance and returns the module. ``streams`` names the store streams
+    that ``forward`` takes, in order. ``frames`` is the clip length the paper trains on and ``skip`` the
+    temporal skip k of the hierarchical models (every k-th first-layer output feeds the second layer).
+    ``aggregation`` says how clip scores become a video score ("mean" over time and clips, "vote" over
+    segments). ``logits`` is "step" for (B, T, classes) or "clip" for (B, 1, classes); ``attention``
+    says whether the model returns attention maps.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    config: type
+    paper: str
+    equations: str
+    streams: tuple[str, ...] = ("rgb",)
+    frames: int = 30
+    skip: int = 1
+    aggregation: str = "mean"
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    logits: str = "step"
+    attention: bool = False
+
+    def __post_init__(self) -> None:
+        if not (dataclasses.is_dataclass(self.config) and issubclass(self.config, ModelConfig)):
+            raise TypeError(f"model {self.name!r}: config must be a ModelConfig dataclass, got {self.config!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"model {self.name!r}: aggregation must be in {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.logits not in LOGITS:
+            raise ValueError(f"model {self.name!r}: logits must be one of {LOGITS}, got {self.logits!r}")
+        defaults = self.config()
+        if getattr(defaults, "skip", self.skip) != self.skip:
+            raise ValueError(f"model {self.name!r}: spec skip={self.skip} but config default skip={defaults.skip}")
+        if tuple(getattr(defaults, "streams", self.streams)) != self.streams:
+            raise ValueError(f"model {self.name!r}: spec streams={self.streams} but config streams={defaults.streams}")
+
+    def describe(self) -> str:
+        """Several lines for `python -m train models`: paper, equations, inputs, training and config defaults."""
+        defaults = ", ".join(f"{f.name}={getattr(self.config(), f.name)!r}" for f in dataclasses.fields(self.config))
+        outputs = "per-step logits (B, T, classes)" if self.logits == "step" else "per-clip logits (B, 1, classes)"
+        outputs += ", attention maps (B, T, K, K)" if self.attention else ", no attention maps"
+        return "\n".join([
+            f"{self.name}",
+            f"  paper:     {self.paper}",
+            f"  equations: {self.equations}",
+            f"  inputs:    streams={','.join(self.streams)} frames={self.frames} skip={self.skip} -> {outputs}",
+            f"  training:  optimizer={self.optimizer} lr={self.lr:g} aggregation={self.aggregation}",
+            f"  defaults:  {defaults}",
+        ])
+
+
+@dataclass
+class ModelOutput:
+    """What every forward returns.
+
+    ``logits``: (B, T, classes) per step or (B, 1, classes) per clip. ``attention``: (B, T, K, K),
+    non-negative and summing to 1 over the K*K positions, or None. ``aux_losses``: name -> (B,)
+    per-sample penalty, already multiplied by its weight (lambda).
+    """
+
+    logits: Tensor
+    attention: Tensor | None = None
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+def make_config(spec: ModelSpec, *, channels: int, size: int, classes: int, **overrides) -> ModelConfig:
+    """The spec's config with the cube's shape and the given overrides; unknown names raise a TypeError."""
+    names = [f.name for f in dataclasses.fields(spec.config)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"model {spec.name!r} has no config field {', '.join(unknown)}; "
+                        f"its fields are: {', '.join(names)}")
+    return spec.config(channels=channels, size=size, classes=classes, **overrides)
+
+
+def check_streams(name: str, config: ModelConfig, cubes: tuple[Tensor, ...], count: int) -> tuple[int, int]:
+    """Check that ``cubes`` are ``count`` tensors shaped (B, T, channels, size, size); return (B, T)."""
+    if len(cubes) != count:
+        raise ValueError(f"{name}: expected {count} input stream(s), got {len(cubes)}")
+    expected = (config.channels, config.size, config.size)
+    first = cubes[0].shape
+    for i, cube in enumerate(cubes):
+        if cube.dim() != 5 or tuple(cube.shape[2:]) != expected:
+            raise ValueError(f"{name}: stream {i} must be (batch, time, {expected[0]}, {expected[1]}, {expected[2]}),"
+                             f" got {tuple(cube.shape)}")
+        if cube.shape[:2] != first[:2]:
+            raise ValueError(f"{name}: streams disagree on (batch, time): {tuple(first[:2])} vs "
+                             f"{tuple(cube.shape[:2])}")
+    return first[0], first[1]
+
+
+def positions(cube: Tensor) -> Tensor:
+    """(B, T, C, K, K) cube -> (B, T, K*K, C): one feature vector per grid position."""
+    return cube.flatten(3).transpose(2, 3)
+
+
+def attend(weights: Tensor, features: Tensor) -> Tensor:
+    """Soft-attention read: sum_i weights_i * features_i, (B, P) x (B, P, C) -> (B, C)."""
+    return torch.bmm(weights.unsqueeze(1), features).squeeze(1)
