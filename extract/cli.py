@@ -1,9 +1,147 @@
-"""Command line of the extraction stage (`python -m extract`)."""
+"""Command line of the extraction stage: ``python -m extract --dataset NAME --root DIR --out STORE``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
+log = logging.getLogger("extract")
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Extract frames, optical flow and CNN conv feature cubes from a dataset into a store."""
-    raise click.ClickException("the extraction stage is not built yet")
+#: Frames of the first video that random-init batch norm is calibrated on (see extract.backbones).
+CALIBRATION_FRAMES = 8
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int, device: str):
+    """A Dask client: on ``scheduler`` (or DASK_SCHEDULER_ADDRESS) if given, else on a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address, timeout="30s") as client:
+            yield client
+        return
+    import dask
+
+    # a task whose worker dies once (a decoder crash) is failed, not retried on every worker in turn
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        )
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+class Progress:
+    """A tqdm bar on a terminal (videos done / failed, frames per second, ETA), log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.failed, self.frames = total, 0, 0, 0
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="video", desc="extract", dynamic_ncols=True)
+
+    def __call__(self, outcome: dict[str, Any]) -> None:
+        self.frames += outcome["frames"]
+        if outcome["status"] == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+        if self.bar is not None:
+            rate = self.frames / max(self.bar.format_dict["elapsed"], 1e-9)
+            self.bar.set_postfix(done=self.done, failed=self.failed, fps=f"{rate:.1f}")
+            self.bar.update(1)
+        else:
+            log.info("%d/%d videos (%d failed): %s %s", self.done + self.failed, self.total, self.failed,
+                     outcome["id"], outcome["status"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--dataset", required=True, help="Dataset adapter name (see extract.datasets.DATASETS).")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's root folder.")
+@click.option("--out", required=True, type=click.Path(), help="The store to write (created, or resumed).")
+@click.option("--frames", type=click.IntRange(min=1), help="N frames equally spaced over the whole video.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Resample every video to this frame rate.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Keep at most this many frames per video.")
+@click.option("--size", type=click.IntRange(min=16), help="Input size S (frames resized to S x S). [backbone's]")
+@click.option("--backbone", default="googlenet", help="googlenet | inception_v3 | vgg16 | vgg16_pool5 | resnet152")
+@click.option("--weights", default="imagenet", help="imagenet (torchvision cache, TORCH_HOME) | none | PATH")
+@click.option("--flow", default="none", type=click.Choice(["none", "tvl1", "farneback", "raft"]))
+@click.option("--flow-weights", default=None, help="State dict for the flow-stream CNN [same as --weights].")
+@click.option("--raft-weights", default="none", help="RAFT weights for --flow raft: none | default | PATH.")
+@click.option("--flow-size", type=click.IntRange(min=16), help="Shorter side flow is computed at. [source]")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", default=32, type=click.IntRange(min=1))
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Local Dask workers. [one per core]")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS).")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
+@click.option("--overwrite", is_flag=True, help="Replace a store made with another config.")
+@click.option("--seed", default=0, help="Seed of the dataset's random protocol splits (ucf11, ucfsports).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(**opts: Any) -> None:
+    """Extract frames, optical flow and CNN conv feature cubes from a dataset into a Zarr store."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = extract_dataset(**opts)
+    click.echo(summary.report(), err=bool(summary.failed))
+    if summary.failed and not opts["allow_failures"]:
+        sys.exit(1)
+
+
+def extract_dataset(
+    dataset: str, root: str, out: str, *, frames: int | None = None, fps: float | None = None,
+    max_frames: int | None = None, size: int | None = None, backbone: str = "googlenet", weights: str = "imagenet",
+    flow: str = "none", flow_weights: str | None = None, raft_weights: str = "none", flow_size: int | None = None,
+    device: str = "auto", batch_size: int = 32, workers: int | None = None, scheduler: str | None = None,
+    overwrite: bool = False, seed: int = 0, quiet: bool = True, client: Any = None, **_: Any,
+):
+    """Run one extraction (the CLI's body; tests call it with a ``client`` of their own)."""
+    import torch
+
+    from extract.backbones import BACKBONES, weights_identity
+    from extract.datasets import load_dataset
+    from extract.pipeline import ExtractConfig, Runtime, run_extraction
+
+    if backbone not in BACKBONES:
+        raise click.BadParameter(f"unknown {backbone!r}; choose from {sorted(BACKBONES)}", param_hint="backbone")
+    if frames is not None and fps is not None:
+        raise click.UsageError("--frames and --fps are exclusive: N equally spaced frames, or a fixed frame rate")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = load_dataset(dataset, root, seed=seed)
+    records = sorted(data.videos, key=lambda r: r.id)
+    present = [r for r in records if r.id not in set(data.missing)]
+    calibration = (present[0].id, CALIBRATION_FRAMES) if weights == "none" and present else None
+    config = ExtractConfig(
+        dataset=dataset, backbone=backbone, weights=weights_identity(weights),
+        size=size or BACKBONES[backbone].size, frames=frames, fps=fps, max_frames=max_frames, flow=flow,
+        flow_cnn_weights="same" if flow_weights is None else weights_identity(flow_weights),
+        raft_weights=weights_identity(raft_weights) if flow == "raft" else "none",
+        flow_size=flow_size, calibration=calibration,
+    )
+    cores = os.cpu_count() or 1
+    workers = workers or (max(1, torch.cuda.device_count()) if device == "cuda" else cores)
+    runtime = Runtime(
+        weights_path=weights, flow_cnn_weights_path=flow_weights, raft_weights_path=raft_weights,
+        device=device, batch_size=batch_size,
+        threads=max(1, cores // workers), calibration_path=present[0].path if calibration else None,
+    )
+    progress = Progress(len(records), enabled=not quiet)
+    try:
+        if client is not None:
+            return run_extraction(out, config, runtime, data.classes, records, client, overwrite, progress)
+        with dask_client(scheduler, workers, device) as own:
+            log.info("dask dashboard: %s", own.dashboard_link)
+            return run_extraction(out, config, runtime, data.classes, records, own, overwrite, progress)
+    finally:
+        progress.close()

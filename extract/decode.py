@@ -82,6 +82,7 @@ class VideoScan:
     height: int
     codec: str
     fps: float
+    corrupt_packets: int = 0
 
     @property
     def n_frames(self) -> int:
@@ -130,10 +131,11 @@ def scan(path: str | os.PathLike) -> VideoScan:
         stream = container.streams.video[0]
         base = float(stream.time_base) if stream.time_base else 0.0
         rate = float(stream.average_rate or stream.guessed_rate or 25)
-        rows = []
+        rows, corrupt = [], 0
         try:
             for number, packet in enumerate(container.demux(stream)):
-                if packet.size == 0:
+                if packet.size == 0 or packet.is_corrupt:  # a cut or damaged packet is no trustworthy frame
+                    corrupt += packet.is_corrupt
                     continue
                 pts = packet.pts if packet.pts is not None else packet.dts
                 rows.append((pts if pts is not None else -1, bool(packet.is_keyframe), number))
@@ -153,7 +155,7 @@ def scan(path: str | os.PathLike) -> VideoScan:
         keyframes[0] = True
         width, height = stream.codec_context.width, stream.codec_context.height
         return VideoScan(path, np.asarray(times, dtype=np.float64), pts, keyframes, width, height,
-                         stream.codec_context.name, rate)
+                         stream.codec_context.name, rate, corrupt)
 
 
 def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -194,10 +196,14 @@ def _decode_indices(path: str, info: VideoScan, needed: np.ndarray, threads: int
             position = start - 1
             try:
                 for frame in container.decode(stream):
-                    if by_pts is not None and frame.pts is not None and int(frame.pts) in by_pts:
+                    if frame.is_corrupt:
+                        continue
+                    if by_pts is None:
+                        position += 1
+                    elif frame.pts is not None and int(frame.pts) in by_pts:
                         position = by_pts[int(frame.pts)]
                     else:
-                        position += 1
+                        continue  # a frame the scan did not index (its packet was corrupt)
                     if position in wanted and position not in out:
                         image = frame.to_ndarray(format="rgb24", threads=1)
                         out[position] = (image, int(frame.rotation or 0))
@@ -256,5 +262,6 @@ def decode_video(
         "height": info.height,
         "codec": info.codec,
         "rotation": rotation,
+        "corrupt_packets": info.corrupt_packets,
     }
     return video

@@ -1,0 +1,266 @@
+"""The extraction job: one Dask task per video, each worker holding its models once.
+
+The client creates (or reopens) the store, submits every video not yet done, and records a
+failure for any task whose worker died (a decoder crash kills at most that task). Workers decode,
+compute flow and conv cubes, and write their video's arrays themselves; nothing is marked done
+before all of its data is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from extract.decode import DecodeError, Sampling, decode_video
+from store import StoreWriter, VideoRecord, create_store, open_store
+from store.layout import video_key
+from store.schema import DONE, FAILED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides what the stored features are. Its hash names the store's content.
+
+    Runtime choices that do not change the features (device, batch size, workers, scheduler)
+    are not part of it.
+    """
+
+    dataset: str
+    backbone: str = "googlenet"
+    weights: str = "imagenet"  # the weights' identity: an enum name, "none", or "sha256:..."
+    size: int = 224
+    frames: int | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+    flow: str = "none"
+    flow_cnn_weights: str = "same"  # "same" as the rgb backbone, or another identity
+    raft_weights: str = "none"
+    flow_size: int | None = None
+    calibration: tuple[str, int] | None = None  # (video id, frames) random-init batch norm was calibrated on
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(frames=self.frames, fps=self.fps, max_frames=self.max_frames)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run an extraction: never part of the config hash."""
+
+    weights_path: str = "imagenet"  # what --weights said: imagenet, none, or a file
+    flow_cnn_weights_path: str | None = None  # None: the flow-stream cube uses the rgb backbone itself
+    raft_weights_path: str = "none"
+    device: str = "cpu"
+    batch_size: int = 32
+    threads: int = 1  # torch threads per task
+    calibration_path: str | None = None  # the file of config.calibration's video on this machine
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+_MODELS: dict[tuple, Any] = {}  # per worker process: (config, runtime) -> Extractor
+_WRITERS: dict[str, StoreWriter] = {}
+
+
+class Extractor:
+    """The models one worker needs, built once: backbone for rgb (and flow_cnn), flow estimator."""
+
+    def __init__(self, config: ExtractConfig, runtime: Runtime) -> None:
+        from extract.backbones import build_backbone
+
+        calibration_frames = None
+        if config.calibration is not None and runtime.calibration_path:
+            calibration_frames = decode_video(runtime.calibration_path, Sampling(frames=config.calibration[1])).frames
+        self.backbone = build_backbone(
+            config.backbone, runtime.weights_path, runtime.device, calibration_frames=calibration_frames
+        )
+        self.flow = self.flow_backbone = None
+        if config.flow != "none":
+            from extract.flow import FlowEstimator
+
+            self.flow = FlowEstimator(
+                config.flow, device=runtime.device, weights=runtime.raft_weights_path, size=config.flow_size
+            )
+            self.flow_backbone = self.backbone
+            if runtime.flow_cnn_weights_path is not None:
+                self.flow_backbone = build_backbone(config.backbone, runtime.flow_cnn_weights_path, runtime.device)
+
+    def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
+        """Decode and compute every stream of one video: (arrays, result attributes)."""
+        video = decode_video(record["path"], config.sampling, with_next=self.flow is not None)
+        arrays = {"rgb": self.backbone.features(video.frames, runtime.batch_size)}  # (T, C, K, K)
+        result: dict[str, Any] = {
+            "n_frames": len(video.indices),
+            "frame_indices": video.indices.tolist(),
+            "timestamps": video.timestamps.tolist(),
+            "source": video.source,
+        }
+        if self.flow is not None:
+            from extract.flow import flow_to_image
+
+            flow = self.flow(video.flow_from, video.flow_to)  # (T, 2, h, w)
+            arrays["flow"] = flow
+            arrays["flow_cnn"] = self.flow_backbone.features(flow_to_image(flow), runtime.batch_size)
+            result["flow_pairs"] = video.flow_pairs.tolist()
+            result["flow_computed_at"] = list(flow.shape[-2:])
+        if record.get("boxes"):
+            from extract.datasets import read_boxes
+
+            boxes = read_boxes(record["boxes"])  # (n_source_frames, 4)
+            rows = np.full((len(video.indices), 4), np.nan, dtype=np.float32)
+            inside = video.indices < len(boxes)
+            rows[inside] = boxes[video.indices[inside]]
+            result["boxes"] = rows.tolist()
+        return arrays, result
+
+
+def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig, runtime: Runtime) -> dict:
+    """Dask task: extract one video into the store. Returns {"id", "status", "error", "frames"}.
+
+    Any exception becomes a failure record with its reason; the exception does not propagate,
+    so one bad video never stops the run.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, runtime.threads))
+    writer = _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
+    key = video_key(record["id"])
+    try:
+        model_key = (config, runtime)
+        if model_key not in _MODELS:
+            _MODELS.clear()
+            _MODELS[model_key] = Extractor(config, runtime)
+        arrays, result = _MODELS[model_key](record, config, runtime)
+        writer.write_video(key, arrays, result)
+        return {"id": record["id"], "status": DONE, "error": None, "frames": result["n_frames"]}
+    except Exception as exc:  # every failure is recorded, never raised: the run goes on
+        reason = str(exc) if isinstance(exc, DecodeError) else f"{record['path']}: {type(exc).__name__}: {exc}"
+        writer.write_failure(key, reason)
+        return {"id": record["id"], "status": FAILED, "error": reason, "frames": 0}
+
+
+# ---------------------------------------------------------------------------------------------- client side
+
+
+@dataclass
+class Summary:
+    """What an extraction run did."""
+
+    store: str
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        lines = [
+            f"{self.store}: {self.done} videos extracted, {self.skipped} already done, {len(self.failed)} failed, "
+            f"{self.frames} frames in {self.seconds:.1f} s"
+        ]
+        lines += [f"  FAILED {vid}: {why}" for vid, why in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def store_versions() -> dict[str, str]:
+    """Versions of everything that shapes the features, recorded in the store."""
+    import av
+    import cv2
+    import numpy
+    import torch
+    import torchvision
+    import zarr
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "av": av.__version__,
+        "opencv": cv2.__version__,
+        "zarr": zarr.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def prepare_store(
+    out: str, config: ExtractConfig, classes: Sequence[str], records: Sequence[VideoRecord], overwrite: bool
+) -> StoreWriter:
+    """Create the store for ``config`` at ``out`` (or reopen it to resume)."""
+    from extract.backbones import BACKBONES, output_grid
+
+    spec = BACKBONES[config.backbone]
+    grid = output_grid(config.backbone, config.size)
+    streams: dict[str, dict[str, Any]] = {
+        "rgb": {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
+    }
+    if config.flow != "none":
+        streams["flow"] = {"method": config.flow, "size": config.flow_size, "units": "pixels at flow_computed_at"}
+        streams["flow_cnn"] = {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
+    info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights, "versions": store_versions()}
+    return create_store(
+        out,
+        dataset=config.dataset,
+        classes=classes,
+        records=records,
+        config=asdict(config),
+        streams=streams,
+        info=info,
+        overwrite=overwrite,
+    )
+
+
+def run_extraction(
+    out: str,
+    config: ExtractConfig,
+    runtime: Runtime,
+    classes: Sequence[str],
+    records: Sequence[VideoRecord],
+    client: Any,
+    overwrite: bool = False,
+    on_result: Callable[[dict], None] | None = None,
+) -> Summary:
+    """Extract every video of ``records`` not yet done in the store at ``out`` through a Dask ``client``."""
+    from distributed import as_completed
+
+    start = time.perf_counter()
+    writer = prepare_store(out, config, classes, records, overwrite)
+    status = {v.id: v.status for v in open_store(out).videos}
+    by_id = {r.id: r for r in records}
+    todo = [r for r in records if status.get(r.id) != DONE]
+    summary = Summary(store=out, skipped=len(records) - len(todo))
+    store_path = os.fspath(out)
+    futures = {
+        client.submit(
+            extract_video, store_path, _task_record(r), config, runtime, key=f"extract-{video_key(r.id)}", pure=False
+        ): r.id
+        for r in todo
+    }
+    for future in as_completed(futures):
+        video_id = futures[future]
+        try:
+            outcome = future.result()
+        except Exception as exc:  # the worker died (e.g. a decoder segfault) or the task was lost
+            reason = f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})"
+            writer.write_failure(video_key(video_id), reason)
+            outcome = {"id": video_id, "status": FAILED, "error": reason, "frames": 0}
+        if outcome["status"] == DONE:
+            summary.done += 1
+            summary.frames += outcome["frames"]
+        else:
+            summary.failed[video_id] = outcome["error"]
+            log.warning("failed %s: %s", video_id, outcome["error"])
+        if on_result is not None:
+            on_result(outcome)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _task_record(record: VideoRecord) -> dict[str, Any]:
+    return {"id": record.id, "path": record.path, "boxes": record.boxes}
