@@ -1,0 +1,159 @@
+"""Every registered model on random tiny cubes: shapes, valid attention, gradients, determinism, checkpoints."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from train.cli import main
+from train.losses import group_sparsity, model_loss
+from train.models import MODELS, ModelSpec, build_model
+
+# distinct sizes so that a swapped axis shows up as a shape error
+B, T, C, K, CLASSES, HIDDEN = 2, 6, 12, 4, 3, 10
+
+
+def tiny(name: str, seed: int = 0) -> torch.nn.Module:
+    fields = {f.name for f in dataclasses.fields(MODELS[name].config)}
+    torch.manual_seed(seed)
+    return build_model(name, channels=C, size=K, classes=CLASSES, **({"hidden": HIDDEN} if "hidden" in fields else {}))
+
+
+def cubes(name: str, seed: int = 1, batch: int = B) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, T, C, K, K, generator=generator) for _ in MODELS[name].streams]
+
+
+def labels(seed: int = 2) -> torch.Tensor:
+    return torch.randint(0, CLASSES, (B,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_registry_entry(name):
+    spec = MODELS[name]
+    assert spec.name == name
+    assert spec.paper and spec.equations
+    assert set(spec.streams) <= {"rgb", "flow", "flow_cnn"}
+    assert spec.frames >= spec.skip >= 1
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shapes_and_attention(name):
+    spec, model = MODELS[name], tiny(name)
+    model.eval()
+    out = model(*cubes(name))
+    steps = T if spec.logits == "step" else 1
+    assert out.logits.shape == (B, steps, CLASSES)
+    assert torch.isfinite(out.logits).all()
+    assert (out.attention is not None) == spec.attention
+    if out.attention is not None:
+        assert out.attention.shape == (B, T, K, K)
+        assert bool((out.attention >= 0).all())
+        assert torch.allclose(out.attention.sum((2, 3)), torch.ones(B, T), atol=1e-5)
+    for penalty in out.aux_losses.values():
+        assert penalty.shape == (B,)
+        assert bool((penalty >= 0).all()) and torch.isfinite(penalty).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    model = tiny(name)
+    model.train()
+    torch.manual_seed(3)
+    model_loss(model(*cubes(name)), labels()).backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: {pname} got no gradient"
+        assert param.grad.abs().sum() > 0, f"{name}: {pname} got a zero gradient"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_same_seed_same_output(name):
+    def run(seed):
+        model = tiny(name, seed)
+        model.train()  # dropout on: the seed must fix its masks too
+        torch.manual_seed(seed)
+        return model(*cubes(name)).logits
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.allclose(run(0), run(5))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_items_are_independent(name):
+    """The recurrence is vectorized over the batch: a batch gives what its clips give one by one."""
+    model = tiny(name)
+    model.eval()
+    both = cubes(name)
+    out = model(*both)
+    for i in range(B):
+        alone = model(*[cube[i : i + 1] for cube in both])
+        assert torch.allclose(out.logits[i : i + 1], alone.logits, atol=1e-5)
+        if out.attention is not None:
+            assert torch.allclose(out.attention[i : i + 1], alone.attention, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_rebuild_from_checkpointed_config(name):
+    model = tiny(name)
+    model.eval()
+    assert isinstance(model.config, MODELS[name].config)
+    saved = json.loads(json.dumps(dataclasses.asdict(model.config)))  # what a checkpoint holds
+    rebuilt = build_model(name, **saved)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    assert rebuilt.config == model.config
+    assert torch.equal(rebuilt(*cubes(name)).logits, model(*cubes(name)).logits)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_inputs_are_named(name):
+    model = tiny(name)
+    with pytest.raises(ValueError, match=r"expected \d input stream"):
+        model(*cubes(name), torch.zeros(B, T, C, K, K))
+    bad = [torch.zeros(B, T, C + 1, K, K) for _ in MODELS[name].streams]
+    with pytest.raises(ValueError, match=f"must be \\(batch, time, {C}, {K}, {K}\\)"):
+        model(*bad)
+
+
+def test_build_model_rejects_unknown_override_and_model():
+    with pytest.raises(TypeError, match=r"'softattn' has no config field hiden; its fields are: .*hidden"):
+        build_model("softattn", channels=C, size=K, classes=CLASSES, hiden=8)
+    with pytest.raises(KeyError, match="registered models: .*regattn"):
+        build_model("sharma", channels=C, size=K, classes=CLASSES)
+
+
+def test_overrides_reach_the_model():
+    model = build_model("softattn", channels=C, size=K, classes=CLASSES, hidden=7, layers=2, lam=0.5)
+    assert (model.config.hidden, model.config.layers, model.lstm.num_layers, model.lstm.hidden_size) == (7, 2, 2, 7)
+
+
+def test_spec_must_agree_with_its_config():
+    spec = MODELS["cham"]
+    with pytest.raises(ValueError, match="spec skip=3 but config default skip=2"):
+        ModelSpec("cham3", spec.build, spec.config, spec.paper, spec.equations, skip=3)
+
+
+def test_regattn_first_map_uniform_tanh_logits_and_penalty():
+    model = tiny("regattn")
+    model.eval()
+    out = model(*cubes("regattn"))
+    assert torch.allclose(out.attention[:, 0], torch.full((B, K, K), 1 / K**2))  # a_1 = 1/K^2 (Eq. 8)
+    assert bool((out.logits.abs() <= 1).all())  # softmax(tanh(B h2_t)) (Eq. 7)
+    expected = model.config.lam * group_sparsity(out.attention, model.config.blocks)
+    assert torch.allclose(out.aux_losses["group_sparsity"], expected)
+
+
+def test_regattn_warns_when_blocks_leave_positions_uncovered():
+    with pytest.warns(UserWarning, match=r"cover only 4x4 of the 7x7 map"):
+        build_model("regattn", channels=C, size=7, classes=CLASSES, hidden=HIDDEN)
+
+
+def test_cli_lists_every_model_with_its_paper():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    for name, spec in MODELS.items():
+        assert f"\n{name}\n" in f"\n{result.output}"
+        assert spec.paper in result.output
+    assert "optimizer=adadelta lr=1" in result.output
