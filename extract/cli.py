@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -109,7 +110,7 @@ def extract_dataset(
     import torch
 
     from extract.backbones import BACKBONES, weights_identity
-    from extract.datasets import load_dataset
+    from extract.datasets import DATASETS, load_dataset
     from extract.pipeline import ExtractConfig, Runtime, run_extraction
 
     if backbone not in BACKBONES:
@@ -118,7 +119,8 @@ def extract_dataset(
         raise click.UsageError("--frames and --fps are exclusive: N equally spaced frames, or a fixed frame rate")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    data = load_dataset(dataset, root, seed=seed)
+    seeded = dataset in DATASETS and "seed" in inspect.signature(DATASETS[dataset]).parameters
+    data = load_dataset(dataset, root, **({"seed": seed} if seeded else {}))
     records = sorted(data.videos, key=lambda r: r.id)
     present = [r for r in records if r.id not in set(data.missing)]
     calibration = (present[0].id, CALIBRATION_FRAMES) if weights == "none" and present else None

@@ -80,7 +80,8 @@ class Extractor:
         if config.calibration is not None and runtime.calibration_path:
             calibration_frames = decode_video(runtime.calibration_path, Sampling(frames=config.calibration[1])).frames
         self.backbone = build_backbone(
-            config.backbone, runtime.weights_path, runtime.device, calibration_frames=calibration_frames
+            config.backbone, runtime.weights_path, runtime.device, calibration_frames=calibration_frames,
+            size=config.size,
         )
         self.flow = self.flow_backbone = None
         if config.flow != "none":
@@ -91,7 +92,9 @@ class Extractor:
             )
             self.flow_backbone = self.backbone
             if runtime.flow_cnn_weights_path is not None:
-                self.flow_backbone = build_backbone(config.backbone, runtime.flow_cnn_weights_path, runtime.device)
+                self.flow_backbone = build_backbone(
+                    config.backbone, runtime.flow_cnn_weights_path, runtime.device, size=config.size
+                )
 
     def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
         """Decode and compute every stream of one video: (arrays, result attributes)."""
@@ -196,7 +199,7 @@ def prepare_store(
     from extract.backbones import BACKBONES, output_grid
 
     spec = BACKBONES[config.backbone]
-    grid = output_grid(config.backbone, config.size)
+    grid = output_grid(config.backbone, config.size)  # (C, K, K) of every stored cube
     streams: dict[str, dict[str, Any]] = {
         "rgb": {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
     }

@@ -1,0 +1,224 @@
+"""The extraction stage end to end: real videos, a real Dask cluster, real torchvision models, real stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torchvision
+import zarr
+from click.testing import CliRunner
+
+from extract.cli import extract_dataset, main
+from store import StoreExistsError, open_store
+
+TINY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_args(root: Path, out: Path, **extra) -> list[str]:
+    opts = {**TINY_OPTS, **extra}
+    args = [sys.executable, "-m", "extract", "--dataset", "synthetic", "--root", str(root), "--out", str(out)]
+    for name, value in opts.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args + ["--quiet"]
+
+
+def store_snapshot(path: Path) -> dict:
+    """Everything a store holds per video, for comparing two stores (creation time left out)."""
+    s = open_store(path)
+    snap = {}
+    for v in s.videos:
+        arrays = {name: s.read(v.id, name) for name in s.streams} if v.status == "done" else {}
+        snap[v.id] = (v.status, v.n_frames, v.frame_indices, dict(v.checksums), arrays)
+    return snap
+
+
+def assert_same_stores(a: Path, b: Path) -> None:
+    first, second = store_snapshot(a), store_snapshot(b)
+    assert first.keys() == second.keys()
+    for vid in first:
+        status, frames, indices, checksums, arrays = first[vid]
+        assert (status, frames, indices, checksums) == second[vid][:4], vid
+        for name, data in arrays.items():
+            np.testing.assert_array_equal(data, second[vid][4][name], err_msg=f"{vid} {name}")
+
+
+@pytest.fixture(scope="module")
+def extracted(tiny_with_bad_files, dask_client, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "tiny"
+    summary = extract_dataset("synthetic", str(tiny_with_bad_files), str(out), client=dask_client, **TINY_OPTS)
+    assert summary.failed, "the bad files must fail"
+    return out
+
+
+def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted):
+    s = open_store(extracted)
+    done = [v for v in s.videos if v.status == "done"]
+    failed = {v.id.split("/")[-1]: v.error for v in s.videos if v.status == "failed"}
+    assert len(done) == 12 and len(failed) == 5 and len(s.videos) == 17
+    reasons = {name[-7:]: why for name, why in failed.items()}
+    assert "empty file" in reasons["g90_c01"]
+    assert "not a readable video" in reasons["g90_c02"] and "not a readable video" in reasons["g90_c03"]
+    assert "file not found" in reasons["g90_c04"]
+    assert "not a readable video" in reasons["g91_c01"]  # cut after 300 bytes
+    for name, why in failed.items():
+        assert name in why, f"the reason must name the file: {why}"
+    for v in done:
+        cube = s.read(v.id, "rgb")
+        assert cube.shape == (6, 1024, 2, 2) and cube.dtype == np.float16
+        assert np.isfinite(cube).all() and np.abs(cube).max() > 0, f"{v.id}: all-zero cube (float16 underflow?)"
+        assert len(v.frame_indices) == len(v.timestamps) == 6 and v.frame_indices[0] == 0
+        assert v.boxes is not None and len(v.boxes) == 6
+
+
+def test_store_is_readable_with_plain_zarr(extracted):
+    root = zarr.open_group(str(extracted), mode="r")
+    meta = root.attrs["glimpse"]
+    assert meta["backbone"] == "googlenet" and meta["layer"] and meta["config_hash"]
+    assert set(meta["versions"]) >= {"torch", "torchvision", "av", "opencv", "zarr"}
+    key = next(row["key"] for row in meta["videos"] if row["id"].endswith("c01") and "g90" not in row["id"])
+    array = root[f"videos/{key}/rgb"]
+    assert array.metadata.dimension_names == ("frame", "channel", "y", "x")
+    assert root[f"videos/{key}"].attrs["video"]["status"] == "done"
+
+
+def test_rerun_skips_finished_videos_and_refuses_another_config(extracted, tiny_with_bad_files, dask_client):
+    before = store_snapshot(extracted)
+    again = extract_dataset("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client, **TINY_OPTS)
+    assert again.skipped == 12 and again.done == 0 and len(again.failed) == 5  # failed ones are retried
+    after = store_snapshot(extracted)
+    for vid, (status, *_rest) in before.items():
+        assert after[vid][0] == status
+    with pytest.raises(StoreExistsError, match="--overwrite"):
+        extract_dataset("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client,
+                        **{**TINY_OPTS, "frames": 5})
+
+
+def test_cli_exit_code_reports_failures(tiny_with_bad_files, dask_client, tmp_path):
+    args = cli_args(tiny_with_bad_files, tmp_path / "s", scheduler=dask_client.scheduler.address)[3:]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "5 failed" in result.output and "FAILED" in result.output
+    allowed = CliRunner().invoke(main, args + ["--allow-failures"])
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_stored_features_equal_the_torchvision_backbone_on_the_decoded_frame(tiny_synthetic, dask_client, tmp_path):
+    # a random GoogLeNet whose batch norm saw real-looking statistics, saved as a plain state_dict
+    torch.manual_seed(1)
+    net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(8, 3, 64, 64))
+    net.eval()
+    weights = tmp_path / "googlenet_random.pt"
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "s"
+    opts = {**TINY_OPTS, "weights": str(weights)}
+    summary = extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, **opts)
+    assert not summary.failed
+    s = open_store(out)
+    assert s.meta["weights"].startswith("sha256:")
+    video = s.videos[3]
+    position = 2
+    source_index = video.frame_indices[position]
+    with av.open(video.path) as container:
+        frame = next(f for i, f in enumerate(container.decode(video=0)) if i == source_index)
+    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+    rgb = torch.nn.functional.interpolate(rgb, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    captured = {}
+    net.inception5b.register_forward_hook(lambda mod, inp, out: captured.setdefault("x", out))
+    with torch.no_grad():
+        net((rgb - mean) / std)
+    expected = captured["x"][0].numpy()  # (1024, 2, 2)
+    stored = s.read(video.id, "rgb")[position].astype(np.float32)
+    assert np.abs(expected).max() > 1e-2  # far inside float16's normal range: the comparison is not of zeros
+    np.testing.assert_allclose(stored, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+
+
+def test_flow_of_a_translating_video_has_the_known_magnitude_and_sign(translating_video, dask_client, tmp_path):
+    video, (dx, dy) = translating_video
+    root = tmp_path / "data"
+    (root / "UCF-101" / "Move").mkdir(parents=True)
+    os.link(video, root / "UCF-101" / "Move" / "v_Move_g01_c01.mp4")
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Move\n")
+    (lists / "trainlist01.txt").write_text("Move/v_Move_g01_c01.mp4 1\n")
+    (lists / "testlist01.txt").write_text("")
+    (root / "synthetic.json").write_text(json.dumps({"note": "hand-made flow fixture"}))
+    out = tmp_path / "s"
+    for method in ("farneback", "tvl1"):
+        opts = {**TINY_OPTS, "frames": 3, "flow": method}
+        summary = extract_dataset("synthetic", str(root), str(out), client=dask_client, overwrite=True, **opts)
+        assert not summary.failed, summary.report()
+        s = open_store(out)
+        flow = s.read("Move/v_Move_g01_c01", "flow").astype(np.float32)  # (3, 2, 96, 96)
+        assert flow.shape == (3, 2, 96, 96)
+        interior = flow[:, :, 16:-16, 16:-16]
+        assert abs(np.median(interior[:, 0]) - dx) < 0.5, method
+        assert abs(np.median(interior[:, 1]) - dy) < 0.5, method
+        assert s.read("Move/v_Move_g01_c01", "flow_cnn").shape == (3, 1024, 2, 2)
+        assert s.video("Move/v_Move_g01_c01").source["width"] == 96
+
+
+def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthetic, dask_client, tmp_path):
+    reference = tmp_path / "reference"
+    # workers=1 gives the same torch thread count as the CLI run below: conv sums depend on it
+    extract_dataset("synthetic", str(tiny_synthetic), str(reference), client=dask_client, workers=1, **TINY_OPTS)
+    out = tmp_path / "killed"
+    args = cli_args(tiny_synthetic, out, workers=1)
+    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    videos = out / "videos"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if videos.is_dir() and any(videos.iterdir()):  # the first video is being written: kill now
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"extraction ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    partial = open_store(out)
+    assert sum(v.status == "done" for v in partial.videos) < len(partial.videos)
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_stores(reference, out)
+
+
+def test_hand_started_scheduler_and_two_workers(tiny_synthetic, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    scheduler_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", scheduler_file],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                           "--no-dashboard"], cwd=REPO, start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = tmp_path / "s"
+        result = subprocess.run(cli_args(tiny_synthetic, out, scheduler=address), cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        s = open_store(out)
+        assert all(v.status == "done" for v in s.videos) and len(s.videos) == 12
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
