@@ -125,9 +125,9 @@ def extract_dataset(
     present = [r for r in records if r.id not in set(data.missing)]
     calibration = (present[0].id, CALIBRATION_FRAMES) if weights == "none" and present else None
     config = ExtractConfig(
-        dataset=dataset, backbone=backbone, weights=weights_identity(weights),
+        dataset=dataset, backbone=backbone, weights=weights_identity(weights, backbone),
         size=size or BACKBONES[backbone].size, frames=frames, fps=fps, max_frames=max_frames, flow=flow,
-        flow_cnn_weights="same" if flow_weights is None else weights_identity(flow_weights),
+        flow_cnn_weights="same" if flow_weights is None else weights_identity(flow_weights, backbone),
         raft_weights=weights_identity(raft_weights) if flow == "raft" else "none",
         flow_size=flow_size, calibration=calibration,
     )

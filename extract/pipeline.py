@@ -131,9 +131,11 @@ def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig
     Any exception becomes a failure record with its reason; the exception does not propagate,
     so one bad video never stops the run.
     """
+    import cv2
     import torch
 
     torch.set_num_threads(max(1, runtime.threads))
+    cv2.setNumThreads(max(1, runtime.threads))
     writer = _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
     key = video_key(record["id"])
     try:

@@ -113,13 +113,29 @@ def test_cli_exit_code_reports_failures(tiny_with_bad_files, dask_client, tmp_pa
     assert allowed.exit_code == 0, allowed.output
 
 
+def torchvision_input(frame: np.ndarray, size: int) -> torch.Tensor:
+    """An RGB uint8 frame as torchvision's ImageNet recipe feeds it: resized to size x size, normalized."""
+    rgb = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+    rgb = torch.nn.functional.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return (rgb - mean) / std
+
+
 def test_stored_features_equal_the_torchvision_backbone_on_the_decoded_frame(tiny_synthetic, dask_client, tmp_path):
-    # a random GoogLeNet whose batch norm saw real-looking statistics, saved as a plain state_dict
+    first_avi = sorted((tiny_synthetic / "UCF-101").rglob("*.avi"))[0]
+    with av.open(str(first_avi)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    calibration = torch.cat([torchvision_input(frame, 64) for frame in frames])  # (T, 3, 64, 64)
+    # a random GoogLeNet built as torchvision builds the pretrained one (transform_input=True), its batch norm
+    # calibrated on real frames so that features depend on the input, saved as a plain state_dict
     torch.manual_seed(1)
-    net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True, transform_input=True)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
     net.train()
     with torch.no_grad():
-        net(torch.randn(8, 3, 64, 64))
+        net(calibration)
     net.eval()
     weights = tmp_path / "googlenet_random.pt"
     torch.save(net.state_dict(), weights)
@@ -129,22 +145,19 @@ def test_stored_features_equal_the_torchvision_backbone_on_the_decoded_frame(tin
     assert not summary.failed
     s = open_store(out)
     assert s.meta["weights"].startswith("sha256:")
-    video = s.videos[3]
-    position = 2
-    source_index = video.frame_indices[position]
+    video, position = s.videos[3], 2
     with av.open(video.path) as container:
-        frame = next(f for i, f in enumerate(container.decode(video=0)) if i == source_index)
-    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
-    rgb = torch.nn.functional.interpolate(rgb, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    captured = {}
-    net.inception5b.register_forward_hook(lambda mod, inp, out: captured.setdefault("x", out))
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    captured = []
+    net.inception5b.register_forward_hook(lambda mod, inp, out: captured.append(out[0].numpy()))
     with torch.no_grad():
-        net((rgb - mean) / std)
-    expected = captured["x"][0].numpy()  # (1024, 2, 2)
+        net(torchvision_input(decoded[video.frame_indices[position]], 64))
+        net(torchvision_input(decoded[video.frame_indices[position + 3]], 64))
+    expected, other_frame = captured  # (1024, 2, 2) each
     stored = s.read(video.id, "rgb")[position].astype(np.float32)
-    assert np.abs(expected).max() > 1e-2  # far inside float16's normal range: the comparison is not of zeros
-    np.testing.assert_allclose(stored, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+    tolerance = {"rtol": 1e-2, "atol": 1e-2 * np.abs(expected).max()}
+    np.testing.assert_allclose(stored, expected, **tolerance)
+    assert not np.allclose(other_frame, expected, **tolerance), "features must depend on the frame"
 
 
 def test_flow_of_a_translating_video_has_the_known_magnitude_and_sign(translating_video, dask_client, tmp_path):
