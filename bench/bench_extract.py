@@ -1,0 +1,180 @@
+"""Extraction speed, as ratios measured side by side in one run (issue targets in brackets).
+
+- decode + sampling against ``ffmpeg -threads 1 -i FILE -f null -`` on the same files;
+  30 frames sampled from a 750-frame video against one sequential full decode [<= 1x];
+- the whole per-video extraction (decode, conversion, CNN, store write) against the bare
+  backbone forward on the same frames and batch size [<= 1.15x];
+- 2 Dask workers against 1 on decode- and flow-bound work [>= 1.7x];
+- bytes on disk per stored feature value [<= 1.2], and the codecs compared on the same cubes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _clock(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls (the least disturbed by the machine's other load)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]:
+    from extract.synth import render_clip, write_video
+
+    width, height = size
+    clip, _ = render_clip("SquareRight", height, frames, seed=0)  # (T, H, H, 3)
+    clip = np.ascontiguousarray(np.concatenate([clip, clip[:, :, : width - height]], axis=2))  # (T, H, W, 3)
+    return {
+        "H.264 .mp4 (one keyframe)": write_video(folder / "long.mp4", clip),
+        "MPEG-4 .avi (keyframe every 12)": write_video(folder / "long.avi", clip),
+    }
+
+
+def decode_section(folder: Path, quick: bool) -> list[str]:
+    import av
+
+    from extract.decode import Sampling, decode_video
+
+    frames = 60 if quick else 750
+    rows = ["| file | ffmpeg null decode | PyAV full decode to RGB | full / ffmpeg | 30 sampled | 30 sampled / full |",
+            "|---|---|---|---|---|---|"]
+    ffmpeg = shutil.which("ffmpeg")
+    for name, path in _long_videos(folder, frames, (320, 240)).items():
+        t_ffmpeg = _clock(lambda p=path: subprocess.run([ffmpeg, "-v", "error", "-threads", "1", "-i", str(p), "-f",
+                                                         "null", "-"], check=True)) if ffmpeg else float("nan")
+
+        def full(p=path) -> None:
+            with av.open(str(p)) as container:
+                stream = container.streams.video[0]
+                stream.thread_count = 1
+                for frame in container.decode(stream):
+                    frame.to_ndarray(format="rgb24", threads=1)
+
+        t_full = _clock(full)
+        t_ours_full = _clock(lambda p=path: decode_video(p, Sampling()))
+        t_sampled = _clock(lambda p=path: decode_video(p, Sampling(frames=30)))
+        rows.append(f"| {name}, {frames} frames 320x240 | {t_ffmpeg * 1e3:.0f} ms | {t_ours_full * 1e3:.0f} ms "
+                    f"(plain loop {t_full * 1e3:.0f} ms) | {t_ours_full / t_ffmpeg:.2f}x | {t_sampled * 1e3:.0f} ms "
+                    f"| **{t_sampled / t_full:.2f}x** |")
+    if not ffmpeg:
+        rows.append("\nffmpeg is not installed here (`apt-get install ffmpeg`): its column is empty.")
+    return rows
+
+
+def pipeline_section(folder: Path, quick: bool) -> list[str]:
+    import torch
+
+    from extract.backbones import build_backbone
+    from extract.datasets import load_dataset
+    from extract.decode import Sampling, decode_video
+    from extract.pipeline import ExtractConfig, Runtime, extract_video, prepare_store
+    from extract.synth import SynthConfig, make_synthetic
+
+    size, per_class, batch = (64, 2, 8) if quick else (224, 4, 32)
+    data = make_synthetic(folder / "data", SynthConfig(classes=2, per_class=per_class, frames=24, size=112))
+    dataset = load_dataset("synthetic", data)
+    records = sorted(dataset.videos, key=lambda r: r.id)
+    threads = torch.get_num_threads()
+    config = ExtractConfig(dataset="synthetic", backbone="googlenet", weights="none", size=size)
+    runtime = Runtime(weights_path="none", batch_size=batch, threads=threads)
+    prepare_store(str(folder / "store"), config, dataset.classes, records, overwrite=True)
+    task = [{"id": r.id, "path": r.path, "boxes": r.boxes} for r in records]
+    extract_video(str(folder / "store"), task[0], config, runtime)  # builds the worker's model once
+    backbone = build_backbone("googlenet", "none", size=size)
+    decoded = [decode_video(r.path, Sampling()).frames for r in records]
+    n_frames = sum(len(f) for f in decoded)
+
+    def forward() -> None:
+        for frames in decoded:
+            backbone.features(frames, batch)
+
+    def whole() -> None:
+        for record in task:
+            assert extract_video(str(folder / "store"), record, config, runtime)["status"] == "done"
+
+    t_forward, t_whole = _clock(forward, 2), _clock(whole, 2)
+    stored = sum(p.stat().st_size for p in (folder / "store").rglob("*") if p.is_file())
+    values = n_frames * 1024 * backbone.grid**2
+    rows = [f"GoogLeNet at {size} px, batch {batch}, {len(records)} videos x 24 frames, {threads} torch threads:",
+            "", "| bare backbone forward | whole extraction (decode, convert, CNN, write) | whole / forward |",
+            "|---|---|---|",
+            f"| {t_forward:.2f} s ({n_frames / t_forward:.0f} frames/s) | {t_whole:.2f} s "
+            f"({n_frames / t_whole:.0f} frames/s) | **{t_whole / t_forward:.2f}x** |", ""]
+    rows += codec_rows(folder / "store", stored, values)
+    return rows
+
+
+def codec_rows(store_path: Path, stored: int, values: int) -> list[str]:
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from store import open_store
+
+    s = open_store(store_path)
+    cube = np.concatenate([s.read(v.id, "rgb") for v in s.videos])  # (N, C, K, K) float16
+    rows = [f"Store on disk: **{stored / values:.3f} bytes per stored value** (float16 = 2; metadata included; "
+            f"{(cube == 0).mean():.0%} zeros).", "", "| codec on the same cubes | bytes per value |", "|---|---|"]
+    for name, codec in {
+        "zstd-5 (used)": ZstdCodec(level=5),
+        "zstd-9": ZstdCodec(level=9),
+        "Blosc zstd-5 byte shuffle": BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2),
+        "Blosc zstd-5 bit shuffle": BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=2),
+    }.items():
+        memory = zarr.storage.MemoryStore()
+        array = zarr.create_array(memory, shape=cube.shape, dtype=cube.dtype, chunks=cube.shape, compressors=codec)
+        array[:] = cube
+        nbytes = sum(len(v.to_bytes()) for k, v in memory._store_dict.items() if "/" in k or k.startswith("c"))
+        rows.append(f"| {name} | {nbytes / cube.size:.3f} |")
+    return rows
+
+
+def scaling_section(folder: Path, quick: bool) -> list[str]:
+    from distributed import Client, LocalCluster
+
+    from extract.cli import extract_dataset
+    from extract.synth import SynthConfig, make_synthetic
+
+    per_class, frames = (2, 8) if quick else (8, 24)
+    data = make_synthetic(folder / "flowdata", SynthConfig(classes=2, per_class=per_class, frames=frames, size=112))
+    opts = {"weights": "none", "size": 64, "flow": "farneback", "batch_size": 32}
+    seconds = {}
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            # warm every worker's model on a throw-away store, then time a fresh store
+            extract_dataset("synthetic", str(data), str(folder / f"warm{workers}"), client=client, workers=workers,
+                            **opts)
+            start = time.perf_counter()
+            summary = extract_dataset("synthetic", str(data), str(folder / f"run{workers}"), client=client,
+                                      workers=workers, **opts)
+            seconds[workers] = time.perf_counter() - start
+            assert not summary.failed
+    videos = 2 * per_class
+    return [f"Farneback flow at 112 px plus a 64 px GoogLeNet (decode- and flow-bound), {videos} videos x {frames} "
+            "frames, models already loaded:", "", "| 1 worker | 2 workers | speed-up |", "|---|---|---|",
+            f"| {seconds[1]:.2f} s | {seconds[2]:.2f} s | **{seconds[1] / seconds[2]:.2f}x** |"]
+
+
+def run(quick: bool = False) -> str:
+    """The extraction benchmarks as one markdown section."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        lines = ["## Extraction", "", "### Decode and sampling (one thread each)", ""]
+        lines += decode_section(folder, quick)
+        lines += ["", "### Whole extraction against the bare CNN forward (one process, no Dask)", ""]
+        lines += pipeline_section(folder, quick)
+        lines += ["", "### Dask: 2 workers against 1", ""]
+        lines += scaling_section(folder, quick)
+    return "\n".join(lines) + "\n"
