@@ -126,7 +126,8 @@ def test_build_model_rejects_unknown_override_and_model():
 
 def test_overrides_reach_the_model():
     model = build_model("softattn", channels=C, size=K, classes=CLASSES, hidden=7, layers=2, lam=0.5)
-    assert (model.config.hidden, model.config.layers, model.lstm.num_layers, model.lstm.hidden_size) == (7, 2, 2, 7)
+    assert (model.config.hidden, model.config.layers, model.config.lam) == (7, 2, 0.5)
+    assert [cell.hidden_size for cell in model.stack.cells] == [7, 7]
 
 
 def test_spec_must_agree_with_its_config():

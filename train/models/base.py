@@ -130,3 +130,25 @@ def positions(cube: Tensor) -> Tensor:
 def attend(weights: Tensor, features: Tensor) -> Tensor:
     """Soft-attention read: sum_i weights_i * features_i, (B, P) x (B, P, C) -> (B, C)."""
     return torch.bmm(weights.unsqueeze(1), features).squeeze(1)
+
+
+class LSTMStack(nn.Module):
+    """Stacked LSTM cells stepped one time step at a time, for inputs that depend on the previous state.
+
+    Dropout is applied between layers (non-recurrent connections only). Where the whole input
+    sequence is known in advance, use nn.LSTM instead: it projects every step's input at once.
+    """
+
+    def __init__(self, input_size: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList(nn.LSTMCell(input_size if i == 0 else hidden, hidden) for i in range(layers))
+        self.drop = nn.Dropout(dropout)
+
+    def step(self, x: Tensor, state: list[tuple[Tensor, Tensor]] | None) -> list[tuple[Tensor, Tensor]]:
+        """One step for (B, input_size) ``x``; ``state`` holds (h, c) per layer, each (B, hidden), or None for zeros."""
+        new = []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x if i == 0 else self.drop(x), None if state is None else state[i])  # (B, H) each
+            new.append((h, c))
+            x = h
+        return new

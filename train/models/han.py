@@ -64,7 +64,10 @@ class HAN(nn.Module):
             raise ValueError(f"han: need skip >= 1 and at least one stream, got {config.skip}, {config.streams}")
         self.config = config
         S, C, H = len(config.streams), config.channels, config.hidden
-        self.first = nn.ModuleList(nn.LSTM(C, H, batch_first=True) for _ in range(S))
+        if config.attend:  # inputs depend on the previous step: cells stepped one at a time
+            self.first = nn.ModuleList(nn.LSTMCell(C, H) for _ in range(S))
+        else:  # inputs known in advance: nn.LSTM projects them all at once
+            self.first = nn.ModuleList(nn.LSTM(C, H, batch_first=True) for _ in range(S))
         self.second = nn.ModuleList(nn.LSTM(H, H, batch_first=True) for _ in range(S))
         self.locate = nn.Linear(S * H, config.size * config.size) if config.attend else None  # Eq. 3
         self.drop = nn.Dropout(config.dropout)
@@ -73,7 +76,7 @@ class HAN(nn.Module):
     def forward(self, *cubes: Tensor) -> ModelOutput:
         """Streams in ``config.streams`` order, each (B, T, C, K, K) -> per-clip logits (B, 1, classes)."""
         cfg = self.config
-        B, T = check_streams("han", cfg, cubes, len(cfg.streams))
+        B, T = check_streams(f"han ({', '.join(cfg.streams)})", cfg, cubes, len(cfg.streams))
         X = [positions(cube) for cube in cubes]  # S x (B, T, P, C)
         attention = None
         if self.locate is None:
@@ -86,12 +89,12 @@ class HAN(nn.Module):
                 if states[0] is None:
                     hidden = torch.zeros(B, len(X) * cfg.hidden, device=X[0].device, dtype=X[0].dtype)
                 else:
-                    hidden = torch.cat([state[0][-1] for state in states], dim=-1)  # (B, S*H), every h1_{t-1}
+                    hidden = torch.cat([h for h, _ in states], dim=-1)  # (B, S*H), every stream's h1_{t-1}
                 a_t = torch.softmax(self.locate(hidden), dim=-1)  # (B, P), Eq. 3: one map for all streams
-                for s, (lstm, x) in enumerate(zip(self.first, X, strict=True)):
+                for s, (cell, x) in enumerate(zip(self.first, X, strict=True)):
                     x_t = attend(a_t, x[:, t])  # (B, C), Eq. 4
-                    out, states[s] = lstm(self.drop(x_t).unsqueeze(1), states[s])  # (B, 1, H)
-                    outs[s].append(out[:, 0])
+                    states[s] = cell(self.drop(x_t), states[s])  # (h, c), (B, H) each
+                    outs[s].append(states[s][0])
                 maps.append(a_t)
             firsts = [torch.stack(o, 1) for o in outs]  # S x (B, T, H)
             attention = torch.stack(maps, 1).view(B, T, cfg.size, cfg.size)  # (B, T, K, K)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from train.losses import block_layout, group_sparsity
-from train.models.base import ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
+from train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 
 PAPER = ("Quan, Chen, Xu & Ji 2019, Attention with structure regularization for action recognition "
          "(CVIU 187, doi:10.1016/j.cviu.2019.102794)")
@@ -47,7 +47,7 @@ class RegAttention(nn.Module):
                           f"{config.size} map (Eq. 10); attention outside them is not penalized", stacklevel=2)
         self.config = config
         H = config.hidden
-        self.lstm = nn.LSTM(config.channels, H, num_layers=2, batch_first=True, dropout=config.dropout)
+        self.stack = LSTMStack(config.channels, H, 2, config.dropout)  # the two levels (Eq. 2-6)
         self.locate = nn.Linear(H, config.size * config.size, bias=False)  # W (Eq. 8)
         self.drop = nn.Dropout(config.dropout)
         self.classify = nn.Linear(H, config.classes, bias=False)  # B (Eq. 7)
@@ -62,10 +62,10 @@ class RegAttention(nn.Module):
         a_t = X.new_full((B, P), 1.0 / P)  # (B, P), a_1 uniform (Eq. 8)
         for t in range(T):
             if t > 0:
-                a_t = torch.softmax(self.locate(state[0][-1]), dim=-1)  # (B, P), from h2_{t-1} (Eq. 8)
+                a_t = torch.softmax(self.locate(state[-1][0]), dim=-1)  # (B, P), from h2_{t-1} (Eq. 8)
             x_t = attend(a_t, X[:, t])  # (B, C), X_t a_t (Eq. 9)
-            out, state = self.lstm(self.drop(x_t).unsqueeze(1), state)  # (B, 1, H), both levels one step
-            outs.append(out[:, 0])
+            state = self.stack.step(self.drop(x_t), state)  # both levels, one step
+            outs.append(state[-1][0])  # h2_t, (B, H)
             maps.append(a_t)
         logits = torch.tanh(self.classify(self.drop(torch.stack(outs, 1))))  # (B, T, classes), Eq. 7 as printed
         attention = torch.stack(maps, 1).view(B, T, cfg.size, cfg.size)  # (B, T, K, K)

@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from train.losses import doubly_stochastic
-from train.models.base import ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
+from train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 
-POOLS = {"attention": "softattn", "avg": "avgpool_lstm", "max": "maxpool_lstm"}  # config.pool -> model name
 PAPER = "Sharma, Kiros & Salakhutdinov 2015, Action Recognition using Visual Attention (arXiv:1511.04119)"
 
 
@@ -43,70 +42,95 @@ class SoftmaxRegression(nn.Module):
 
 
 @dataclass(frozen=True)
-class SoftAttentionConfig(ModelConfig):
-    """Sharma's defaults: 3 LSTM layers, hidden 512 (UCF-11; 1024 for HMDB-51), lambda = 1.
-
-    ``pool`` is how x_t is read from the cube: "attention" (Eq. 1-2), "avg" or "max".
-    """
+class StackConfig(ModelConfig):
+    """Sharma's LSTM stack: 3 layers, hidden 512 (UCF-11; 1024 for HMDB-51 in the original code)."""
 
     hidden: int = 512
     layers: int = 3
-    lam: float = 1.0
-    pool: str = "attention"
 
 
 @dataclass(frozen=True)
-class AvgPoolConfig(SoftAttentionConfig):
-    """The soft-attention stack fed the spatial average of the cube (no attention, no penalty)."""
+class PooledConfig(StackConfig):
+    """The stack fed the spatial ``pool`` ("avg" or "max") of the cube: no attention, no penalty."""
 
-    lam: float = 0.0
     pool: str = "avg"
 
 
 @dataclass(frozen=True)
-class MaxPoolConfig(SoftAttentionConfig):
-    """The soft-attention stack fed the spatial maximum of the cube (no attention, no penalty)."""
+class MaxPooledConfig(PooledConfig):
+    """The stack fed the spatial maximum of the cube."""
 
-    lam: float = 0.0
     pool: str = "max"
 
 
-class SoftAttention(nn.Module):
-    """Sharma's stacked-LSTM soft-attention model, or its pooled baselines (see ``config.pool``)."""
+@dataclass(frozen=True)
+class SoftAttentionConfig(StackConfig):
+    """Soft attention with the doubly stochastic penalty weight ``lam`` = 1 (Sharma's lambda)."""
 
-    def __init__(self, config: SoftAttentionConfig) -> None:
+    lam: float = 1.0
+
+
+class SharmaLSTM(nn.Module):
+    """What Sharma's models share: c_0, h_0 from MLPs of the mean feature (Eq. 6) and the tanh classifier."""
+
+    def __init__(self, config: StackConfig) -> None:
         super().__init__()
-        if config.pool not in POOLS:
-            raise ValueError(f"softattn: pool must be one of {tuple(POOLS)}, got {config.pool!r}")
         self.config = config
-        self.name = POOLS[config.pool]
         C, H, L = config.channels, config.hidden, config.layers
         self.init_c = nn.Sequential(nn.Linear(C, H), nn.Tanh(), nn.Linear(H, L * H))  # f_init,c (Eq. 6)
         self.init_h = nn.Sequential(nn.Linear(C, H), nn.Tanh(), nn.Linear(H, L * H))  # f_init,h (Eq. 6)
-        self.locate = nn.Linear(H, config.size * config.size) if config.pool == "attention" else None  # W (Eq. 1)
         self.drop = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(C, H, num_layers=L, batch_first=True, dropout=config.dropout if L > 1 else 0.0)
         self.classify = nn.Sequential(nn.Linear(H, H), nn.Tanh(), nn.Dropout(config.dropout),
                                       nn.Linear(H, config.classes))
 
+    def initial_state(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, P, C) positions -> h_0, c_0, each (B, layers, hidden), from the mean over time and space."""
+        mean = X.mean((1, 2))  # (B, C)
+        shape = (X.shape[0], self.config.layers, self.config.hidden)
+        return torch.tanh(self.init_h(mean)).view(shape), self.init_c(mean).view(shape)  # (B, L, H) each
+
+
+class PooledLSTM(SharmaLSTM):
+    """Sharma's stack fed the spatial average or maximum of each frame's cube."""
+
+    def __init__(self, config: PooledConfig) -> None:
+        super().__init__(config)
+        if config.pool not in ("avg", "max"):
+            raise ValueError(f"pooled LSTM: pool must be 'avg' or 'max', got {config.pool!r}")
+        L = config.layers
+        self.lstm = nn.LSTM(config.channels, config.hidden, L, batch_first=True, dropout=config.dropout * (L > 1))
+
     def forward(self, *cubes: Tensor) -> ModelOutput:
-        """(B, T, C, K, K) -> per-step logits (B, T, classes), attention (B, T, K, K) when attending."""
-        cfg = self.config
-        B, T = check_streams(self.name, cfg, cubes, 1)
+        """(B, T, C, K, K) -> per-step logits (B, T, classes)."""
+        check_streams(f"{self.config.pool}pool_lstm", self.config, cubes, 1)
         X = positions(cubes[0])  # (B, T, P, C)
-        mean = X.mean((1, 2))  # (B, C), the video's mean feature over time and space
-        c = self.init_c(mean).view(B, cfg.layers, cfg.hidden).transpose(0, 1).contiguous()  # (L, B, H)
-        h = torch.tanh(self.init_h(mean)).view(B, cfg.layers, cfg.hidden).transpose(0, 1).contiguous()  # (L, B, H)
-        if self.locate is None:
-            x = X.mean(2) if cfg.pool == "avg" else X.amax(2)  # (B, T, C), all steps at once
-            out, _ = self.lstm(self.drop(x), (h, c))  # (B, T, H)
-            return ModelOutput(self.classify(out))
+        h0, c0 = self.initial_state(X)  # (B, L, H) each
+        x = X.mean(2) if self.config.pool == "avg" else X.amax(2)  # (B, T, C), all steps at once
+        out, _ = self.lstm(self.drop(x), (h0.transpose(0, 1).contiguous(), c0.transpose(0, 1).contiguous()))
+        return ModelOutput(self.classify(out))  # (B, T, classes)
+
+
+class SoftAttention(SharmaLSTM):
+    """Sharma's soft-attention model: location softmax from the top layer's h_{t-1} reads the cube."""
+
+    def __init__(self, config: SoftAttentionConfig) -> None:
+        super().__init__(config)
+        self.locate = nn.Linear(config.hidden, config.size * config.size)  # W (Eq. 1)
+        self.stack = LSTMStack(config.channels, config.hidden, config.layers, config.dropout)
+
+    def forward(self, *cubes: Tensor) -> ModelOutput:
+        """(B, T, C, K, K) -> per-step logits (B, T, classes) and attention (B, T, K, K)."""
+        cfg = self.config
+        B, T = check_streams("softattn", cfg, cubes, 1)
+        X = positions(cubes[0])  # (B, T, P, C)
+        h0, c0 = self.initial_state(X)  # (B, L, H) each
+        state = list(zip(h0.unbind(1), c0.unbind(1), strict=True))  # L x ((B, H), (B, H))
         outs, maps = [], []
         for t in range(T):
-            l_t = torch.softmax(self.locate(h[-1]), dim=-1)  # (B, P), Eq. 1 from the top layer's h_{t-1}
+            l_t = torch.softmax(self.locate(state[-1][0]), dim=-1)  # (B, P), Eq. 1 from the top layer's h_{t-1}
             x_t = attend(l_t, X[:, t])  # (B, C), Eq. 2
-            out, (h, c) = self.lstm(self.drop(x_t).unsqueeze(1), (h, c))  # (B, 1, H), one step of the stack
-            outs.append(out[:, 0])
+            state = self.stack.step(self.drop(x_t), state)
+            outs.append(state[-1][0])
             maps.append(l_t)
         logits = self.classify(torch.stack(outs, 1))  # (B, T, classes), all steps at once
         attention = torch.stack(maps, 1).view(B, T, cfg.size, cfg.size)  # (B, T, K, K)
@@ -117,10 +141,10 @@ SOFTMAX = ModelSpec(
     "softmax", SoftmaxRegression, SoftmaxConfig, PAPER + ", softmax regression baseline",
     "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step")
 AVGPOOL_LSTM = ModelSpec(
-    "avgpool_lstm", SoftAttention, AvgPoolConfig, PAPER + ", average-pooling baseline",
+    "avgpool_lstm", PooledLSTM, PooledConfig, PAPER + ", average-pooling baseline",
     "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step")
 MAXPOOL_LSTM = ModelSpec(
-    "maxpool_lstm", SoftAttention, MaxPoolConfig, PAPER + ", max-pooling baseline",
+    "maxpool_lstm", PooledLSTM, MaxPooledConfig, PAPER + ", max-pooling baseline",
     "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step")
 SOFTATTN = ModelSpec(
     "softattn", SoftAttention, SoftAttentionConfig, PAPER,
