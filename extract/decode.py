@@ -159,8 +159,8 @@ def scan(path: str | os.PathLike) -> VideoScan:
 
 
 def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
-    """Turn a decoded image the way its display matrix says (counter-clockwise degrees)."""
-    turns = (-(rotation // 90)) % 4  # np.rot90 turns counter-clockwise; undo a CCW display rotation
+    """Turn a decoded image upright as players (ffmpeg's autorotate) show it; ``rotation`` in CCW degrees."""
+    turns = (rotation // 90) % 4  # np.rot90 turns counter-clockwise, as the display matrix asks
     return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import av
 import numpy as np
 import pytest
@@ -125,3 +128,51 @@ def test_exclusive_sampling_options():
         Sampling(frames=3, fps=2)
     with pytest.raises(ValueError, match="positive"):
         Sampling(frames=0)
+
+
+def corner_marked(height: int = 48, width: int = 64, n: int = 4) -> np.ndarray:
+    """Landscape frames with a white block in the top-left corner."""
+    frames = np.zeros((n, height, width, 3), dtype=np.uint8)
+    frames[:, :8, :16] = 255
+    return frames
+
+
+@pytest.mark.parametrize(
+    "rotation, shape, rows, cols",
+    [(90, (64, 48), (48, 63), (0, 7)), (-90, (64, 48), (0, 15), (40, 47)), (180, (48, 64), (40, 47), (48, 63))],
+)
+def test_display_rotation_is_applied_as_players_show_it(tmp_path, rotation, shape, rows, cols):
+    path = write_video(tmp_path / "rotated.mp4", corner_marked(), rotation=rotation)
+    decoded = decode_video(path, Sampling(frames=2))
+    image = decoded.frames[0]
+    assert image.shape[:2] == shape and decoded.rotation % 360 == rotation % 360
+    ys, xs = np.nonzero(image[..., 0] > 128)
+    assert (ys.min(), ys.max()) == rows and (xs.min(), xs.max()) == cols  # a CCW turn moves top-left to bottom-left
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:  # and it is exactly what ffmpeg's autorotate shows
+        raw = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt",
+                              "rgb24", "-"], capture_output=True, check=True).stdout
+        reference = np.frombuffer(raw, np.uint8).reshape(image.shape)
+        assert np.abs(reference.astype(int) - image).mean() < 3
+
+
+@pytest.mark.parametrize("name, codec", [("odd.mkv", "ffv1"), ("odd.mp4", "libx264"), ("vp9.webm", "libvpx-vp9"),
+                                         ("mpeg2.mpg", "mpeg2video"), ("mjpeg.mov", "mjpeg")])
+def test_other_codecs_containers_and_odd_sizes(tmp_path, name, codec):
+    size = (33, 47) if name.startswith("odd") else (48, 64)
+    frames = np.ascontiguousarray(numbered_frames(12, 64)[:, : size[0], : size[1]])
+    decoded = decode_video(write_video(tmp_path / name, frames, codec=codec), Sampling(frames=4))
+    assert decoded.frames.shape == (4, *size, 3)
+    assert decoded.indices.tolist() == [0, 4, 7, 11]
+    if size[1] >= 64:
+        assert frame_numbers(decoded.frames) == [0, 4, 7, 11]
+
+
+def test_variable_frame_rate_is_resampled_by_time(tmp_path):
+    times = [0.0, 0.04, 0.08, 0.2, 0.24, 0.4, 0.44]
+    path = write_video(tmp_path / "vfr.mp4", numbered_frames(7), times=times)
+    decoded = decode_video(path, Sampling(fps=10))
+    # at 0.0, 0.1, 0.2, 0.3, 0.4 s the frames on screen are 0, 2, 3, 4, 5
+    assert decoded.indices.tolist() == [0, 2, 3, 4, 5]
+    assert frame_numbers(decoded.frames) == [0, 2, 3, 4, 5]
+    assert np.allclose(decoded.timestamps, [0.0, 0.08, 0.2, 0.24, 0.4])

@@ -17,6 +17,7 @@ import torch
 import torchvision
 import zarr
 from click.testing import CliRunner
+from conftest import BAD_FILES, ODD_GOOD_FILES
 
 from extract.cli import extract_dataset, main
 from store import StoreExistsError, open_store
@@ -61,24 +62,31 @@ def extracted(tiny_with_bad_files, dask_client, tmp_path_factory) -> Path:
     return out
 
 
-def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted):
-    s = open_store(extracted)
-    done = [v for v in s.videos if v.status == "done"]
-    failed = {v.id.split("/")[-1]: v.error for v in s.videos if v.status == "failed"}
-    assert len(done) == 12 and len(failed) == 5 and len(s.videos) == 17
-    reasons = {name[-7:]: why for name, why in failed.items()}
-    assert "empty file" in reasons["g90_c01"]
-    assert "not a readable video" in reasons["g90_c02"] and "not a readable video" in reasons["g90_c03"]
-    assert "file not found" in reasons["g90_c04"]
-    assert "not a readable video" in reasons["g91_c01"]  # cut after 300 bytes
-    for name, why in failed.items():
-        assert name in why, f"the reason must name the file: {why}"
-    for v in done:
-        cube = s.read(v.id, "rgb")
+def check_good_done_and_bad_failed(path: Path) -> None:
+    """Every good video (synthetic and ODD_GOOD_FILES) done with sane cubes; every BAD_FILES one failed, with why."""
+    s = open_store(path)
+    done = {v.id: v for v in s.videos if v.status == "done"}
+    failed = {v.id: v.error for v in s.videos if v.status == "failed"}
+    assert len(s.videos) == 12 + len(ODD_GOOD_FILES) + len(BAD_FILES)
+    assert len(done) == 12 + len(ODD_GOOD_FILES), failed
+    for name, (_make, reason) in BAD_FILES.items():
+        (vid,) = [v for v in failed if v.endswith(Path(name).stem[-7:])]
+        assert reason in failed[vid] and vid.split("/")[-1] in failed[vid], failed[vid]
+    for vid, v in done.items():
+        cube = s.read(vid, "rgb")
         assert cube.shape == (6, 1024, 2, 2) and cube.dtype == np.float16
-        assert np.isfinite(cube).all() and np.abs(cube).max() > 0, f"{v.id}: all-zero cube (float16 underflow?)"
+        assert np.isfinite(cube).all() and np.abs(cube).max() > 0, f"{vid}: all-zero cube (float16 underflow?)"
         assert len(v.frame_indices) == len(v.timestamps) == 6 and v.frame_indices[0] == 0
-        assert v.boxes is not None and len(v.boxes) == 6
+        if "g80" not in vid:
+            assert v.boxes is not None and len(v.boxes) == 6
+    rotated = next(v for vid, v in done.items() if vid.endswith("g80_c01"))
+    assert rotated.source["rotation"] == 90
+    odd = next(v for vid, v in done.items() if vid.endswith("g80_c03"))
+    assert (odd.source["width"], odd.source["height"]) == (47, 33)
+
+
+def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted):
+    check_good_done_and_bad_failed(extracted)
 
 
 def test_store_is_readable_with_plain_zarr(extracted):
@@ -95,7 +103,8 @@ def test_store_is_readable_with_plain_zarr(extracted):
 def test_rerun_skips_finished_videos_and_refuses_another_config(extracted, tiny_with_bad_files, dask_client):
     before = store_snapshot(extracted)
     again = extract_dataset("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client, **TINY_OPTS)
-    assert again.skipped == 12 and again.done == 0 and len(again.failed) == 5  # failed ones are retried
+    assert again.skipped == 12 + len(ODD_GOOD_FILES) and again.done == 0  # finished videos are skipped
+    assert len(again.failed) == len(BAD_FILES)  # failed ones are tried again
     after = store_snapshot(extracted)
     for vid, (status, *_rest) in before.items():
         assert after[vid][0] == status
@@ -108,7 +117,7 @@ def test_cli_exit_code_reports_failures(tiny_with_bad_files, dask_client, tmp_pa
     args = cli_args(tiny_with_bad_files, tmp_path / "s", scheduler=dask_client.scheduler.address)[3:]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
-    assert "5 failed" in result.output and "FAILED" in result.output
+    assert f"{len(BAD_FILES)} failed" in result.output and "FAILED" in result.output
     allowed = CliRunner().invoke(main, args + ["--allow-failures"])
     assert allowed.exit_code == 0, allowed.output
 
@@ -210,7 +219,7 @@ def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthet
     assert_same_stores(reference, out)
 
 
-def test_hand_started_scheduler_and_two_workers(tiny_synthetic, tmp_path):
+def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, tmp_path):
     bin_dir = Path(sys.executable).parent
     scheduler_file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -226,11 +235,10 @@ def test_hand_started_scheduler_and_two_workers(tiny_synthetic, tmp_path):
                                            "--no-dashboard"], cwd=REPO, start_new_session=True,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         out = tmp_path / "s"
-        result = subprocess.run(cli_args(tiny_synthetic, out, scheduler=address), cwd=REPO, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        s = open_store(out)
-        assert all(v.status == "done" for v in s.videos) and len(s.videos) == 12
+        result = subprocess.run(cli_args(tiny_with_bad_files, out, scheduler=address), cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and f"{len(BAD_FILES)} failed" in result.stderr, result.stderr[-3000:]
+        check_good_done_and_bad_failed(out)
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGKILL)
