@@ -29,10 +29,12 @@ def dask_client(scheduler: str | None, workers: int, device: str):
         return
     import dask
 
-    # a task whose worker dies once (a decoder crash) is failed, not retried on every worker in turn
+    # a task whose worker dies twice (a decoder crash, not a lost machine) is failed, not retried on every worker
+    gpu = {"resources": {"GPU": 1}} if device == "cuda" else {}  # one worker per GPU, each pinned in extract_video
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
+            **gpu,
         )
         with cluster, Client(cluster) as client:
             yield client

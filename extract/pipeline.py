@@ -8,6 +8,8 @@ before all of its data is written.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -136,6 +138,12 @@ def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig
 
     torch.set_num_threads(max(1, runtime.threads))
     cv2.setNumThreads(max(1, runtime.threads))
+    if runtime.device == "cuda" and torch.cuda.device_count() > 1:  # LocalCluster workers are named 0, 1, ...
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+        runtime = dataclasses.replace(runtime, device=f"cuda:{index % torch.cuda.device_count()}")
     writer = _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
     key = video_key(record["id"])
     try:
@@ -241,10 +249,12 @@ def run_extraction(
     todo = [r for r in records if status.get(r.id) != DONE]
     summary = Summary(store=out, skipped=len(records) - len(todo))
     store_path = os.fspath(out)
+    workers = client.scheduler_info()["workers"].values()
+    gpu_workers = runtime.device.startswith("cuda") and any("GPU" in w.get("resources", {}) for w in workers)
+    resources = {"GPU": 1} if gpu_workers else None  # on a cluster that declares GPUs, only GPU workers run CNNs
     futures = {
-        client.submit(
-            extract_video, store_path, _task_record(r), config, runtime, key=f"extract-{video_key(r.id)}", pure=False
-        ): r.id
+        client.submit(extract_video, store_path, _task_record(r), config, runtime, key=f"extract-{video_key(r.id)}",
+                      pure=False, resources=resources): r.id
         for r in todo
     }
     for future in as_completed(futures):
