@@ -80,6 +80,11 @@ class Store:
         return f"Store({self.path!r}, dataset={self.dataset!r}, videos={len(self.manifest)})"
 
     @property
+    def root(self) -> zarr.Group:
+        """The store's root Zarr group, opened read-only (for tools that check the raw arrays)."""
+        return self._root
+
+    @property
     def config(self) -> dict[str, Any]:
         """The full extraction config the store was made with."""
         return dict(self.meta["config"])

@@ -1,0 +1,300 @@
+"""Finding stores and describing them: what ``python -m store ls`` and ``python -m store info`` print.
+
+Reads only (through :func:`store.open_store`) and imports neither torch nor h5py, so listing a
+folder of stores is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from store.layout import VIDEO_ATTR, VIDEOS_GROUP
+from store.reader import Store, StoreError, entry_from, open_store
+from store.schema import DONE, FAILED, PENDING, VideoEntry
+
+#: Status of a video whose own metadata (videos/<key>/zarr.json) cannot be read.
+UNREADABLE = "unreadable"
+
+
+def find_stores(root: str | Path) -> list[Path]:
+    """Every store under ``root`` (``root`` itself included), sorted by path.
+
+    A store is a folder whose ``zarr.json`` is a Zarr group with a ``glimpse`` attribute; a
+    ``zarr.json`` that is not valid JSON counts too, so that the listing can show its error.
+    Nothing inside a store's own ``videos/`` folder is searched.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise StoreError(f"{root}: no such directory to list stores in")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if "zarr.json" in filenames and _is_store_metadata(Path(dirpath) / "zarr.json"):
+            found.append(Path(dirpath))
+            if VIDEOS_GROUP in dirnames:
+                dirnames.remove(VIDEOS_GROUP)
+    return found
+
+
+def _is_store_metadata(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # a broken root is listed with its error, not silently skipped
+    return isinstance(meta, dict) and meta.get("node_type") == "group" and "glimpse" in meta.get("attributes", {})
+
+
+def video_entries(store: Store) -> list[VideoEntry]:
+    """Every video of the manifest with its status; one whose own metadata cannot be read gets status
+    ``"unreadable"`` with the file and the reason as its ``error`` (instead of failing the whole listing)."""
+    try:
+        return store.videos
+    except Exception:  # one broken video group: fall back to reading them one by one
+        pass
+    entries = []
+    for row in store.manifest:
+        node_path = f"{VIDEOS_GROUP}/{row['key']}"
+        try:
+            result = store.root[node_path].attrs.get(VIDEO_ATTR)
+        except KeyError:
+            result = None
+        except Exception as exc:
+            result = {"status": UNREADABLE, "error": f"{node_path}/zarr.json: {type(exc).__name__}: {exc}"}
+        entries.append(entry_from(row, result))
+    return entries
+
+
+def sampling_text(config: dict[str, Any]) -> str:
+    """The frame sampling of an extraction config: ``frames N``, ``fps F`` or ``all``, and ``max M``."""
+    if config.get("frames"):
+        text = f"frames {config['frames']}"
+    elif config.get("fps"):
+        text = f"fps {config['fps']:g}"
+    else:
+        text = "all"
+    return f"{text}, max {config['max_frames']}" if config.get("max_frames") else text
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path`` (a local folder or an fsspec URL)."""
+    location = str(path)
+    if "://" in location:
+        from fsspec.core import url_to_fs
+
+        fs, inner = url_to_fs(location)
+        return int(fs.du(inner, total=True))
+    total = 0
+    for dirpath, _dirs, filenames in os.walk(location):
+        for name in filenames:
+            with contextlib.suppress(OSError):  # removed while we walked
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def stored_shape(store: Store, entry: VideoEntry, stream: str) -> tuple[int, ...] | None:
+    """The shape of one video's stream as its array metadata says, or None when it cannot be read."""
+    try:
+        return tuple(store.root[f"{VIDEOS_GROUP}/{entry.key}/{stream}"].shape)
+    except Exception:
+        return None
+
+
+def raw_bytes(store: Store, entries: list[VideoEntry]) -> int:
+    """Uncompressed float16 bytes of every done video's streams (declared frame shapes, else array metadata)."""
+    total = 0
+    for name, desc in store.streams.items():
+        declared = desc.get("frame_shape")
+        for entry in entries:
+            if entry.status != DONE:
+                continue
+            shape = (entry.n_frames, *declared) if declared else stored_shape(store, entry, name)
+            total += 2 * int(np.prod(shape)) if shape else 0
+    return total
+
+
+def store_summary(path: str | Path) -> dict[str, Any]:
+    """One row of ``ls``: what a store holds, how it was made, how big it is."""
+    store = open_store(path)
+    entries = video_entries(store)
+    status = Counter(e.status for e in entries)
+    config, meta = store.config, store.meta
+    raw, disk = raw_bytes(store, entries), disk_bytes(path)
+    return {
+        "path": str(path),
+        "dataset": store.dataset,
+        "backbone": meta.get("backbone", config.get("backbone")),
+        "layer": meta.get("layer"),
+        "sampling": sampling_text(config),
+        "flow": _flow_method(store),
+        "weights": meta.get("weights", config.get("weights")),
+        "streams": sorted(store.streams),
+        "done": status[DONE],
+        "failed": status[FAILED] + status[UNREADABLE],
+        "total": len(entries),
+        "disk_bytes": disk,
+        "raw_bytes": raw,
+        "compression": raw / disk if disk else None,
+        "created": meta.get("created"),
+        "created_by": meta.get("created_by"),
+        "config_hash": store.config_hash,
+    }
+
+
+def _flow_method(store: Store) -> str:
+    """The flow method of the flow the store holds ("none" when it holds no flow stream, e.g. an import)."""
+    if "flow" not in store.streams and "flow_cnn" not in store.streams:
+        return "none"
+    return str(store.streams.get("flow", {}).get("method") or store.config.get("flow") or "unknown")
+
+
+def list_stores(root: str | Path) -> list[dict[str, Any]]:
+    """``ls`` of every store under ``root``; a store that fails to open is a row with its ``error``."""
+    rows = []
+    for path in find_stores(root):
+        try:
+            rows.append(store_summary(path))
+        except Exception as exc:  # listed with the error, never a crash of the whole listing
+            rows.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}"})
+    return rows
+
+
+def human_bytes(n: int) -> str:
+    """1234567 -> '1.2 MB' (decimal units)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_table(header: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
+    """Columns padded to their widest cell (columns in ``right`` right-aligned), two spaces apart."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+LS_HEADER = ["store", "dataset", "backbone/layer", "sampling", "flow", "weights", "done", "failed", "total",
+             "size", "ratio", "created", "by"]
+
+
+def format_listing(rows: list[dict[str, Any]], root: str | Path) -> str:
+    """The ``ls`` table: one aligned line per store, then one line per store that failed to open."""
+    table, broken = [], []
+    for row in rows:
+        name = _relative(row["path"], root)
+        if "error" in row:
+            broken.append(f"{name}: ERROR {row['error']}")
+            continue
+        weights = str(row["weights"])
+        table.append([
+            name, row["dataset"], f"{row['backbone']}/{row['layer']}", row["sampling"], row["flow"],
+            weights if len(weights) <= 20 else weights[:19] + "…",
+            str(row["done"]), str(row["failed"]), str(row["total"]), human_bytes(row["disk_bytes"]),
+            "-" if row["compression"] is None else f"{row['compression']:.2f}",
+            str(row["created"] or "-").replace("T", " ")[:16], str(row["created_by"] or "-"),
+        ])
+    if not rows:
+        return f"no stores under {root}"
+    parts = [format_table(LS_HEADER, table, right=frozenset({6, 7, 8, 9, 10}))] if table else []
+    return "\n".join(parts + broken)
+
+
+def _relative(path: str, root: str | Path) -> str:
+    try:
+        return str(Path(path).relative_to(root)) if Path(path) != Path(root) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """The full provenance of one store: config and its hash, versions, weights, streams with their
+    shapes, per-split and per-class counts, every failure with its reason."""
+    store = open_store(path)
+    entries = video_entries(store)
+    classes = store.classes
+    per_class = {name: {DONE: 0, FAILED: 0, PENDING: 0} for name in classes}
+    splits: dict[str, Counter] = {}
+    for entry in entries:
+        status = entry.status if entry.status in (DONE, FAILED) else (FAILED if entry.status == UNREADABLE
+                                                                      else PENDING)
+        for label in entry.labels:
+            per_class[classes[label] if label < len(classes) else str(label)][status] += 1
+        for split, role in entry.splits.items():
+            splits.setdefault(split, Counter())[role] += 1
+    streams = {}
+    for name, desc in store.streams.items():
+        shapes = Counter(
+            str(list(shape[1:])) if (shape := stored_shape(store, e, name)) else "unreadable"
+            for e in entries
+            if e.status == DONE
+        )
+        streams[name] = {**desc, "stored_frame_shapes": dict(shapes)}
+    meta = store.meta
+    return {
+        "path": str(path),
+        "dataset": store.dataset,
+        "schema_version": meta.get("schema_version"),
+        "created": meta.get("created"),
+        "created_by": meta.get("created_by"),
+        "config_hash": store.config_hash,
+        "config": store.config,
+        "backbone": meta.get("backbone"),
+        "layer": meta.get("layer"),
+        "weights": meta.get("weights"),
+        "versions": meta.get("versions", {}),
+        "streams": streams,
+        "videos": {"total": len(entries), **Counter(e.status for e in entries)},
+        "frames": sum(e.n_frames for e in entries if e.status == DONE),
+        "splits": {split: dict(counts) for split, counts in sorted(splits.items())},
+        "classes": per_class,
+        "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in entries
+                     if e.status in (FAILED, UNREADABLE)],
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """``info`` as text: a header of key facts, then streams, splits, classes, failures and the config."""
+    videos = info["videos"]
+    lines = [
+        f"store        {info['path']}",
+        f"dataset      {info['dataset']}: {len(info['classes'])} classes, {videos['total']} videos "
+        f"({videos.get(DONE, 0)} done, {videos.get(FAILED, 0) + videos.get(UNREADABLE, 0)} failed, "
+        f"{videos['total'] - videos.get(DONE, 0) - videos.get(FAILED, 0) - videos.get(UNREADABLE, 0)} pending), "
+        f"{info['frames']} frames",
+        f"created      {info['created'] or '-'} by {info['created_by'] or '-'}",
+        f"schema       version {info['schema_version']}",
+        f"config hash  {info['config_hash']}",
+        f"backbone     {info['backbone']} / {info['layer']}",
+        f"weights      {info['weights']}",
+        "versions     " + ", ".join(f"{k} {v}" for k, v in sorted(info["versions"].items())),
+        "",
+        "streams",
+    ]
+    for name, desc in info["streams"].items():
+        shapes = ", ".join(f"(frames, {s[1:-1]}) x{n}" if s != "unreadable" else f"unreadable x{n}"
+                           for s, n in desc["stored_frame_shapes"].items()) or "no done videos"
+        extra = ", ".join(f"{k} {v}" for k, v in desc.items() if k not in ("stored_frame_shapes", "dims"))
+        lines.append(f"  {name:<9} {shapes}  [{extra}]")
+    lines += ["", "splits"]
+    for split, counts in info["splits"].items():
+        lines.append(f"  {split:<9} " + ", ".join(f"{role} {n}" for role, n in sorted(counts.items())))
+    lines += ["", "classes"]
+    rows = [[name, str(c[DONE]), str(c[FAILED]), str(c[PENDING])] for name, c in info["classes"].items()]
+    table = format_table(["class", "done", "failed", "pending"], rows, right=frozenset({1, 2, 3}))
+    lines += ["  " + line for line in table.splitlines()]
+    lines += ["", f"failures ({len(info['failures'])})"]
+    lines += [f"  {f['id']}: {f['error']}" for f in info["failures"]] or ["  none"]
+    lines += ["", "config", json.dumps(info["config"], indent=2, sort_keys=True)]
+    return "\n".join(lines)
