@@ -1,0 +1,139 @@
+"""Checking a store's data against its own metadata: ``python -m store verify PATH``.
+
+Every video marked done is read back in full. For each stream the store declares, its array must
+exist, be float16 with 4 dimensions and the per-frame shape the root attributes declare (where they
+declare one), hold as many frames as the video's ``n_frames``, ``frame_indices`` and ``timestamps``,
+decode without error, contain no NaN or Inf, and hash to the sha256 recorded at write time. A zstd
+chunk with a flipped byte either fails to decode or decodes to other values; the first is caught by
+the decode, the second by the checksum. Failed and pending videos hold no data and are only counted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from store.catalog import UNREADABLE, video_entries
+from store.layout import VIDEOS_GROUP, array_checksum
+from store.reader import Store, open_store
+from store.schema import DONE, VideoEntry
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What verify found: ``bad`` holds (video id, reasons) of every done video that failed a check."""
+
+    path: str
+    streams: tuple[str, ...]
+    checked: int
+    not_done: Mapping[str, int]  # status -> count of videos that hold no data to check
+    bad: tuple[tuple[str, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def report(self) -> str:
+        """A one-line OK summary, or one line per bad video with its reasons."""
+        others = ", ".join(f"{n} {status}" for status, n in sorted(self.not_done.items()))
+        if self.ok:
+            rest = f"not checked (no data): {others}" if others else "every video is done"
+            return f"OK {self.path}: {self.checked} done videos verified ({', '.join(self.streams)}); {rest}"
+        lines = [f"BAD {self.path}: {len(self.bad)} of {self.checked} videos checked failed verification"]
+        lines += [f"  {video_id}: {reason}" for video_id, reason in self.bad]
+        return "\n".join(lines)
+
+
+def check_stream(group: zarr.Group, name: str, desc: Mapping[str, Any], entry: VideoEntry) -> list[str]:
+    """Reasons why stream ``name`` of a done video is bad (empty when it is good)."""
+    where = f"{VIDEOS_GROUP}/{entry.key}/{name}"
+    try:
+        array = group[name]
+    except KeyError:
+        return [f"{where}: array missing"]
+    except Exception as exc:
+        return [f"{where}: array metadata unreadable ({type(exc).__name__}: {exc})"]
+    if not isinstance(array, zarr.Array):
+        return [f"{where}: is a group, not an array"]
+    problems = []
+    if array.dtype != np.float16:
+        problems.append(f"{where}: dtype {array.dtype}, expected float16")
+    if array.ndim != 4:
+        problems.append(f"{where}: shape {array.shape} has {array.ndim} dimensions, expected 4")
+    declared = desc.get("frame_shape")
+    if declared is not None and tuple(array.shape[1:]) != tuple(declared):
+        problems.append(f"{where}: per-frame shape {tuple(array.shape[1:])} but the store declares {tuple(declared)}")
+    if array.shape[0] != entry.n_frames:
+        problems.append(f"{where}: {array.shape[0]} frames stored but n_frames is {entry.n_frames}")
+    if problems:
+        return problems  # reading an array whose shape is wrong proves nothing more
+    try:
+        data = array[...]  # (frames, ...)
+    except Exception as exc:
+        return [f"{where}: chunk data does not decode ({type(exc).__name__}: {exc})"]
+    if not np.isfinite(data).all():
+        problems.append(f"{where}: {int(data.size - np.isfinite(data).sum())} values are NaN or Inf")
+    recorded = entry.checksums.get(name)
+    if recorded is None:
+        problems.append(f"{where}: no checksum recorded at write time")
+    elif array_checksum(data) != recorded:
+        problems.append(f"{where}: sha256 differs from the one recorded at write time (data changed after "
+                        "writing, or chunk files are missing)")
+    return problems
+
+
+def check_video(store: Store, entry: VideoEntry) -> list[str]:
+    """Reasons why a done video is bad (empty when it is good)."""
+    counts = {"n_frames": entry.n_frames, "frame_indices": len(entry.frame_indices),
+              "timestamps": len(entry.timestamps)}
+    problems = []
+    if len(set(counts.values())) != 1:
+        problems.append("frame counts disagree: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    group = store.root[f"{VIDEOS_GROUP}/{entry.key}"]
+    for name, desc in store.streams.items():
+        problems += check_stream(group, name, desc, entry)
+    return problems
+
+
+def run_verify(path: str | Path, progress: bool = False,
+               storage_options: Mapping[str, Any] | None = None) -> Verification:
+    """Verify every done video of the store at ``path`` (a tqdm bar when ``progress`` and stderr is a terminal)."""
+    store = open_store(path, storage_options)
+    entries = video_entries(store)
+    bad: list[tuple[str, str]] = []
+    not_done: Counter = Counter()
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(entries), unit="video", desc="verify", dynamic_ncols=True)
+    checked = 0
+    for entry in entries:
+        if entry.status == UNREADABLE:
+            checked += 1
+            bad.append((entry.id, entry.error or "video metadata unreadable"))
+        elif entry.status != DONE:
+            not_done[entry.status] += 1
+        else:
+            checked += 1
+            problems = check_video(store, entry)
+            if problems:
+                bad.append((entry.id, "; ".join(problems)))
+        if bar is not None:
+            bar.set_postfix(bad=len(bad))
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return Verification(str(path), tuple(store.streams), checked, dict(not_done), tuple(bad))
+
+
+def verify_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(video id, reasons) of every done video of the store that fails a check; empty for a sound store."""
+    return list(run_verify(path, storage_options=storage_options).bad)
