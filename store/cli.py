@@ -1,8 +1,109 @@
-"""Command line of the store stage (`python -m store`)."""
+"""Command line of the store stage (``python -m store``, ``glimpse store``): the lab's tools for shared stores.
+
+    python -m store ls [ROOT] [--json]           every store under ROOT (default $STORE_ROOT or stores/)
+    python -m store info PATH [--json]           the full provenance of one store
+    python -m store verify PATH                  read every done video back and check it; exit 1 if any is bad
+    python -m store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
+    python -m store import IN.h5 OUT_STORE --dataset NAME
+
+Nothing here imports torch; h5py and tqdm are imported only by the commands that use them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
 
 import click
+
+from store.reader import StoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """The store stage."""
+    """The store stage: list, describe, verify, export and import feature stores."""
+
+
+@main.command("ls")
+@click.argument("root", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
+def ls(root: str | None, as_json: bool) -> None:
+    """List every store under ROOT (default: $STORE_ROOT, else stores/)."""
+    from store.catalog import format_listing, list_stores
+
+    root = root or os.environ.get("STORE_ROOT") or "stores/"
+    try:
+        rows = list_stores(root)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(rows, indent=2) if as_json else format_listing(rows, root))
+
+
+@main.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def info(path: str, as_json: bool) -> None:
+    """Print the full provenance of the store at PATH: config, versions, weights, streams, counts, failures."""
+    from store.catalog import format_info, store_info
+
+    try:
+        described = store_info(path)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(described, indent=2) if as_json else format_info(described))
+
+
+@main.command("verify")
+@click.argument("path")
+def verify(path: str) -> None:
+    """Read every done video of the store at PATH and check dtype, shapes, frame counts, finiteness and checksums.
+
+    Exits 1 with every bad video and its reasons, 0 with a one-line summary when all are sound.
+    """
+    from store.verify import run_verify
+
+    try:
+        result = run_verify(path, progress=True)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(result.report(), err=not result.ok)
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command("export")
+@click.argument("path")
+@click.argument("out")
+@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True,
+              help="The layout of Sharma et al.'s soft-attention code (see store/hdf5.py).")
+@click.option("--stream", default="rgb", show_default=True, help="rgb | flow_cnn | flow")
+@click.option("--split", default=None, help="The official split whose train / test roles are written. [1]")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype: str) -> None:
+    """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it."""
+    from store.hdf5 import export_hdf5
+
+    try:
+        summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    roles = ", ".join(f"{role} {r['videos']} videos / {r['frames']} frames" for role, r in summary["roles"].items())
+    click.echo(f"{out}: split {summary['split']}, {roles}; {len(summary['left_out'])} videos not done left out")
+
+
+@main.command("import")
+@click.argument("h5_path")
+@click.argument("out")
+@click.option("--dataset", required=True, help="The dataset name the new store records.")
+@click.option("--stream", default=None, help="Stream name in the new store. [the exported one, else rgb]")
+@click.option("--overwrite", is_flag=True, help="Replace a store made from another file or config.")
+def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite: bool) -> None:
+    """Build a new store at OUT from an HDF5 file written by 'export' (and its side text files)."""
+    from store.hdf5 import import_hdf5
+
+    try:
+        counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{out}: imported " + ", ".join(f"{role} {n} videos" for role, n in counts.items()))
