@@ -53,7 +53,7 @@ class Progress:
 
     def __call__(self, outcome: dict[str, Any]) -> None:
         self.frames += outcome["frames"]
-        if outcome["status"] == "done":
+        if outcome["status"] != "failed":
             self.done += 1
         else:
             self.failed += 1

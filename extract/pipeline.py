@@ -21,8 +21,15 @@ import numpy as np
 
 from extract.decode import DecodeError, Sampling, decode_video
 from store import StoreWriter, VideoRecord, create_store, open_store
+from store.claims import claim_video, is_claimed
 from store.layout import video_key
 from store.schema import DONE, FAILED
+
+#: Task outcomes besides done / failed: another run holds the video, or finished it meanwhile.
+CLAIMED, SKIPPED = "claimed", "skipped"
+
+#: Seconds between looks at videos another run is extracting.
+POLL_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +153,23 @@ def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig
         runtime = dataclasses.replace(runtime, device=f"cuda:{index % torch.cuda.device_count()}")
     writer = _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
     key = video_key(record["id"])
-    try:
-        model_key = (config, runtime)
-        if model_key not in _MODELS:
-            _MODELS.clear()
-            _MODELS[model_key] = Extractor(config, runtime)
-        arrays, result = _MODELS[model_key](record, config, runtime)
-        writer.write_video(key, arrays, result)
-        return {"id": record["id"], "status": DONE, "error": None, "frames": result["n_frames"]}
-    except Exception as exc:  # every failure is recorded, never raised: the run goes on
-        reason = str(exc) if isinstance(exc, DecodeError) else f"{record['path']}: {type(exc).__name__}: {exc}"
-        writer.write_failure(key, reason)
-        return {"id": record["id"], "status": FAILED, "error": reason, "frames": 0}
+    with claim_video(store_path, key, note=record["id"]) as held:
+        if not held:  # another run is writing this video right now
+            return {"id": record["id"], "status": CLAIMED, "error": None, "frames": 0}
+        if writer.status(key) == DONE:  # another run finished it while this task waited
+            return {"id": record["id"], "status": SKIPPED, "error": None, "frames": 0}
+        try:
+            model_key = (config, runtime)
+            if model_key not in _MODELS:
+                _MODELS.clear()
+                _MODELS[model_key] = Extractor(config, runtime)
+            arrays, result = _MODELS[model_key](record, config, runtime)
+            writer.write_video(key, arrays, result)
+            return {"id": record["id"], "status": DONE, "error": None, "frames": result["n_frames"]}
+        except Exception as exc:  # every failure is recorded, never raised: the run goes on
+            reason = str(exc) if isinstance(exc, DecodeError) else f"{record['path']}: {type(exc).__name__}: {exc}"
+            writer.write_failure(key, reason)
+            return {"id": record["id"], "status": FAILED, "error": reason, "frames": 0}
 
 
 # ---------------------------------------------------------------------------------------------- client side
@@ -171,13 +183,25 @@ class Summary:
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    by_others: int = 0
     frames: int = 0
     seconds: float = 0.0
 
+    def add(self, outcome: dict[str, Any], by_other_run: bool = False) -> None:
+        """Count one video's outcome."""
+        if outcome["status"] == FAILED:
+            self.failed[outcome["id"]] = outcome["error"]
+            log.warning("failed %s: %s", outcome["id"], outcome["error"])
+        elif by_other_run or outcome["status"] == SKIPPED:
+            self.by_others += 1
+        else:
+            self.done += 1
+            self.frames += outcome["frames"]
+
     def report(self) -> str:
         lines = [
-            f"{self.store}: {self.done} videos extracted, {self.skipped} already done, {len(self.failed)} failed, "
-            f"{self.frames} frames in {self.seconds:.1f} s"
+            f"{self.store}: {self.done} videos extracted, {self.skipped} already done, {self.by_others} done by "
+            f"another run, {len(self.failed)} failed, {self.frames} frames in {self.seconds:.1f} s"
         ]
         lines += [f"  FAILED {vid}: {why}" for vid, why in sorted(self.failed.items())]
         return "\n".join(lines)
@@ -252,29 +276,50 @@ def run_extraction(
     workers = client.scheduler_info()["workers"].values()
     gpu_workers = runtime.device.startswith("cuda") and any("GPU" in w.get("resources", {}) for w in workers)
     resources = {"GPU": 1} if gpu_workers else None  # on a cluster that declares GPUs, only GPU workers run CNNs
-    futures = {
-        client.submit(extract_video, store_path, _task_record(r), config, runtime, key=f"extract-{video_key(r.id)}",
-                      pure=False, resources=resources): r.id
-        for r in todo
-    }
-    for future in as_completed(futures):
-        video_id = futures[future]
-        try:
-            outcome = future.result()
-        except Exception as exc:  # the worker died (e.g. a decoder segfault) or the task was lost
-            reason = f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})"
-            writer.write_failure(video_key(video_id), reason)
-            outcome = {"id": video_id, "status": FAILED, "error": reason, "frames": 0}
-        if outcome["status"] == DONE:
-            summary.done += 1
-            summary.frames += outcome["frames"]
-        else:
-            summary.failed[video_id] = outcome["error"]
-            log.warning("failed %s: %s", video_id, outcome["error"])
-        if on_result is not None:
-            on_result(outcome)
+    def submit(video_id: str):
+        record = by_id[video_id]
+        key = f"extract-{video_key(video_id)}-{time.monotonic_ns()}"
+        return client.submit(extract_video, store_path, _task_record(record), config, runtime, key=key, pure=False,
+                             resources=resources)
+
+    pending = {submit(r.id): r.id for r in todo}
+    waiting: set[str] = set()  # videos another run holds: watched until done there, or taken over here
+    while pending or waiting:
+        for future in as_completed(pending):
+            outcome = _outcome(future, pending[future], by_id, writer, store_path)
+            if outcome["status"] == CLAIMED:
+                waiting.add(outcome["id"])
+                continue
+            summary.add(outcome)
+            if on_result is not None:
+                on_result(outcome)
+        pending = {}
+        while waiting and not pending:
+            time.sleep(POLL_SECONDS)
+            for video_id in sorted(waiting):
+                key = video_key(video_id)
+                if is_claimed(store_path, key):
+                    continue
+                waiting.discard(video_id)
+                if writer.status(key) in (DONE, FAILED):  # the other run finished it
+                    entry = open_store(store_path).video(video_id)
+                    summary.add({"id": video_id, "status": entry.status, "error": entry.error, "frames": 0}, True)
+                else:  # the other run died before finishing it: do it here
+                    pending[submit(video_id)] = video_id
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _outcome(future: Any, video_id: str, by_id: dict, writer: StoreWriter, store_path: str) -> dict[str, Any]:
+    """A task's outcome; a task whose worker died (e.g. a decoder segfault) is recorded as failed here."""
+    try:
+        return future.result()
+    except Exception as exc:
+        reason = f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})"
+        with claim_video(store_path, video_key(video_id)) as held:
+            if held:
+                writer.write_failure(video_key(video_id), reason)
+        return {"id": video_id, "status": FAILED, "error": reason, "frames": 0}
 
 
 def _task_record(record: VideoRecord) -> dict[str, Any]:

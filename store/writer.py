@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from store.claims import CLAIMS_DIR, creation_lock
 from store.layout import (
     ROOT_ATTR,
     VIDEO_ATTR,
@@ -28,7 +29,7 @@ from store.layout import (
     video_key,
 )
 from store.reader import StoreError, _open_root
-from store.schema import DONE, FAILED, SCHEMA_VERSION, STREAM_DIMS, WRITING, VideoRecord
+from store.schema import DONE, FAILED, PENDING, SCHEMA_VERSION, STREAM_DIMS, WRITING, VideoRecord
 
 #: float16 values compressed with zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit
 #: shuffle in bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value).
@@ -69,9 +70,19 @@ def create_store(
     that glimpse did not write).
     """
     path = Path(path)
-    config = dict(config)
+    if path.is_dir() and any(p.name != CLAIMS_DIR for p in path.iterdir()):
+        try:
+            _open_root(path, "r")
+        except StoreError as exc:  # checked before the claims folder is made: a wrong --out is left untouched
+            raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
+    with creation_lock(path):  # two runs started together: the second sees the first's store
+        return _create_or_reopen(path, dataset, classes, records, dict(config), streams, info, overwrite)
+
+
+def _create_or_reopen(path, dataset, classes, records, config, streams, info, overwrite) -> StoreWriter:
     digest = config_hash(config)
-    if path.exists() and any(path.iterdir()):
+    contents = [p for p in path.iterdir() if p.name != CLAIMS_DIR]
+    if contents:
         try:
             existing = _open_root(path, "r")
         except StoreError as exc:
@@ -84,7 +95,8 @@ def create_store(
                 f"{path}: holds a store made with another config (hash {old.get('config_hash')}, "
                 f"this run {digest}); pass --overwrite to replace it, or choose another --out"
             )
-        shutil.rmtree(path)
+        for item in contents:  # the claims folder stays: its locks may be held right now
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
     keys = [video_key(r.id) for r in records]
     if len(set(keys)) != len(keys):
         raise StoreError(f"{path}: dataset {dataset!r} has duplicate video ids")
@@ -103,7 +115,8 @@ def create_store(
         **dict(info or {}),
         "videos": [manifest_row(r) for r in records],
     }
-    root = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={ROOT_ATTR: meta})
+    # under the creation lock with nothing but the claims folder here: "a" creates the group, touching no lock
+    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta})
     root.create_group(VIDEOS_GROUP)
     return StoreWriter(path)
 
@@ -116,6 +129,13 @@ class StoreWriter:
         self._root = _open_root(self.path, "r+")
         self.meta = self._root.attrs[ROOT_ATTR]
         self.keys = frozenset(row["key"] for row in self.meta["videos"])
+
+    def status(self, key: str) -> str:
+        """The video's status as stored right now (pending when nothing is written yet)."""
+        try:
+            return self._root[f"{VIDEOS_GROUP}/{key}"].attrs.get(VIDEO_ATTR, {}).get("status", PENDING)
+        except KeyError:
+            return PENDING
 
     def _fresh_group(self, key: str) -> zarr.Group:
         """The video's group, emptied of whatever an earlier, interrupted attempt left."""
