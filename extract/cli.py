@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -38,6 +39,15 @@ def dask_client(scheduler: str | None, workers: int, device: str):
         )
         with cluster, Client(cluster) as client:
             yield client
+
+
+def lab_store_path(lab: str | os.PathLike, config: Any) -> Path:
+    """Where a lab root keeps the store of ``config``: LAB/<dataset>/<backbone>-<config hash>."""
+    from dataclasses import asdict
+
+    from store.layout import config_hash
+
+    return Path(lab) / config.dataset / f"{config.backbone}-{config_hash(asdict(config))}"
 
 
 class Progress:
@@ -73,7 +83,10 @@ class Progress:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--dataset", required=True, help="Dataset adapter name (see extract.datasets.DATASETS).")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's root folder.")
-@click.option("--out", required=True, type=click.Path(), help="The store to write (created, or resumed).")
+@click.option("--out", type=click.Path(), help="The store to write (created, or resumed).")
+@click.option("--lab", type=click.Path(file_okay=False),
+              help="A lab root instead of --out: the store goes to LAB/<dataset>/<backbone>-<config hash>, so the "
+                   "same features asked twice land in the same store.")
 @click.option("--frames", type=click.IntRange(min=1), help="N frames equally spaced over the whole video.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Resample every video to this frame rate.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Keep at most this many frames per video.")
@@ -102,11 +115,30 @@ def main(**opts: Any) -> None:
 
 
 def extract_dataset(
-    dataset: str, root: str, out: str, *, frames: int | None = None, fps: float | None = None,
-    max_frames: int | None = None, size: int | None = None, backbone: str = "googlenet", weights: str = "imagenet",
-    flow: str = "none", flow_weights: str | None = None, raft_weights: str = "none", flow_size: int | None = None,
-    device: str = "auto", batch_size: int = 32, workers: int | None = None, scheduler: str | None = None,
-    overwrite: bool = False, seed: int = 0, quiet: bool = True, client: Any = None, **_: Any,
+    dataset: str,
+    root: str,
+    out: str | None = None,
+    *,
+    lab: str | None = None,
+    frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    size: int | None = None,
+    backbone: str = "googlenet",
+    weights: str = "imagenet",
+    flow: str = "none",
+    flow_weights: str | None = None,
+    raft_weights: str = "none",
+    flow_size: int | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    quiet: bool = True,
+    client: Any = None,
+    **_: Any,
 ):
     """Run one extraction (the CLI's body; tests call it with a ``client`` of their own)."""
     import torch
@@ -133,6 +165,14 @@ def extract_dataset(
         raft_weights=weights_identity(raft_weights) if flow == "raft" else "none",
         flow_size=flow_size, calibration=calibration,
     )
+    if (out is None) == (lab is None):
+        raise click.UsageError("give exactly one of --out STORE and --lab ROOT")
+    if lab is not None:
+        out = str(lab_store_path(lab, config))
+        status = "exists: finishing what is missing" if (Path(out) / "zarr.json").exists() else "new"
+        log.info("store for this config: %s (%s)", out, status)
+    source = {"root": str(Path(root).resolve()), "weights": weights, "flow_weights": flow_weights,
+              "raft_weights": raft_weights if flow == "raft" else None, "seed": seed if seeded else None}
     cores = os.cpu_count() or 1
     workers = workers or (max(1, torch.cuda.device_count()) if device == "cuda" else cores)
     runtime = Runtime(
@@ -143,9 +183,9 @@ def extract_dataset(
     progress = Progress(len(records), enabled=not quiet)
     try:
         if client is not None:
-            return run_extraction(out, config, runtime, data.classes, records, client, overwrite, progress)
+            return run_extraction(out, config, runtime, data.classes, records, client, overwrite, progress, source)
         with dask_client(scheduler, workers, device) as own:
             log.info("dask dashboard: %s", own.dashboard_link)
-            return run_extraction(out, config, runtime, data.classes, records, own, overwrite, progress)
+            return run_extraction(out, config, runtime, data.classes, records, own, overwrite, progress, source)
     finally:
         progress.close()

@@ -227,9 +227,14 @@ def store_versions() -> dict[str, str]:
 
 
 def prepare_store(
-    out: str, config: ExtractConfig, classes: Sequence[str], records: Sequence[VideoRecord], overwrite: bool
+    out: str, config: ExtractConfig, classes: Sequence[str], records: Sequence[VideoRecord], overwrite: bool,
+    source: dict[str, Any] | None = None,
 ) -> StoreWriter:
-    """Create the store for ``config`` at ``out`` (or reopen it to resume)."""
+    """Create the store for ``config`` at ``out`` (or reopen it to resume).
+
+    ``source`` records where the dataset and weights files were (not part of the config hash), so
+    that ``store repair`` can run the extraction again.
+    """
     from extract.backbones import BACKBONES, output_grid
 
     spec = BACKBONES[config.backbone]
@@ -240,7 +245,8 @@ def prepare_store(
     if config.flow != "none":
         streams["flow"] = {"method": config.flow, "size": config.flow_size, "units": "pixels at flow_computed_at"}
         streams["flow_cnn"] = {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
-    info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights, "versions": store_versions()}
+    info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights, "versions": store_versions(),
+            "source": dict(source or {})}
     return create_store(
         out,
         dataset=config.dataset,
@@ -262,12 +268,13 @@ def run_extraction(
     client: Any,
     overwrite: bool = False,
     on_result: Callable[[dict], None] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Summary:
     """Extract every video of ``records`` not yet done in the store at ``out`` through a Dask ``client``."""
     from distributed import as_completed
 
     start = time.perf_counter()
-    writer = prepare_store(out, config, classes, records, overwrite)
+    writer = prepare_store(out, config, classes, records, overwrite, source)
     status = {v.id: v.status for v in open_store(out).videos}
     by_id = {r.id: r for r in records}
     todo = [r for r in records if status.get(r.id) != DONE]

@@ -165,6 +165,33 @@ def list_stores(root: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def matching_stores(root: str | Path, dataset: str, backbone: str | None = None) -> list[Store]:
+    """Stores under ``root`` of ``dataset`` (and ``backbone``), newest first: what ``train --dataset`` picks from."""
+    found = []
+    for path in find_stores(root):
+        try:
+            store = open_store(path)
+        except StoreError:
+            continue
+        if store.dataset == dataset and backbone in (None, store.meta.get("backbone")):
+            found.append(store)
+    return sorted(found, key=lambda s: s.meta.get("created", ""), reverse=True)
+
+
+def resolve_store(root: str | Path, dataset: str, backbone: str | None = None) -> Store:
+    """The one store of ``dataset`` under ``root``; a clear error naming the candidates when none or several match."""
+    found = matching_stores(root, dataset, backbone)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        have = sorted({row.get("dataset", "?") for row in list_stores(root) if "error" not in row})
+        raise StoreError(f"no store of dataset {dataset!r} under {root} (stores there: {have or 'none'}); "
+                         f"extract one with: make extract DATASET={dataset}")
+    listing = "\n".join(f"  {s.path}  ({s.meta.get('backbone')}, {sampling_text(s.config)}, created "
+                        f"{s.meta.get('created')})" for s in found)
+    raise StoreError(f"{len(found)} stores of dataset {dataset!r} under {root}; choose one with --store:\n{listing}")
+
+
 def human_bytes(n: int) -> str:
     """1234567 -> '1.2 MB' (decimal units)."""
     value = float(n)

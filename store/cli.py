@@ -5,6 +5,8 @@
     python -m store verify PATH                  read every done video back and check it; exit 1 if any is bad
     python -m store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
     python -m store import IN.h5 OUT_STORE --dataset NAME
+    python -m store gc PATH                      remove what crashed writers left (safe during extractions)
+    python -m store repair PATH [--dry-run]      re-queue bad and failed videos through the extraction stage
 
 Nothing here imports torch; h5py and tqdm are imported only by the commands that use them.
 """
@@ -22,7 +24,7 @@ from store.reader import StoreError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """The store stage: list, describe, verify, export and import feature stores."""
+    """The store stage: list, describe, verify, export, import, clean and repair feature stores."""
 
 
 @main.command("ls")
@@ -107,3 +109,46 @@ def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{out}: imported " + ", ".join(f"{role} {n} videos" for role, n in counts.items()))
+
+
+@main.command("gc")
+@click.argument("path")
+def gc(path: str) -> None:
+    """Remove what crashed writers left in the store at PATH (half-written videos, temporary files).
+
+    Safe during extractions: videos a live run is writing are left alone.
+    """
+    from store.maintenance import collect_garbage
+
+    try:
+        click.echo(collect_garbage(path).report())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("repair")
+@click.argument("path")
+@click.option("--root", default=None, help="The dataset root, if it moved since extraction.")
+@click.option("--weights", default=None, help="The weights file, if the store used one (recorded as sha256).")
+@click.option("--dry-run", is_flag=True, help="Show what would be re-queued and the command, change nothing.")
+def repair(path: str, root: str | None, weights: str | None, dry_run: bool) -> None:
+    """Re-queue every bad (per verify) and failed video of PATH through the extraction stage."""
+    import subprocess
+
+    from store.maintenance import extraction_command, reset_videos, videos_to_repair
+    from store.verify import verify_store
+
+    try:
+        command = extraction_command(path, root, weights)
+        bad = verify_store(path)
+        todo = videos_to_repair(path, bad)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{path}: {len(bad)} bad and {len(todo) - len(bad)} failed videos to redo")
+    click.echo("extraction: " + " ".join(command))
+    if dry_run or not todo:
+        return
+    reset, busy = reset_videos(path, todo)
+    if busy:
+        click.echo(f"{len(busy)} videos are being written by a live run, left to it: {', '.join(busy[:5])}")
+    sys.exit(subprocess.run(command).returncode)

@@ -137,14 +137,18 @@ class StoreWriter:
         except KeyError:
             return PENDING
 
-    def _fresh_group(self, key: str) -> zarr.Group:
-        """The video's group, emptied of whatever an earlier, interrupted attempt left."""
+    def reset(self, key: str) -> None:
+        """Remove whatever the store holds of a video, back to pending. The caller holds its claim."""
         if key not in self.keys:
             raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
         node_path = f"{VIDEOS_GROUP}/{key}"
         if node_path in self._root:
             del self._root[node_path]
-        return self._root.create_group(node_path, attributes={VIDEO_ATTR: {"status": WRITING}})
+
+    def _fresh_group(self, key: str) -> zarr.Group:
+        """The video's group, emptied of whatever an earlier, interrupted attempt left."""
+        self.reset(key)
+        return self._root.create_group(f"{VIDEOS_GROUP}/{key}", attributes={VIDEO_ATTR: {"status": WRITING}})
 
     def write_video(self, key: str, arrays: Mapping[str, np.ndarray], result: Mapping[str, Any]) -> dict[str, Any]:
         """Write a finished video's arrays (cast to float16), then mark it done. Returns the result written.
