@@ -106,6 +106,8 @@ class DecodedVideo:
 
 def _open(path: str):
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise DecodeError(f"{path}: a broken or looping symbolic link ({os.readlink(path)!r})")
         raise DecodeError(f"{path}: file not found")
     if os.path.isdir(path):
         raise DecodeError(f"{path}: is a directory, not a video file")

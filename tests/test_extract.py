@@ -16,11 +16,12 @@ import pytest
 import torch
 import torchvision
 import zarr
+from bad_inputs import Case, check_outcomes
 from click.testing import CliRunner
-from conftest import BAD_FILES, ODD_GOOD_FILES
 
 from extract.cli import extract_dataset, main
 from store import StoreExistsError, open_store
+from store.verify import verify_store
 
 TINY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
 REPO = Path(__file__).resolve().parents[1]
@@ -62,31 +63,30 @@ def extracted(tiny_with_bad_files, dask_client, tmp_path_factory) -> Path:
     return out
 
 
-def check_good_done_and_bad_failed(path: Path) -> None:
-    """Every good video (synthetic and ODD_GOOD_FILES) done with sane cubes; every BAD_FILES one failed, with why."""
+def check_good_done_and_bad_failed(path: Path, corpus: dict[str, Case]) -> dict[str, int]:
+    """Every good video done with sane cubes, every bad one failed with its reason, verify passing."""
     s = open_store(path)
-    done = {v.id: v for v in s.videos if v.status == "done"}
-    failed = {v.id: v.error for v in s.videos if v.status == "failed"}
-    assert len(s.videos) == 12 + len(ODD_GOOD_FILES) + len(BAD_FILES)
-    assert len(done) == 12 + len(ODD_GOOD_FILES), failed
-    for name, (_make, reason) in BAD_FILES.items():
-        (vid,) = [v for v in failed if v.endswith(Path(name).stem[-7:])]
-        assert reason in failed[vid] and vid.split("/")[-1] in failed[vid], failed[vid]
-    for vid, v in done.items():
-        cube = s.read(vid, "rgb")
+    assert len(s.videos) == 12 + len(corpus)
+    counts = check_outcomes(s.videos, corpus)
+    for v in s.videos:
+        if v.status != "done":
+            continue
+        cube = s.read(v.id, "rgb")
         assert cube.shape == (6, 1024, 2, 2) and cube.dtype == np.float16
-        assert np.isfinite(cube).all() and np.abs(cube).max() > 0, f"{vid}: all-zero cube (float16 underflow?)"
+        assert np.isfinite(cube).all() and np.abs(cube).max() > 0, f"{v.id}: all-zero cube (float16 underflow?)"
         assert len(v.frame_indices) == len(v.timestamps) == 6 and v.frame_indices[0] == 0
-        if "g80" not in vid:
+        if v.id not in corpus:
             assert v.boxes is not None and len(v.boxes) == 6
-    rotated = next(v for vid, v in done.items() if vid.endswith("g80_c01"))
-    assert rotated.source["rotation"] == 90
-    odd = next(v for vid, v in done.items() if vid.endswith("g80_c03"))
-    assert (odd.source["width"], odd.source["height"]) == (47, 33)
+    by_name = {v.id[-7:]: v for v in s.videos}
+    assert by_name["g80_c01"].source["rotation"] == 90
+    assert (by_name["g80_c03"].source["width"], by_name["g80_c03"].source["height"]) == (47, 33)
+    assert verify_store(path) == []
+    return counts
 
 
-def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted):
-    check_good_done_and_bad_failed(extracted)
+def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted, bad_corpus):
+    counts = check_good_done_and_bad_failed(extracted, bad_corpus)
+    assert counts["failed"] >= sum(case.expect == "failed" for case in bad_corpus.values())
 
 
 def test_store_is_readable_with_plain_zarr(extracted):
@@ -102,9 +102,10 @@ def test_store_is_readable_with_plain_zarr(extracted):
 
 def test_rerun_skips_finished_videos_and_refuses_another_config(extracted, tiny_with_bad_files, dask_client):
     before = store_snapshot(extracted)
+    n_done = sum(status == "done" for status, *_ in before.values())
     again = extract_dataset("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client, **TINY_OPTS)
-    assert again.skipped == 12 + len(ODD_GOOD_FILES) and again.done == 0  # finished videos are skipped
-    assert len(again.failed) == len(BAD_FILES)  # failed ones are tried again
+    assert again.skipped == n_done and again.done == 0  # finished videos are skipped
+    assert len(again.failed) == len(before) - n_done  # failed ones are tried again
     after = store_snapshot(extracted)
     for vid, (status, *_rest) in before.items():
         assert after[vid][0] == status
@@ -113,11 +114,12 @@ def test_rerun_skips_finished_videos_and_refuses_another_config(extracted, tiny_
                         **{**TINY_OPTS, "frames": 5})
 
 
-def test_cli_exit_code_reports_failures(tiny_with_bad_files, dask_client, tmp_path):
+def test_cli_exit_code_reports_failures(tiny_with_bad_files, bad_corpus, dask_client, tmp_path):
     args = cli_args(tiny_with_bad_files, tmp_path / "s", scheduler=dask_client.scheduler.address)[3:]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
-    assert f"{len(BAD_FILES)} failed" in result.output and "FAILED" in result.output
+    n_failed = sum(v.status == "failed" for v in open_store(tmp_path / "s").videos)
+    assert n_failed and f"{n_failed} failed" in result.output and "FAILED" in result.output
     allowed = CliRunner().invoke(main, args + ["--allow-failures"])
     assert allowed.exit_code == 0, allowed.output
 
@@ -219,7 +221,7 @@ def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthet
     assert_same_stores(reference, out)
 
 
-def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, tmp_path):
+def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus, tmp_path):
     bin_dir = Path(sys.executable).parent
     scheduler_file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -237,8 +239,8 @@ def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, tmp_path):
         out = tmp_path / "s"
         result = subprocess.run(cli_args(tiny_with_bad_files, out, scheduler=address), cwd=REPO,
                                 capture_output=True, text=True, timeout=300)
-        assert result.returncode == 1 and f"{len(BAD_FILES)} failed" in result.stderr, result.stderr[-3000:]
-        check_good_done_and_bad_failed(out)
+        assert result.returncode == 1 and "FAILED" in result.stderr, result.stderr[-3000:]
+        check_good_done_and_bad_failed(out, bad_corpus)
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -75,9 +75,7 @@ def read_ucf_layout(root: Path, required: Sequence[int], optional: Sequence[int]
     for k in splits:
         for role, file in ((TRAIN, lists / f"trainlist{k:02d}.txt"), (TEST, lists / f"testlist{k:02d}.txt")):
             for number, line in read_lines(file, f"the {role} list of split {k}"):
-                listed, *label_text = line.split()
-                if len(label_text) > 1:
-                    raise DatasetError(f"{file}, line {number}: expected '<Class>/<video> [label]', got {line!r}")
+                listed, label_text = _split_list_line(line)
                 if listed not in parsed:
                     parsed[listed] = _parse_path(videos, listed, file, number, class_index)
                 vid, path, label = parsed[listed]
@@ -101,6 +99,14 @@ def read_ucf_layout(root: Path, required: Sequence[int], optional: Sequence[int]
             group=f"{folder}/{match.group(1)}" if match else None,
         ))
     return classes, records, names
+
+
+def _split_list_line(line: str) -> tuple[str, list[str]]:
+    """'Class/v_x.avi 3' -> ('Class/v_x.avi', ['3']); file names may hold spaces, a label is the last number."""
+    parts = line.rsplit(None, 1)
+    if len(parts) == 2 and parts[1].isdigit():
+        return parts[0], [parts[1]]
+    return line.strip(), []
 
 
 def _parse_path(videos: Path, listed: str, file: Path, number: int,
