@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from store.layout import VIDEO_ATTR, VIDEOS_GROUP
-from store.reader import Store, StoreError, entry_from, open_store
-from store.schema import DONE, FAILED, PENDING, VideoEntry
+from store.layout import VIDEOS_GROUP
+from store.reader import Store, StoreError, open_store
+from store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
 
 #: Status of a video whose own metadata (videos/<key>/zarr.json) cannot be read.
-UNREADABLE = "unreadable"
 
 
 def find_stores(root: str | Path) -> list[Path]:
@@ -49,26 +48,6 @@ def _is_store_metadata(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return True  # a broken root is listed with its error, not silently skipped
     return isinstance(meta, dict) and meta.get("node_type") == "group" and "glimpse" in meta.get("attributes", {})
-
-
-def video_entries(store: Store) -> list[VideoEntry]:
-    """Every video of the manifest with its status; one whose own metadata cannot be read gets status
-    ``"unreadable"`` with the file and the reason as its ``error`` (instead of failing the whole listing)."""
-    try:
-        return store.videos
-    except Exception:  # one broken video group: fall back to reading them one by one
-        pass
-    entries = []
-    for row in store.manifest:
-        node_path = f"{VIDEOS_GROUP}/{row['key']}"
-        try:
-            result = store.root[node_path].attrs.get(VIDEO_ATTR)
-        except KeyError:
-            result = None
-        except Exception as exc:
-            result = {"status": UNREADABLE, "error": f"{node_path}/zarr.json: {type(exc).__name__}: {exc}"}
-        entries.append(entry_from(row, result))
-    return entries
 
 
 def sampling_text(config: dict[str, Any]) -> str:
@@ -122,7 +101,7 @@ def raw_bytes(store: Store, entries: list[VideoEntry]) -> int:
 def store_summary(path: str | Path) -> dict[str, Any]:
     """One row of ``ls``: what a store holds, how it was made, how big it is."""
     store = open_store(path)
-    entries = video_entries(store)
+    entries = store.videos
     status = Counter(e.status for e in entries)
     config, meta = store.config, store.meta
     raw, disk = raw_bytes(store, entries), disk_bytes(path)
@@ -249,7 +228,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
     """The full provenance of one store: config and its hash, versions, weights, streams with their
     shapes, per-split and per-class counts, every failure with its reason."""
     store = open_store(path)
-    entries = video_entries(store)
+    entries = store.videos
     classes = store.classes
     per_class = {name: {DONE: 0, FAILED: 0, PENDING: 0} for name in classes}
     splits: dict[str, Counter] = {}

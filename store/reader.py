@@ -19,7 +19,7 @@ import zarr
 from zarr.errors import GroupNotFoundError
 
 from store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
-from store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, VideoEntry
+from store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
 
 
 class StoreError(RuntimeError):
@@ -110,20 +110,20 @@ class Store:
     def manifest(self) -> list[dict[str, Any]]:
         return list(self.meta["videos"])
 
-    def _results(self) -> dict[str, Mapping[str, Any]]:
-        """Per-video result attributes, by key, of every video group present."""
-        if VIDEOS_GROUP not in self._root:
-            return {}
-        results = {}
-        for key, node in self._root[VIDEOS_GROUP].groups():
-            results[key] = node.attrs.get(VIDEO_ATTR, {})
-        return results
+    def _result(self, row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """A video's result attributes; None while nothing is written; "unreadable" when its metadata is broken."""
+        node_path = f"{VIDEOS_GROUP}/{row['key']}"
+        try:
+            return self._root[node_path].attrs.get(VIDEO_ATTR)
+        except KeyError:
+            return None
+        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
+            return {"status": UNREADABLE, "error": f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"}
 
     @property
     def videos(self) -> list[VideoEntry]:
         """Every video of the dataset in manifest order, with its current status (read fresh each call)."""
-        results = self._results()
-        return [entry_from(row, results.get(row["key"])) for row in self.manifest]
+        return [entry_from(row, self._result(row)) for row in self.manifest]
 
     @cached_property
     def _by_id(self) -> dict[str, dict[str, Any]]:
@@ -132,8 +132,7 @@ class Store:
     def video(self, video_id: str) -> VideoEntry:
         """The entry of one video, read fresh."""
         row = self._row(video_id)
-        node = self._video_group(row)
-        return entry_from(row, None if node is None else node.attrs.get(VIDEO_ATTR))
+        return entry_from(row, self._result(row))
 
     def _row(self, video_id: str) -> dict[str, Any]:
         try:

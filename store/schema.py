@@ -58,8 +58,8 @@ class VideoRecord:
         return self.labels[0]
 
 
-#: Status of a video inside a store.
-PENDING, WRITING, DONE, FAILED = "pending", "writing", "done", "failed"
+#: Status of a video inside a store ("unreadable": its own metadata is broken, see store verify).
+PENDING, WRITING, DONE, FAILED, UNREADABLE = "pending", "writing", "done", "failed", "unreadable"
 
 #: Dimension names of each stream's per-video array, written into the array metadata.
 STREAM_DIMS = {

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from store.catalog import UNREADABLE, video_entries
 from store.layout import VIDEOS_GROUP, array_checksum
 from store.reader import Store, open_store
-from store.schema import DONE, VideoEntry
+from store.schema import DONE, UNREADABLE, VideoEntry
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def run_verify(path: str | Path, progress: bool = False,
                storage_options: Mapping[str, Any] | None = None) -> Verification:
     """Verify every done video of the store at ``path`` (a tqdm bar when ``progress`` and stderr is a terminal)."""
     store = open_store(path, storage_options)
-    entries = video_entries(store)
+    entries = store.videos
     bad: list[tuple[str, str]] = []
     not_done: Counter = Counter()
     bar = None

@@ -62,3 +62,11 @@ def translating_video(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     # frame t shows the window at (row 30 - dy t, column 50 - dx t): content moves by (+dx, +dy) per frame
     frames = np.stack([texture[30 - dy * t : 126 - dy * t, 50 - dx * t : 146 - dx * t] for t in range(8)])
     return write_video(tmp_path_factory.mktemp("flow") / "translate.mp4", frames), (dx, dy)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Write docs/reliability.md when reliability cases ran (a whole-suite run writes all of them)."""
+    from reliability_log import RECORDS, write_report
+
+    if RECORDS:
+        write_report()

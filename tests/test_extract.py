@@ -18,6 +18,7 @@ import torchvision
 import zarr
 from bad_inputs import Case, check_outcomes
 from click.testing import CliRunner
+from reliability_log import record
 
 from extract.cli import extract_dataset, main
 from store import StoreExistsError, open_store
@@ -63,7 +64,7 @@ def extracted(tiny_with_bad_files, dask_client, tmp_path_factory) -> Path:
     return out
 
 
-def check_good_done_and_bad_failed(path: Path, corpus: dict[str, Case]) -> dict[str, int]:
+def check_good_done_and_bad_failed(path: Path, corpus: dict[str, Case], via: str) -> dict[str, int]:
     """Every good video done with sane cubes, every bad one failed with its reason, verify passing."""
     s = open_store(path)
     assert len(s.videos) == 12 + len(corpus)
@@ -81,11 +82,17 @@ def check_good_done_and_bad_failed(path: Path, corpus: dict[str, Case]) -> dict[
     assert by_name["g80_c01"].source["rotation"] == 90
     assert (by_name["g80_c03"].source["width"], by_name["g80_c03"].source["height"]) == (47, 33)
     assert verify_store(path) == []
+    for v in s.videos:
+        if v.id in corpus and via == "LocalCluster":
+            what = "done" if v.status == "done" else f"failed: {v.error.replace(v.path, '<file>')[:90]}"
+            record("bad input", f"`{Path(v.path).name}` (expect {corpus[v.id].expect})", what, bad_inputs_tried=1)
+    record("bad input", f"the whole corpus through {via}", f"{counts['done']} done, {counts['failed']} failed, "
+           "store verify passes", videos_lost=0)
     return counts
 
 
 def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted, bad_corpus):
-    counts = check_good_done_and_bad_failed(extracted, bad_corpus)
+    counts = check_good_done_and_bad_failed(extracted, bad_corpus, "LocalCluster")
     assert counts["failed"] >= sum(case.expect == "failed" for case in bad_corpus.values())
 
 
@@ -240,7 +247,7 @@ def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus,
         result = subprocess.run(cli_args(tiny_with_bad_files, out, scheduler=address), cwd=REPO,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 1 and "FAILED" in result.stderr, result.stderr[-3000:]
-        check_good_done_and_bad_failed(out, bad_corpus)
+        check_good_done_and_bad_failed(out, bad_corpus, "a hand-started scheduler and 2 workers")
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGKILL)
