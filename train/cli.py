@@ -1,11 +1,141 @@
-"""Command line of the train stage (`python -m train`)."""
+"""Command line of the train stage (`python -m train`).
+
+    python -m train --store stores/ucf11 --model regattn --out runs/ucf11-regattn [--set hidden=1024 ...]
+    python -m train --dataset ucf11 --model softattn          # the store found under --store-root by dataset
+    python -m train --resume runs/ucf11-regattn               # continue after an interruption
+    python -m train models                                    # every registered model and its defaults
+    python -m train sweep --store stores/ucf11 --model regattn --grid lambda=1e-5,1e-4 --grid blocks=2,4
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """The train stage."""
+def find_store(dataset: str, root: str) -> str:
+    """The one store of ``dataset`` under ``root`` (the store catalog), or a clear error."""
+    from store.catalog import find_stores
+    from store.reader import StoreError, open_store
+
+    try:
+        paths = find_stores(root)
+    except StoreError as err:
+        raise click.UsageError(f"--dataset {dataset}: {err}; give --store PATH or --store-root") from None
+    found = []
+    for path in paths:
+        try:
+            if open_store(path).dataset == dataset:
+                found.append(str(path))
+        except StoreError:
+            continue
+    if not found:
+        raise click.UsageError(f"--dataset {dataset}: no store of that dataset under {root} "
+                               f"(extract one: make extract DATASET={dataset})")
+    if len(found) > 1:
+        raise click.UsageError(f"--dataset {dataset}: {len(found)} stores under {root} ({', '.join(found)}); "
+                               "choose one with --store")
+    return found[0]
+
+
+def training_options(model: str, lam: float | None, blocks: int | None, sets: tuple[str, ...],
+                     normalize: bool, cache_ram: str | None, quiet: bool, **plain) -> dict:
+    """TrainConfig keyword arguments from the command line's options (None ones left to the defaults)."""
+    from train.config import ConfigError, parse_model_args
+    from train.data import parse_bytes
+
+    try:
+        model_args = parse_model_args(model, list(sets))
+        if lam is not None:
+            model_args.update(parse_model_args(model, [f"lam={lam!r}"]))
+        if blocks is not None:
+            model_args.update(parse_model_args(model, [f"blocks={blocks}"]))
+        options = {k: v for k, v in plain.items() if v is not None}
+        if cache_ram:
+            options["cache_ram"] = parse_bytes(cache_ram)
+    except (ConfigError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+    return {**options, "model_args": model_args, "normalize": normalize, "progress": not quiet}
+
+
+def run_or_fail(function, *args, **kwargs):
+    """Call a training function; turn the errors a user can fix into a clean exit with their message."""
+    from train.config import ConfigError
+    from train.loop import NonFiniteLossError
+
+    try:
+        return function(*args, **kwargs)
+    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteLossError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
+                                                            "show_default": True})
+@click.option("--store", type=click.Path(), help="The feature store to train from.")
+@click.option("--dataset", help="Find the store of this dataset under --store-root instead of --store.")
+@click.option("--store-root", default="stores/", help="Where --dataset looks for stores.")
+@click.option("--model", help="A registered model (python -m train models).")
+@click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
+@click.option("--split", help="Official split K of the dataset. [1]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train. [30]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step. [16]")
+@click.option("--lr", type=float, help="Learning rate. [the model's paper]")
+@click.option("--optimizer", type=click.Choice(["adam", "adadelta", "sgd"]), help="[the model's paper]")
+@click.option("--lambda", "lam", type=float, help="Attention penalty weight (the model's `lam`).")
+@click.option("--blocks", type=click.IntRange(min=1), help="regattn: N x N group-sparsity blocks.")
+@click.option("--seed", type=int, help="Random seed: the same seed gives the same metrics. [0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[auto]")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Any model setting, e.g. --set hidden=1024.")
+@click.option("--frames", type=click.IntRange(min=1), help="Clip length T in steps. [the model's paper]")
+@click.option("--stride", type=click.IntRange(min=1), help="Stored frames between two steps d. [the model's paper]")
+@click.option("--aggregation", type=click.Choice(["mean", "vote"]), help="Video score from clips. [the model's]")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="Held out by group. [0.15]")
+@click.option("--patience", type=click.IntRange(min=0), help="Early stopping after N epochs, 0 never. [5]")
+@click.option("--normalize/--no-normalize", default=True, help="Standardize channels with training statistics.")
+@click.option("--norm-videos", type=click.IntRange(min=1), help="Videos the statistics are taken on. [256]")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes (spawned). [2]")
+@click.option("--cache-ram", help="Hold the store in RAM if it fits this budget, e.g. 8GB.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), help="Also checkpoint every N steps. [0]")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam, blocks, sets, normalize, cache_ram,
+         quiet, **plain) -> None:
+    """Train an attention model from a feature store, or continue a run (--resume)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from train.loop import resume_run, train_model
+
+    if resume:
+        changes = {k: v for k, v in plain.items() if v is not None}
+        if cache_ram:
+            from train.data import parse_bytes
+
+            changes["cache_ram"] = parse_bytes(cache_ram)
+        if quiet:
+            changes["progress"] = False
+        result = run_or_fail(resume_run, resume, **changes)
+        click.echo(result.summary())
+        return
+    if not model:
+        raise click.UsageError("--model is required (or --resume RUN_DIR); python -m train models lists them")
+    from train.models import MODELS
+
+    if model not in MODELS:
+        raise click.UsageError(f"unknown model {model!r}; registered models: {', '.join(MODELS)}")
+    if not store and not dataset:
+        raise click.UsageError("give --store PATH or --dataset NAME")
+    store = store or find_store(dataset, store_root)
+    if out is None:
+        from store import open_store
+
+        out = str(Path("runs") / f"{open_store(store).dataset}-{model}")
+    options = training_options(model, lam, blocks, sets, normalize, cache_ram, quiet, **plain)
+    result = run_or_fail(train_model, store, model, out, **options)
+    click.echo(result.summary())
 
 
 @main.command("models")

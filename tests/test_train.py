@@ -1,0 +1,289 @@
+"""The training service: real stores (extracted from real videos, and hand-written ones), real models, real runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from extract.cli import extract_dataset
+from store import VideoRecord, create_store, open_store
+from store.layout import video_key
+from train.cli import main
+from train.clips import Clip, Video, epoch_plan, hold_out
+from train.config import ConfigError, TrainConfig, parse_model_args, resolve
+from train.data import parse_bytes
+from train.loop import NonFiniteLossError, resume_run, train_model
+from train.models import MODELS, build_model
+from train.predict import aggregate, load_run, predict_run
+from train.run import TIMING_COLUMNS, RunDir
+
+TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
+#: a run small enough for seconds on two cores
+FAST = {"epochs": 2, "batch_size": 2, "workers": 0, "progress": False, "lr": 1e-3}
+
+
+def small_args(model: str) -> dict:
+    """The smallest hidden size each model takes (all of them have one)."""
+    fields = MODELS[model].config.__dataclass_fields__
+    return {"hidden": 8} if "hidden" in fields else {}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_synthetic, dask_client, tmp_path_factory) -> Path:
+    """The tiny synthetic dataset through the real extraction stage: 12 videos of 6 frames, 1024 x 2 x 2 cubes."""
+    out = tmp_path_factory.mktemp("train_store") / "tiny"
+    summary = extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, **TINY_EXTRACT)
+    assert not summary.failed
+    return out
+
+
+def hand_store(path: Path, classes=("a", "b", "c"), per_class=6, frames=7, streams=("rgb", "flow_cnn"),
+               frame_shape=(6, 3, 3), multi_label=False, seed=0) -> Path:
+    """A store written directly: each class lights up its own channel at a class-specific position.
+
+    Groups of 2 clips per class; the first group of each class is test. Multi-label videos also
+    carry the next class's label and signal. One extra video is recorded as failed.
+    """
+    records, rng = [], np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        for i in range(per_class):
+            labels = (k, (k + 1) % len(classes)) if multi_label and i % 2 else (k,)
+            role = "test" if i < 2 else "train"
+            records.append(VideoRecord(id=f"{name}/v{i}", path=f"/v/{name}{i}.avi", labels=labels,
+                                       splits={"1": role}, group=f"{name}/g{i // 2}"))
+    records.append(VideoRecord(id="a/broken", path="/v/broken.avi", labels=(0,), splits={"1": "train"}))
+    writer = create_store(path, dataset="hand", classes=classes, records=records,
+                          config={"dataset": "hand", "seed": seed},
+                          streams={s: {"frame_shape": list(frame_shape)} for s in streams})
+    for r in records[:-1]:
+        arrays = {}
+        for s in streams:
+            cube = rng.standard_normal((frames, *frame_shape)).astype(np.float32)  # (T, C, K, K)
+            for lab in r.labels:
+                cube[:, lab, lab % frame_shape[1], lab % frame_shape[2]] += 3.0
+            arrays[s] = cube
+        writer.write_video(video_key(r.id), arrays, {"n_frames": frames, "frame_indices": list(range(frames)),
+                                                     "timestamps": [t / 25 for t in range(frames)]})
+    writer.write_failure(video_key("a/broken"), "/v/broken.avi: decoder said no")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_stream_store(tmp_path_factory) -> Path:
+    return hand_store(tmp_path_factory.mktemp("hand") / "two")
+
+
+def same_metrics(a: Path, b: Path) -> None:
+    rows_a, rows_b = RunDir(a).metrics(), RunDir(b).metrics()
+    assert len(rows_a) == len(rows_b)
+    for x, y in zip(rows_a, rows_b, strict=True):
+        assert {k: v for k, v in x.items() if k not in TIMING_COLUMNS} == \
+            {k: v for k, v in y.items() if k not in TIMING_COLUMNS}
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def test_clips_pad_short_videos_and_cover_every_frame():
+    clip = Clip(frames=4, stride=2)
+    assert clip.span == 7 and clip.start_range(10) == 4 and clip.start_range(5) == 1
+    np.testing.assert_array_equal(clip.indices(10, 3), [3, 5, 7, 9])
+    np.testing.assert_array_equal(clip.indices(5, 0), [0, 2, 4, 4])  # padded with the last frame
+    assert clip.padded(5) and not clip.padded(7)
+    cover = clip.cover(13)  # (clips, T)
+    assert cover.shape[1] == 4 and set(cover.ravel()) == set(range(13))
+    assert all((np.diff(c) == 2).all() for c in cover)
+    blocks = Clip(frames=30).cover(75)  # Sharma: 30-step blocks over the whole video, the last one ending at its end
+    assert [b[0] for b in blocks] == [0, 30, 45] and blocks[-1][-1] == 74
+
+
+def test_epoch_plan_depends_only_on_seed_and_epoch():
+    videos = [Video(f"v{i}", f"v{i}", (i % 3,), 20 + i) for i in range(9)]
+    clip = Clip(6)
+    assert epoch_plan(videos, clip, 1, 0) == epoch_plan(videos, clip, 1, 0)
+    assert epoch_plan(videos, clip, 1, 0) != epoch_plan(videos, clip, 1, 1)
+    plan = epoch_plan(videos, clip, 1, 3)
+    assert sorted(i for i, _ in plan) == list(range(9))
+    assert all(0 <= start <= videos[i].n_frames - 6 for i, start in plan)
+
+
+def test_validation_is_held_out_by_group_and_keeps_every_class():
+    videos = [Video(f"c{c}/g{g}/v{i}", "k", (c,), 10, f"c{c}/g{g}") for c in range(3) for g in range(4)
+              for i in range(3)]
+    train, val, groups = hold_out(videos, 0.25, seed=0)
+    assert {v.group for v in train}.isdisjoint({v.group for v in val}) and set(groups) == {v.group for v in val}
+    assert {v.label for v in val} == {0, 1, 2} and {v.label for v in train} == {0, 1, 2}
+    assert len(train) + len(val) == len(videos) and len(val) == 9  # one group of 3 per class
+    assert hold_out(videos, 0.25, seed=0) == (train, val, groups)
+    single = [v for v in videos if v.group.endswith("g0")]  # one group per class: nothing can be held out
+    assert hold_out(single, 0.25, seed=0)[1] == []
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_config_resolves_each_papers_defaults_and_adapts_clips_to_short_stores():
+    def resolved(model, **kw):
+        return resolve(TrainConfig(store="s", model=model, out="o", **kw), [12, 10])
+
+    soft, notes = resolved("softattn")
+    assert (soft.optimizer, soft.lr, soft.aggregation, soft.stride, soft.frames) == ("adam", 1e-4, "mean", 1, 12)
+    assert "adapted" in notes[0]
+    reg, _ = resolved("regattn")
+    assert (reg.aggregation, reg.stride, reg.frames) == ("vote", 2, 6)
+    han, _ = resolved("han")
+    assert (han.optimizer, han.lr) == ("adadelta", 1.0)
+    cham, _ = resolve(TrainConfig(store="s", model="cham", out="o"), [100])
+    assert (cham.frames, cham.lr_drop_step, cham.lr_drop_to) == (60, 10_000, 1e-5)
+    fixed, notes = resolved("softattn", frames=30, optimizer="sgd")
+    assert fixed.frames == 30 and not notes and fixed.lr == 1e-2
+    assert parse_model_args("regattn", ["lambda=1e-3", "blocks=2", "stride=none"]) == \
+        {"lam": 1e-3, "blocks": 2, "stride": None}
+    with pytest.raises(ConfigError, match="hidden, blocks, stride, lam"):
+        parse_model_args("regattn", ["layers=2"])
+    assert parse_bytes("8GB") == 8 * 2**30 and parse_bytes("512MB") == 2**29
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_and_predicts_from_a_two_stream_store(name, two_stream_store, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # regattn: N=4 blocks do not fit a 3x3 map; the run records it
+        result = train_model(two_stream_store, name, tmp_path / "run", **{**FAST, "epochs": 1},
+                             model_args={**small_args(name), **({"blocks": 1} if name == "regattn" else {})})
+    assert result.epochs == 1 and 0 <= result.test_accuracy <= 1
+    preds = list(predict_run(tmp_path / "run"))
+    assert len(preds) == 6 and all(p.scores.shape == (3,) for p in preds)
+    if MODELS[name].attention:
+        assert preds[0].attention is not None and preds[0].attention.shape[-2:] == (3, 3)
+
+
+@pytest.mark.parametrize("name", [n for n, spec in MODELS.items() if "flow_cnn" in spec.streams])
+def test_a_store_without_flow_fails_before_training_naming_what_to_extract(name, tiny_store, tmp_path):
+    with pytest.raises(ConfigError, match=r"flow_cnn.*--flow tvl1"):
+        train_model(tiny_store, name, tmp_path / "run", **FAST)
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def test_cli_run_directory_explains_itself(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["--store", str(tiny_store), "--model", "softattn", "--out", str(out),
+                                       "--epochs", "2", "--batch-size", "2", "--set", "hidden=8", "--lambda", "0.5",
+                                       "--workers", "0", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "clips_s=" in result.output  # the summary and the progress bar
+    config = json.loads((out / "config.json").read_text())
+    store = open_store(tiny_store)
+    assert config["store"]["config_hash"] == store.config_hash and config["store"]["path"] == str(tiny_store)
+    assert config["train"]["lr"] == 1e-4 and config["train"]["optimizer"] == "adam" and config["train"]["seed"] == 3
+    assert config["train"]["frames"] == 6 and config["data"]["train"] == 6 and config["data"]["test"] == 6
+    assert config["model"]["config"]["hidden"] == 8 and config["model"]["config"]["lam"] == 0.5
+    rows = RunDir(out).metrics()
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(float(r["train_loss"]) > 0 for r in rows)
+    for which in ("best", "last"):
+        ckpt = torch.load(out / f"{which}.pt", weights_only=True)
+        assert ckpt["model"] == "softattn" and ckpt["store"]["config_hash"] == store.config_hash
+        model = build_model(ckpt["model"], **ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+        assert set(ckpt["normalization"]["rgb"]) == {"mean", "std"}
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    outcome = json.loads((out / "result.json").read_text())
+    assert outcome["stopped"] == "completed" and outcome["test_videos"] == 6
+    assert len((out / "test_predictions.csv").read_text().splitlines()) == 7
+    events = RunDir(out).events()
+    assert events[0].startswith("started softattn") and events[-1].startswith("finished")
+    again = CliRunner().invoke(main, ["--store", str(tiny_store), "--model", "softattn", "--out", str(out)])
+    assert again.exit_code != 0 and "--resume" in again.output  # a finished run is never overwritten
+
+
+def test_dataset_name_finds_its_store_in_the_catalog(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["--dataset", "synthetic", "--store-root", str(tiny_store.parent), "--model",
+                                       "softmax", "--out", str(out), "--epochs", "1", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["store"]["path"] == str(tiny_store)
+    missing = CliRunner().invoke(main, ["--dataset", "ucf11", "--store-root", str(tiny_store.parent), "--model",
+                                        "softmax"])
+    assert missing.exit_code != 0 and "no store of that dataset" in missing.output
+
+
+def test_same_seed_same_metrics_with_spawned_workers_and_with_the_ram_cache(tiny_store, tmp_path):
+    options = {**FAST, "epochs": 2, "model_args": {"hidden": 8, "blocks": 2}, "seed": 5}
+    train_model(tiny_store, "regattn", tmp_path / "a", **options)
+    train_model(tiny_store, "regattn", tmp_path / "workers", **{**options, "workers": 1})
+    train_model(tiny_store, "regattn", tmp_path / "cached", **{**options, "cache_ram": parse_bytes("1GB")})
+    train_model(tiny_store, "regattn", tmp_path / "other", **{**options, "seed": 6})
+    same_metrics(tmp_path / "a", tmp_path / "workers")
+    same_metrics(tmp_path / "a", tmp_path / "cached")
+    assert RunDir(tmp_path / "a").metrics()[0]["train_loss"] != RunDir(tmp_path / "other").metrics()[0]["train_loss"]
+
+
+def test_resume_finishes_a_stopped_run_and_keeps_what_it_learns(tiny_store, tmp_path):
+    options = {**FAST, "epochs": 3, "model_args": {"hidden": 8}, "checkpoint_every": 1}
+    full = train_model(tiny_store, "softattn", tmp_path / "full", **options)
+    part = train_model(tiny_store, "softattn", tmp_path / "part", **{**options, "epochs": 1})
+    assert part.epochs == 1
+    with pytest.raises(ConfigError, match="only epochs"):
+        resume_run(tmp_path / "part", lr=0.5)
+    resumed = resume_run(tmp_path / "part", epochs=3)
+    same_metrics(tmp_path / "full", tmp_path / "part")
+    assert resumed.test_accuracy == full.test_accuracy
+    assert any(e.startswith("resumed at epoch 2") for e in RunDir(tmp_path / "part").events())
+
+
+def test_a_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    run = tmp_path / "run"
+    train_model(store, "regattn", run, **{**FAST, "epochs": 1, "model_args": {"hidden": 8, "blocks": 2}})
+    good = (run / "last.pt").read_bytes()
+    s = open_store(store)
+    victim = next(v for v in s.videos if v.splits["1"] == "train")
+    array = zarr.open_array(str(store / "videos" / victim.key / "rgb"), mode="r+")
+    array[:] = np.inf  # a corrupt video: its cube now holds Inf
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(epoch 2, batch \d+\).*last\.pt"):
+        resume_run(run, epochs=2)
+    assert (run / "last.pt").read_bytes() == good
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((run / "result.json").read_text())["stopped"] == "nonfinite_loss"
+
+
+def test_multi_label_stores_train_with_bce_and_report_map(tmp_path):
+    store = hand_store(tmp_path / "multi", multi_label=True, streams=("rgb",))
+    result = train_model(store, "avgpool_lstm", tmp_path / "run", **{**FAST, "epochs": 1},
+                         model_args={"hidden": 8})
+    assert result.metric == "mAP" and 0 < result.test_score <= 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["multi_label"] is True
+
+
+def test_the_paper_aggregations_mean_and_majority_vote():
+    logits = torch.tensor([[[4.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 1.0, 0.0]]])  # (clips, T', classes)
+    scores, predicted = aggregate(logits, "mean", multi_label=False)
+    assert predicted == 0 and scores.sum() == pytest.approx(1.0)  # one confident block outweighs two unsure
+    scores, predicted = aggregate(logits, "vote", multi_label=False)
+    assert predicted == 1 and scores.tolist() == pytest.approx([1 / 3, 2 / 3, 0])  # two segments outvote one
+
+
+def test_load_run_rebuilds_the_best_model_and_predicts_like_the_run(tiny_store, tmp_path):
+    train_model(tiny_store, "regattn", tmp_path / "run", **FAST, model_args={"hidden": 8, "blocks": 2})
+    loaded = load_run(tmp_path / "run")
+    assert loaded.name == "regattn" and loaded.aggregation == "vote" and loaded.clip == Clip(3, 2)
+    preds = {p.id: p for p in predict_run(tmp_path / "run")}
+    csv = (tmp_path / "run" / "test_predictions.csv").read_text().splitlines()[1:]
+    classes = open_store(tiny_store).classes
+    for line in csv:
+        video, _labels, predicted, *_ = line.split(",")
+        assert classes[preds[video].predicted] == predicted

@@ -1,0 +1,307 @@
+"""The training loop: epochs of seeded clips, validation by video, best / last checkpoints, early stopping,
+resume after a kill, a clear stop on a non-finite loss, and the final test evaluation.
+
+    from train.loop import train_model
+    result = train_model("stores/ucf11", "regattn", "runs/ucf11-regattn", epochs=20, model_args={"hidden": 256})
+    result.test_accuracy
+
+Same seed -> same metrics: the model is initialised under ``seed``, each epoch's clips come from
+(seed, epoch) and its dropout from a torch seed of (seed, epoch). A checkpoint taken inside an epoch
+(``checkpoint_every``) also holds the torch random state and the epoch's running sums, so a resumed
+run continues exactly where the killed one was.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train.config import RESUMABLE, ConfigError, TrainConfig
+from train.losses import model_loss
+from train.predict import clip_loss, predict_videos, score
+from train.run import RunDir, TensorBoard, atomic_write_text, rng_state, set_rng_state
+from train.setup import Setup, prepare
+
+log = logging.getLogger("train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of a run: its best validation score, its test scores and why it stopped."""
+
+    run_dir: str
+    model: str
+    epochs: int
+    best_epoch: int
+    best_val_score: float | None
+    test_accuracy: float
+    test_score: float
+    metric: str
+    stopped: str
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        val = "n/a" if self.best_val_score is None else f"{self.best_val_score:.3f}"
+        return (f"{self.model}: {self.stopped} after {self.epochs} epochs; best epoch {self.best_epoch} "
+                f"(validation {self.metric} {val}); test {self.metric} {self.test_score:.3f} -> {self.run_dir}")
+
+
+def train_model(store: str | Path, model: str, out: str | Path, **options: Any) -> RunResult:
+    """Train ``model`` on ``store`` into the new run directory ``out``; ``options`` are TrainConfig fields."""
+    return run_training(TrainConfig(store=str(store), model=model, out=str(out), **options))
+
+
+def resume_run(run_dir: str | Path, **changes: Any) -> RunResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (a finished run just reports its result).
+
+    ``changes`` may set only fields in :data:`train.config.RESUMABLE` (e.g. more ``epochs``, another device).
+    """
+    saved = RunDir(run_dir).config()["train"]
+    bad = sorted(set(changes) - set(RESUMABLE))
+    if bad:
+        raise ConfigError(f"--resume keeps what the run learns; only {', '.join(RESUMABLE)} may change, not "
+                          f"{', '.join(bad)}")
+    return run_training(TrainConfig(**{**saved, **changes, "out": str(run_dir)}), resume=True)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The torch seed of one epoch's dropout."""
+    return int(np.random.SeedSequence([seed, epoch, 0xD40]).generate_state(1)[0])
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): CHAM's drop after lr_drop_step steps."""
+    if config.lr_drop_step and step >= config.lr_drop_step:
+        return config.lr_drop_to
+    return config.lr
+
+
+def batch_hits(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> int:
+    """Clips whose mean prediction over steps is (one of) their label(s)."""
+    predicted = logits.detach().float().softmax(-1).mean(1).argmax(-1)  # (B,)
+    if multi_label:
+        return int(target.gather(1, predicted[:, None]).sum())
+    return int((predicted == target).sum())
+
+
+def finite_parameters(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite (nothing non-finite is ever written into a checkpoint)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
+    """Train (or resume) the run ``config`` describes; see the module docstring."""
+    run = RunDir(config.out)
+    ckpt = None
+    if resume:
+        saved = run.config()
+        ckpt = run.load_checkpoint("last") if run.file("last.pt").is_file() else None
+    setup = prepare(config, ckpt["normalization"] if ckpt else None)
+    config = setup.config
+    if resume:
+        if saved["store"]["config_hash"] != setup.store.config_hash:
+            raise ConfigError(f"{config.store}: the store's config hash is {setup.store.config_hash}, the run "
+                              f"{run.path} was trained on {saved['store']['config_hash']}: not the same features")
+        run.event("resumed " + (f"at epoch {ckpt['epoch'] + 1} batch {ckpt['batch']} (step {ckpt['step']})"
+                                if ckpt else "from the start (no checkpoint yet)"))
+    else:
+        run.create({"train": config.to_dict(), **setup.describe()})
+        run.event(f"started {config.model} on {config.store} split {config.split}: "
+                  f"{len(setup.selection.train)} train / {len(setup.selection.val)} val / "
+                  f"{len(setup.selection.test)} test videos")
+        for note in setup.notes:
+            run.event(f"note: {note}")
+    state = restore(setup, ckpt)
+    if state["stopped"] is None or state["epoch"] < config.epochs and state["stopped"] == "completed":
+        state["stopped"] = None
+        fit(setup, run, state)
+    return finish(setup, run, state)
+
+
+def restore(setup: Setup, ckpt: dict | None) -> dict[str, Any]:
+    """The loop's state: fresh, or taken from a checkpoint (model and optimizer loaded in place)."""
+    if ckpt is None:
+        return {"epoch": 0, "batch": 0, "step": 0, "history": [], "best": None, "stopped": None, "partial": None,
+                "rng": None}
+    setup.model.load_state_dict(ckpt["state_dict"])
+    setup.optimizer.load_state_dict(ckpt["optimizer"])
+    return {k: ckpt[k] for k in ("epoch", "batch", "step", "history", "best", "stopped", "partial", "rng")}
+
+
+def checkpoint(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a checkpoint: plain types and tensors only (torch.load(weights_only=True))."""
+    norm = setup.train_dataset.normalization
+    return {
+        "model": setup.config.model,
+        "config": dataclasses.asdict(setup.model.config),
+        "state_dict": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "normalization": norm.to_state() if norm is not None else None,
+        "train_config": setup.config.to_dict(),
+        "store": {"path": setup.store.path, "config_hash": setup.store.config_hash},
+        "classes": list(setup.store.classes),
+        **{k: state[k] for k in ("epoch", "batch", "step", "history", "best", "stopped", "partial", "rng")},
+    }
+
+
+def save(setup: Setup, run: RunDir, state: dict[str, Any], *which: str) -> None:
+    """Write the checkpoints named in ``which``, refusing to save non-finite parameters."""
+    if not finite_parameters(setup.model):
+        raise NonFiniteLossError(f"{run.path}: parameters became NaN or infinite by step {state['step']}; "
+                                 f"last good checkpoint kept: {run.file('last.pt')}")
+    payload = checkpoint(setup, state)
+    for name in which:
+        run.save_checkpoint(name, payload)
+
+
+def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
+    """Train epochs state["epoch"] .. config.epochs - 1, validating and checkpointing after each."""
+    config, model, optimizer = setup.config, setup.model, setup.optimizer
+    B, n_train = config.batch_size, len(setup.selection.train)
+    batches = math.ceil(n_train / B)
+    tensorboard = TensorBoard(run, purge_step=state["epoch"] + 1)
+    try:
+        while state["epoch"] < config.epochs:
+            epoch = state["epoch"]
+            if state["batch"]:  # resumed inside the epoch
+                set_rng_state(state["rng"])
+                sums = dict(state["partial"])
+            else:
+                torch.manual_seed(epoch_seed(config.seed, epoch))
+                sums = {"loss": 0.0, "hits": 0, "clips": 0, "data_s": 0.0, "compute_s": 0.0}
+            setup.sampler.set_epoch(epoch, skip=state["batch"] * B)
+            model.train()
+            bar = tqdm(total=batches, initial=state["batch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+                       unit="batch", disable=not config.progress, dynamic_ncols=True, leave=True)
+            started = waited = time.perf_counter()
+            for cubes, target in setup.train_loader:
+                got = time.perf_counter()
+                sums["data_s"] += got - waited
+                lr = lr_at(config, state["step"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                target = target.to(setup.device)
+                out = model(*(c.to(setup.device) for c in cubes))  # each (B, T, C, K, K)
+                if setup.multi_label:
+                    loss = clip_loss(out.logits, target, True)  # (B,)
+                    loss = (loss + sum(out.aux_losses.values())).mean() if out.aux_losses else loss.mean()
+                else:
+                    loss = model_loss(out, target)
+                if not torch.isfinite(loss):
+                    stop_nonfinite(setup, run, state, float(loss.detach()))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                state["step"] += 1
+                state["batch"] += 1
+                n = target.shape[0]
+                sums["loss"] += float(loss.detach()) * n
+                sums["hits"] += batch_hits(out.logits, target, setup.multi_label)
+                sums["clips"] += n
+                waited = time.perf_counter()
+                sums["compute_s"] += waited - got
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['clips']:.3f}", acc=f"{sums['hits'] / sums['clips']:.3f}",
+                                clips_s=f"{sums['clips'] / max(waited - started, 1e-9):.1f}")
+                every = config.checkpoint_every
+                if every and state["step"] % every == 0 and state["batch"] < batches:  # inside the epoch
+                    save(setup, run, {**state, "partial": dict(sums), "rng": rng_state()}, "last")
+            bar.close()
+            end_epoch(setup, run, state, sums, tensorboard)
+            if state["stopped"]:
+                break
+    finally:
+        tensorboard.close()
+
+
+def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, float], tb: TensorBoard) -> None:
+    """Validate, record the epoch's metrics, checkpoint last (and best), and decide on early stopping."""
+    config = setup.config
+    seconds = sums["data_s"] + sums["compute_s"]
+    val = {"score": float("nan"), "loss": float("nan")}
+    if setup.val_loader is not None:
+        preds = list(predict_videos(setup.model, setup.val_dataset, aggregation=config.aggregation,
+                                    multi_label=setup.multi_label, device=setup.device, loader=setup.val_loader))
+        val = score(preds, len(setup.store.classes), setup.multi_label)
+    epoch = state["epoch"] + 1
+    row = {"epoch": epoch, "step": state["step"], "lr": lr_at(config, state["step"] - 1),
+           "train_loss": sums["loss"] / sums["clips"], "train_acc": sums["hits"] / sums["clips"],
+           "val_loss": val["loss"], "val_score": val["score"], "best": 0,
+           "clips_per_s": sums["clips"] / max(seconds, 1e-9), "data_share": sums["data_s"] / max(seconds, 1e-9),
+           "seconds": seconds}
+    best = state["best"]
+    has_val = setup.val_loader is not None
+    better = best is None or not has_val or (val["score"], -val["loss"]) > (best["score"], -best["loss"])
+    if better:
+        best = {"epoch": epoch, "score": val["score"], "loss": val["loss"]}
+        row["best"] = 1
+    state.update(epoch=epoch, batch=0, partial=None, rng=None, best=best,
+                 history=[*state["history"], row])
+    if has_val and config.patience and epoch - best["epoch"] >= config.patience and epoch < config.epochs:
+        state["stopped"] = "early_stopping"
+    elif epoch >= config.epochs:
+        state["stopped"] = "completed"
+    save(setup, run, state, *(("last", "best") if better else ("last",)))
+    run.write_metrics(state["history"])
+    tb.epoch(row)
+    run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
+    name = "mAP" if setup.multi_label else "acc"
+    line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
+            + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")
+            + (" (best)" if better else ""))
+    run.event(line)
+    log.info("%s", line)
+    if state["stopped"] == "early_stopping":
+        run.event(f"early stopping: no better validation score for {config.patience} epochs")
+
+
+def stop_nonfinite(setup: Setup, run: RunDir, state: dict[str, Any], value: float) -> None:
+    """Record and raise the failure of a NaN / Inf loss; the checkpoints on disk are left as they are."""
+    kept = run.file("last.pt") if run.file("last.pt").is_file() else None
+    message = (f"{run.path}: loss is {value} at step {state['step'] + 1} (epoch {state['epoch'] + 1}, batch "
+               f"{state['batch'] + 1}); training stopped. Last good checkpoint: "
+               f"{kept or 'none (no epoch had finished)'}")
+    run.event(f"FAILED: {message}")
+    run.write_json("result.json", {"stopped": "nonfinite_loss", "error": message, "step": state["step"] + 1,
+                                   "epoch": state["epoch"] + 1})
+    raise NonFiniteLossError(message)
+
+
+def finish(setup: Setup, run: RunDir, state: dict[str, Any]) -> RunResult:
+    """Evaluate the best checkpoint on the test videos; write result.json and test_predictions.csv."""
+    best = run.load_checkpoint("best", map_location=setup.device)
+    setup.model.load_state_dict(best["state_dict"])
+    metric = "mAP" if setup.multi_label else "accuracy"
+    classes = setup.store.classes
+    preds = list(predict_videos(setup.model, setup.test_dataset, aggregation=setup.config.aggregation,
+                                multi_label=setup.multi_label, device=setup.device))
+    test = score(preds, len(classes), setup.multi_label)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["video", "labels", "predicted", "correct", "score"])
+    for p in preds:
+        writer.writerow([p.id, "+".join(classes[i] for i in p.labels), classes[p.predicted],
+                         int(p.predicted in p.labels), f"{float(p.scores[p.predicted]):.6f}"])
+    atomic_write_text(run.file("test_predictions.csv"), out.getvalue())
+    has_val = setup.val_loader is not None
+    result = RunResult(str(run.path), setup.config.model, state["epoch"], state["best"]["epoch"],
+                       state["best"]["score"] if has_val else None, test["accuracy"], test["score"], metric,
+                       state["stopped"])
+    run.write_json("result.json", {**dataclasses.asdict(result), "test": test, "test_videos": len(preds)})
+    run.event(f"finished: {result.summary()}")
+    return result

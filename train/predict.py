@@ -1,0 +1,153 @@
+"""Per-video predictions: every clip covering a video through the model, aggregated as its paper did.
+
+"mean" (Sharma et al.): softmax per time step, averaged over steps and over all blocks. "vote" (Quan
+et al., Eq. 13-15): each segment predicts the class of its mean softmax over steps, the video takes
+the majority (ties go to the class of higher mean probability). Multi-label runs score each class
+by its mean sigmoid and report mAP. The evaluation stage builds on :func:`predict_videos` and
+:func:`load_run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from store import open_store
+from train.clips import Clip, Video
+from train.data import FeatureReader, Normalization, VideoDataset, make_loader, targets_for
+from train.models import build_model
+from train.run import RunDir
+
+
+@dataclass
+class VideoPrediction:
+    """One video's outcome: ``scores`` (classes,) aggregated, ``predicted`` the top class.
+
+    ``clip_logits`` is (clips, T', classes) as the model gave them, ``attention`` (clips, T, K, K)
+    or None, ``loss`` the mean over clips of the per-clip training loss without penalties.
+    """
+
+    id: str
+    labels: tuple[int, ...]
+    scores: np.ndarray
+    predicted: int
+    clip_logits: np.ndarray
+    attention: np.ndarray | None
+    loss: float
+
+
+def clip_loss(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """(B, T', classes) logits -> (B,) loss summed over steps: cross-entropy, or BCE on multi-hot targets."""
+    steps = logits.shape[1]
+    if multi_label:
+        hot = target.unsqueeze(1).expand(-1, steps, -1)  # (B, T', classes)
+        return F.binary_cross_entropy_with_logits(logits, hot, reduction="none").sum((1, 2))  # (B,)
+    ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(steps), reduction="none")  # (B*T',)
+    return ce.view(-1, steps).sum(1)  # (B,)
+
+
+def aggregate(logits: torch.Tensor, aggregation: str, multi_label: bool) -> tuple[np.ndarray, int]:
+    """(clips, T', classes) logits -> video scores (classes,) and the predicted class."""
+    probs = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)  # (clips, T', classes)
+    mean = probs.mean((0, 1))  # (classes,)
+    if aggregation == "mean" or multi_label:
+        return mean.numpy(), int(mean.argmax())
+    votes = torch.bincount(probs.mean(1).argmax(-1), minlength=probs.shape[-1]).float()  # (classes,)
+    scores = votes / votes.sum()
+    tied = votes == votes.max()
+    return scores.numpy(), int(torch.where(tied, mean, torch.full_like(mean, -1.0)).argmax())
+
+
+@torch.no_grad()
+def predict_videos(model: nn.Module, dataset: VideoDataset, *, aggregation: str, multi_label: bool,
+                   device: str = "cpu", workers: int = 0, max_clips: int = 64,
+                   loader=None) -> Iterator[VideoPrediction]:
+    """Predict every video of ``dataset`` in order (model put in eval mode), ``max_clips`` clips per forward."""
+    model.eval()
+    loader = loader or make_loader(dataset, batch_size=None, sampler=None, workers=workers)
+    for cubes, target, index in loader:
+        logits, maps = [], []
+        for lo in range(0, cubes[0].shape[0], max_clips):
+            out = model(*(c[lo : lo + max_clips].to(device) for c in cubes))  # each (clips, T, C, K, K)
+            logits.append(out.logits.float().cpu())  # (clips, T', classes)
+            if out.attention is not None:
+                maps.append(out.attention.float().cpu())  # (clips, T, K, K)
+        logits = torch.cat(logits)  # (clips, T', classes)
+        targets = target.unsqueeze(0).expand(logits.shape[0], *target.shape)  # (clips,) or (clips, classes)
+        loss = float(clip_loss(logits, targets, multi_label).mean())
+        scores, predicted = aggregate(logits, aggregation, multi_label)
+        video = dataset.videos[int(index)]
+        yield VideoPrediction(video.id, video.labels, scores, predicted, logits.numpy(),
+                              torch.cat(maps).numpy() if maps else None, loss)
+
+
+def score(predictions: list[VideoPrediction], classes: int, multi_label: bool) -> dict[str, float]:
+    """{"accuracy", "loss", and for multi-label runs "map"}; "score" is the one model selection uses."""
+    if not predictions:
+        return {"accuracy": float("nan"), "loss": float("nan"), "score": float("nan")}
+    accuracy = float(np.mean([p.predicted in p.labels if multi_label else p.predicted == p.labels[0]
+                              for p in predictions]))
+    result = {"accuracy": accuracy, "loss": float(np.mean([p.loss for p in predictions])), "score": accuracy}
+    if multi_label:
+        from sklearn.metrics import average_precision_score
+
+        truth = np.zeros((len(predictions), classes))
+        for i, p in enumerate(predictions):
+            truth[i, list(p.labels)] = 1
+        scores = np.stack([p.scores for p in predictions])
+        present = truth.sum(0) > 0
+        result["map"] = float(average_precision_score(truth[:, present], scores[:, present], average="macro"))
+        result["score"] = result["map"]
+    return result
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with everything needed to predict like its run did."""
+
+    model: nn.Module
+    name: str
+    store: str
+    clip: Clip
+    aggregation: str
+    normalization: Normalization | None
+    multi_label: bool
+    classes: tuple[str, ...]
+    streams: tuple[str, ...]
+    checkpoint: dict
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> LoadedRun:
+    """Rebuild a run's model from its ``which`` checkpoint (weights_only) and its config.json."""
+    run = RunDir(run_dir)
+    config = run.config()
+    ckpt = run.load_checkpoint(which, map_location=device)
+    model = build_model(ckpt["model"], **ckpt["config"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    train = config["train"]
+    return LoadedRun(model, ckpt["model"], train["store"], Clip(train["frames"], train["stride"]),
+                     train["aggregation"], Normalization.from_state(ckpt.get("normalization")),
+                     config["data"]["multi_label"], tuple(config["store"]["classes"]),
+                     tuple(config["data"]["streams"]), ckpt)
+
+
+def predict_run(run_dir: str | Path, role: str = "test", which: str = "best", device: str = "cpu",
+                store: str | None = None) -> Iterator[VideoPrediction]:
+    """Predictions of a trained run on the done videos of its split's ``role`` ("test", "train" or "unused")."""
+    loaded = load_run(run_dir, which, device)
+    config = RunDir(run_dir).config()
+    s = open_store(store or loaded.store)
+    split = config["train"]["split"]
+    videos = [Video(e.id, e.key, tuple(e.labels), e.n_frames, e.group) for e in s.videos
+              if e.status == "done" and e.splits.get(split) == role]
+    dataset = VideoDataset(FeatureReader(s.path), videos, loaded.streams, loaded.clip,
+                           targets_for(videos, len(loaded.classes), loaded.multi_label), loaded.normalization)
+    yield from predict_videos(loaded.model, dataset, aggregation=loaded.aggregation,
+                              multi_label=loaded.multi_label, device=device)

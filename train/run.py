@@ -1,0 +1,204 @@
+"""A run directory that explains itself, and checkpoints that load with ``torch.load(weights_only=True)``.
+
+    RUN/config.json        the resolved TrainConfig, the model and its config, the store (path, config
+                           hash, classes), the data selection and the library versions
+    RUN/metrics.csv        one row per epoch (rewritten whole from the checkpoint's history)
+    RUN/events.log         started / resumed / best / early stop / failure lines, appended
+    RUN/last.pt, best.pt   checkpoints (written to a temporary file, then renamed)
+    RUN/curves.png         loss and accuracy per epoch
+    RUN/result.json        the outcome: best epoch, validation and test scores, why it stopped
+    RUN/test_predictions.csv   video, true label(s), predicted class, score
+    RUN/tb/                TensorBoard event files, when tensorboard is installed
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: metrics.csv columns; the last three are timings (different in every run, even with the same seed)
+METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_score", "best",
+                  "clips_per_s", "data_share", "seconds")
+TIMING_COLUMNS = ("clips_per_s", "data_share", "seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode())
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """The torch CPU (and CUDA) random states as tensors: weights_only-loadable."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+class RunDir:
+    """The files of one run (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        """A file inside the run directory."""
+        return self.path / name
+
+    @property
+    def exists(self) -> bool:
+        """Whether a run was started here (its config.json exists)."""
+        return self.file("config.json").is_file()
+
+    def create(self, config: dict[str, Any]) -> None:
+        """Start a fresh run here; refuse a directory that already holds a run or other files."""
+        if self.exists:
+            raise FileExistsError(f"{self.path}: already holds a run; continue it with --resume {self.path}, "
+                                  "or choose another --out")
+        if self.path.exists() and any(self.path.iterdir()):
+            raise FileExistsError(f"{self.path}: exists and is not empty; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.file("config.json"), json.dumps(config, indent=2, default=str) + "\n")
+
+    def config(self) -> dict[str, Any]:
+        """config.json, read back."""
+        path = self.file("config.json")
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path}: no run here (no config.json)")
+        return json.loads(path.read_text())
+
+    def event(self, text: str) -> None:
+        """Append one time-stamped line to events.log."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.file("events.log"), "a") as f:
+            f.write(f"{stamp} {text}\n")
+
+    def events(self) -> list[str]:
+        """The lines of events.log (without their time stamps)."""
+        path = self.file("events.log")
+        return [line.split(" ", 2)[2] for line in path.read_text().splitlines()] if path.exists() else []
+
+    def save_checkpoint(self, which: str, payload: dict[str, Any]) -> Path:
+        """Write ``which``.pt atomically."""
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        path = self.file(f"{which}.pt")
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def load_checkpoint(self, which: str = "last", map_location: str = "cpu") -> dict[str, Any]:
+        """``which``.pt loaded with weights_only=True."""
+        path = self.file(f"{which}.pt")
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path}: no {which}.pt checkpoint")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+    def write_metrics(self, history: list[dict[str, float]]) -> None:
+        """metrics.csv from the whole history (so a resumed run never holds a row twice)."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+        atomic_write_text(self.file("metrics.csv"), out.getvalue())
+
+    def metrics(self) -> list[dict[str, str]]:
+        """metrics.csv rows as strings."""
+        with open(self.file("metrics.csv")) as f:
+            return list(csv.DictReader(f))
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        """Any JSON file of the run, written atomically."""
+        atomic_write_text(self.file(name), json.dumps(data, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON file of the run, or None where it is absent."""
+        path = self.file(name)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def plot(self, history: list[dict[str, float]], score_name: str) -> None:
+        """curves.png: training and validation loss (left), accuracy or mAP (right), per epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+
+        epochs = [row["epoch"] for row in history]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        left.plot(epochs, [row["train_loss"] for row in history], "o-", label="train (clips)")
+        right.plot(epochs, [row["train_acc"] for row in history], "o-", label="train (clips)")
+        if any(not _missing(row.get("val_score")) for row in history):
+            left.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation (videos)")
+            right.plot(epochs, [row["val_score"] for row in history], "s-", label="validation (videos)")
+        left.set(xlabel="epoch", ylabel="loss", title="loss")
+        right.set(xlabel="epoch", ylabel=score_name, title=score_name, ylim=(0, 1.02))
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        atomic_write_bytes(self.file("curves.png"), buffer.getvalue())
+
+
+class TensorBoard:
+    """TensorBoard scalars under RUN/tb when tensorboard is installed; does nothing otherwise."""
+
+    def __init__(self, run: RunDir, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(run.file("tb")), purge_step=purge_step)
+
+    def epoch(self, row: dict[str, float]) -> None:
+        """Write one metrics row at its epoch."""
+        if self.writer is None:
+            return
+        for name in ("train_loss", "train_acc", "val_loss", "val_score", "lr", "clips_per_s", "data_share"):
+            if not _missing(row.get(name)):
+                self.writer.add_scalar(name, row[name], row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

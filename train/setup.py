@@ -1,0 +1,189 @@
+"""Everything a run needs before its first step: the store checked against the model, the videos, the
+resolved config, the model, its optimizer, the standardization and the data loaders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from store import Store, open_store
+from train.clips import Clip, Selection, select
+from train.config import ConfigError, TrainConfig, resolve
+from train.data import (
+    ClipDataset,
+    EpochSampler,
+    FeatureReader,
+    Normalization,
+    VideoDataset,
+    compute_normalization,
+    load_cache,
+    make_loader,
+    targets_for,
+)
+from train.models import MODELS, build_model
+from train.models.base import make_config
+
+log = logging.getLogger("train")
+
+#: stream -> what to extract to get it
+STREAM_HINTS = {
+    "rgb": "extract the RGB cubes (every extraction writes them)",
+    "flow_cnn": "re-extract with optical flow: python -m extract ... --flow tvl1 (or farneback, raft), which adds "
+                "the 'flow' and 'flow_cnn' streams",
+    "flow": "re-extract with --flow tvl1 (or farneback, raft)",
+}
+
+
+@dataclass
+class Setup:
+    """A run ready to train: resolved config, data, model and optimizer (not yet restored from a checkpoint)."""
+
+    config: TrainConfig
+    store: Store
+    selection: Selection
+    streams: tuple[str, ...]
+    clip: Clip
+    multi_label: bool
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: str
+    train_dataset: ClipDataset
+    val_dataset: VideoDataset
+    test_dataset: VideoDataset
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    notes: list[str]
+
+    def describe(self) -> dict[str, Any]:
+        """What config.json records besides the TrainConfig."""
+        sel = self.selection
+        return {
+            "model": {"name": self.config.model, "config": dataclasses.asdict(self.model.config),
+                      "parameters": sum(p.numel() for p in self.model.parameters())},
+            "store": {"path": self.store.path, "config_hash": self.store.config_hash, "dataset": self.store.dataset,
+                      "classes": list(self.store.classes), "streams": self.store.streams},
+            "data": {"split": self.config.split, "streams": list(self.streams), "multi_label": self.multi_label,
+                     "train": len(sel.train), "val": len(sel.val), "test": len(sel.test),
+                     "skipped_not_done": sel.not_done, "val_groups": list(sel.val_groups),
+                     "padded_videos": sum(self.clip.padded(v.n_frames) for v in sel.train + sel.val + sel.test),
+                     "clip": {"frames": self.clip.frames, "stride": self.clip.stride, "span": self.clip.span}},
+            "notes": self.notes,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        }
+
+
+def model_streams(config: TrainConfig) -> tuple[str, ...]:
+    """The store streams the model reads, in forward order (HAN's config may choose them)."""
+    spec = MODELS[config.model]
+    return tuple(config.model_args.get("streams", getattr(spec.config(), "streams", spec.streams)))
+
+
+def check_store(store: Store, config: TrainConfig, streams: tuple[str, ...]) -> tuple[int, int]:
+    """Fail before training when the store lacks a stream the model needs; return (channels, size)."""
+    missing = [s for s in streams if s not in store.streams]
+    if missing:
+        hints = "; ".join(f"{s}: {STREAM_HINTS.get(s, 'extract it')}" for s in missing)
+        raise ConfigError(f"{store.path}: model {config.model!r} needs stream(s) {', '.join(missing)}, which this "
+                          f"store lacks (it has {', '.join(sorted(store.streams))}). {hints}")
+    shapes = {s: tuple(store.streams[s]["frame_shape"]) for s in streams}
+    if len(set(shapes.values())) > 1:
+        raise ConfigError(f"{store.path}: model {config.model!r} needs streams of one cube shape, got {shapes}")
+    channels, size, _ = shapes[streams[0]]
+    return channels, size
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer; the model config's weight_decay (gamma ||theta||^2) is applied here."""
+    decay = getattr(model.config, "weight_decay", 0.0)
+    params = model.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=decay)
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-6, weight_decay=decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=decay)
+
+
+def pick_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch")
+    return device
+
+
+def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Setup:
+    """Check, select, resolve and build everything for ``config`` (see the module docstring).
+
+    ``normalization_state`` (from a checkpoint) is used instead of recomputing the standardization.
+    """
+    store = open_store(config.store)
+    streams = model_streams(config)
+    channels, size = check_store(store, config, streams)
+    try:
+        make_config(MODELS[config.model], channels=channels, size=size, classes=len(store.classes),
+                    **config.model_args)
+    except TypeError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        selection = select(store, config.split, config.val_fraction, config.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    config, notes = resolve(config, [v.n_frames for v in selection.train])
+    if selection.not_done:
+        notes.append(f"{selection.not_done} videos of split {config.split} are not done in the store: skipped")
+    if config.val_fraction > 0 and not selection.val:
+        notes.append("no validation videos could be held out by group (every class needs a training group): "
+                     "the last epoch is the best")
+    for note in notes:
+        log.info("%s", note)
+    every = selection.train + selection.val + selection.test
+    multi_label = any(len(v.labels) > 1 for v in every)
+    clip = Clip(config.frames, config.stride)
+    device = pick_device(config.device)
+
+    torch.manual_seed(config.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = build_model(config.model, channels=channels, size=size, classes=len(store.classes),
+                                **config.model_args)
+        except ValueError as err:  # a setting that does not fit the store's cubes, e.g. regattn blocks > K
+            raise ConfigError(f"{store.path}: cubes ({channels}, {size}, {size}): {err}") from None
+    notes += [str(w.message) for w in caught]
+    model.to(device)
+    optimizer = make_optimizer(config, model)
+
+    cache = load_cache(store, every, streams, config.cache_ram)
+    reader = FeatureReader(store.path, cache)
+    if normalization_state is not None:
+        normalization = Normalization.from_state(normalization_state)
+    elif config.normalize:
+        normalization = compute_normalization(reader, selection.train, streams, config.norm_videos)
+    else:
+        normalization = None
+    classes = len(store.classes)
+    workers = 0 if cache is not None else config.workers  # cached clips are a memory copy away: no workers
+
+    def dataset(kind, videos):
+        return kind(reader, videos, streams, clip, targets_for(videos, classes, multi_label), normalization)
+
+    train_dataset = dataset(ClipDataset, selection.train)
+    val_dataset = dataset(VideoDataset, selection.val)
+    test_dataset = dataset(VideoDataset, selection.test)
+    sampler = EpochSampler(selection.train, clip, config.seed)
+    train_loader = make_loader(train_dataset, batch_size=config.batch_size, sampler=sampler, workers=workers)
+    val_loader = (make_loader(val_dataset, batch_size=None, sampler=None, workers=min(workers, len(selection.val)))
+                  if selection.val else None)
+    return Setup(config, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
+                 val_dataset, test_dataset, sampler, train_loader, val_loader, notes)
