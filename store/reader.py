@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +31,7 @@ def _open_root(path: str | Path, mode: str = "r", storage_options: Mapping[str, 
         raise StoreError(f"{location}: no such store (the path does not exist)")
     try:
         root = zarr.open_group(location, mode=mode, zarr_format=3, storage_options=storage_options)
-    except (GroupNotFoundError, FileNotFoundError, json.JSONDecodeError) as exc:
+    except (GroupNotFoundError, FileNotFoundError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8
         raise StoreError(f"{location}: not a glimpse store (no Zarr v3 group here: {exc})") from exc
     meta = root.attrs.get(ROOT_ATTR)
     if not isinstance(meta, dict):
