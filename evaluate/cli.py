@@ -1,8 +1,113 @@
-"""Command line of the evaluate stage (`python -m evaluate`)."""
+"""Command line of the evaluation stage.
+
+    python -m evaluate --run RUN_DIR [--split test]          metrics, confusion, localisation, attention figures
+    python -m evaluate table --dataset NAME [--runs runs/]   every registered model on one store, one table
+    python -m evaluate protocol --dataset NAME --model NAME  every fold of the dataset's protocol, mean and std
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
 
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """The evaluate stage."""
+def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:
+    """--store as given, or the one store of --dataset under --store-root (a clear error when several match)."""
+    from store import StoreError
+    from store.catalog import resolve_store
+
+    if store:
+        return store
+    if not dataset:
+        raise click.UsageError("give --store PATH or --dataset NAME")
+    try:
+        return resolve_store(store_root, dataset).path
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+STORE_OPTIONS = [
+    click.option("--store", default=None, help="The feature store."),
+    click.option("--dataset", default=None, help="Pick the store of this dataset under --store-root."),
+    click.option("--store-root", default=lambda: os.environ.get("STORE_ROOT", "stores/"), show_default="stores/"),
+    click.option("--epochs", default=None, type=int, help="Epochs for runs trained here. [the training default]"),
+    click.option("--set", "assignments", multiple=True, help="Training option NAME=VALUE for runs trained here."),
+]
+
+
+def store_options(command):
+    for option in reversed(STORE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _train_options(epochs: int | None, assignments: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="The run directory to evaluate.")
+@click.option("--split", "role", default="test", show_default=True, help="Which videos of the run's split.")
+@click.option("--figures", default=4, show_default=True, help="Videos to draw attention strips and GIFs for.")
+@click.option("--checkpoint", "which", default="best", show_default=True, type=click.Choice(["best", "last"]))
+@click.pass_context
+def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which: str) -> None:
+    """Evaluate a trained run (metrics, confusion, attention localisation, attention figures)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if run_dir is None:
+        raise click.UsageError("give --run RUN_DIR, or a sub-command (table, protocol)")
+    from evaluate.report import EVALUATION_DIR, evaluate_run
+
+    metrics = evaluate_run(run_dir, role, figures, which)
+    line = f"{metrics['model']} on {metrics['videos']} {role} videos: top-1 {metrics['top1']:.3f}, " \
+           f"top-{metrics['top5_k']} {metrics['top5']:.3f}"
+    if metrics.get("map") is not None:
+        line += f", mAP {metrics['map']:.3f}"
+    place = metrics.get("localization")
+    if place and place.get("mass") is not None:
+        line += (f"; attention in box {place['mass']:.3f} (uniform {place['uniform_mass']:.3f}), pointing "
+                 f"{place['hit_rate']:.3f} (uniform {place['uniform_hit_rate']:.3f})")
+    click.echo(line)
+    click.echo(f"written to {os.path.join(run_dir, EVALUATION_DIR)}")
+
+
+@main.command("table")
+@store_options
+@click.option("--runs", "run_root", default="runs/", show_default=True, help="Where runs are found or trained.")
+@click.option("--models", default=None, help="Comma-separated models. [every registered model the store feeds]")
+@click.option("--no-train", is_flag=True, help="Only collect existing runs; train none.")
+def table(store: str | None, dataset: str | None, store_root: str, epochs: int | None, assignments: tuple[str, ...],
+          run_root: str, models: str | None, no_train: bool) -> None:
+    """Collect (or train) every registered model on one store and write the comparison table."""
+    from evaluate.report import comparison_table
+
+    path = _store_path(store, dataset, store_root)
+    chosen = [m.strip() for m in models.split(",")] if models else None
+    click.echo(comparison_table(path, run_root, chosen, train_missing=not no_train,
+                                **_train_options(epochs, assignments)))
+
+
+@main.command("protocol")
+@store_options
+@click.option("--model", required=True, help="A registered model.")
+@click.option("--out", default=None, help="Where the fold runs go. [runs/protocol-<dataset>-<model>]")
+def protocol(store: str | None, dataset: str | None, store_root: str, epochs: int | None,
+             assignments: tuple[str, ...], model: str, out: str | None) -> None:
+    """Train and evaluate MODEL on every fold of the dataset's protocol; report mean and std."""
+    from evaluate.report import protocol_text, run_protocol
+    from store import open_store
+
+    path = _store_path(store, dataset, store_root)
+    out = out or os.path.join("runs", f"protocol-{open_store(path).dataset}-{model}")
+    click.echo(protocol_text(run_protocol(path, model, out, **_train_options(epochs, assignments))))

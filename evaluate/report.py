@@ -1,0 +1,165 @@
+"""Evaluating runs: one run's metrics and figures, the comparison table, and the papers' protocols.
+
+    evaluate_run(run_dir)                   -> metrics JSON/CSV/PNG + attention figures in run_dir/evaluation
+    comparison_table(store, run_root, ...)  -> every registered model on one store, a markdown table
+    run_protocol(store, model, out, ...)    -> every fold of the dataset's protocol, mean and std
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluate.figures import video_attention_figures
+from evaluate.localization import frame_attention, localization_scores
+from evaluate.metrics import prediction_metrics, save_json, save_metrics
+from store import open_store
+from train.models import MODELS
+from train.predict import load_run, predict_run
+
+EVALUATION_DIR = "evaluation"
+
+
+def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best") -> dict[str, Any]:
+    """Predict the ``role`` videos of a run's split with the model's own aggregation; save and return metrics.
+
+    Writes ``run_dir/evaluation/<role>_metrics.json`` (top-1/5, per-class accuracy and AP, mAP,
+    confusion, attention localisation where the store has boxes), the confusion CSV/PNG and, for
+    ``figures`` videos, attention strips (PNG) and GIFs blended over the re-decoded frames.
+    """
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir, which)
+    predictions = list(predict_run(run_dir, role, which))
+    if not predictions:
+        raise ValueError(f"{run_dir}: no done video has role {role!r} in the run's split")
+    metrics = prediction_metrics(predictions, loaded.classes, loaded.multi_label)
+    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=loaded.store)
+    entries = {v.id: v for v in open_store(loaded.store).videos}
+    attended = [p for p in predictions if p.attention is not None]
+    if attended and any(entries[p.id].boxes is not None for p in attended):
+        metrics["localization"] = localization_scores(attended, entries, loaded.clip)
+    out = run_dir / EVALUATION_DIR
+    save_metrics(metrics, out, prefix=role)
+    for prediction in attended[:figures]:
+        entry = entries[prediction.id]
+        maps = frame_attention(prediction.attention, loaded.clip, entry.n_frames)  # (n_frames, K, K)
+        video_attention_figures(entry, {loaded.name: maps}, out / "attention")
+    return metrics
+
+
+def table_row(model: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a comparison table shows for one evaluated run."""
+    place = metrics.get("localization") or {}
+    return {"model": model, "paper": MODELS[model].paper, "top1": metrics.get("top1"), "map": metrics.get("map"),
+            "mass": place.get("mass"), "uniform_mass": place.get("uniform_mass"), "hit": place.get("hit_rate"),
+            "uniform_hit": place.get("uniform_hit_rate")}
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """Rows from :func:`table_row` as a markdown table like the papers' Table 1."""
+    lines = [f"### {title}", "",
+             "| model | top-1 accuracy | mAP | attention mass in box (uniform) | pointing game (uniform) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        mass = "-" if r["mass"] is None else f"{r['mass']:.3f} ({r['uniform_mass']:.3f})"
+        hit = "-" if r["hit"] is None else f"{r['hit']:.3f} ({r['uniform_hit']:.3f})"
+        lines.append(f"| {r['model']} | {_cell(r['top1'])} | {_cell(r['map'])} | {mass} | {hit} |")
+    return "\n".join(lines) + "\n"
+
+
+def supported_models(store_path: str | Path) -> tuple[list[str], dict[str, str]]:
+    """Registered models the store can feed, and why the others cannot (a missing stream)."""
+    streams = set(open_store(store_path).streams)
+    usable, skipped = [], {}
+    for name, spec in MODELS.items():
+        missing = [s for s in spec.streams if s not in streams]
+        if missing:
+            skipped[name] = f"needs stream {', '.join(missing)} (extract with --flow)"
+        else:
+            usable.append(name)
+    return usable, skipped
+
+
+def ensure_trained(store_path: str | Path, model: str, run_dir: Path, **train_options: Any) -> bool:
+    """Train ``model`` into ``run_dir`` unless a run there has a best checkpoint (resume one that was cut short).
+
+    Returns False when no run exists and ``train_options`` says ``train=False``.
+    """
+    from train.loop import resume_run, train_model
+    from train.run import RunDir
+
+    run = RunDir(run_dir)
+    if run.file("best.pt").is_file():
+        return True
+    if not train_options.pop("train", True):
+        return False
+    if run.exists:
+        resume_run(run_dir)
+    else:
+        train_model(store_path, model, run_dir, **train_options)
+    return True
+
+
+def comparison_table(store_path: str | Path, run_root: str | Path, models: Sequence[str] | None = None,
+                     train_missing: bool = True, figures: int = 2, **train_options: Any) -> str:
+    """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
+
+    Runs live in ``run_root/<dataset>-<model>``; the table goes to ``run_root/table-<dataset>.md``.
+    """
+    store = open_store(store_path)
+    usable, skipped = supported_models(store_path)
+    chosen = [m for m in (models or usable) if m in usable]
+    rows = []
+    for model in chosen:
+        run_dir = Path(run_root) / f"{store.dataset}-{model}"
+        if not ensure_trained(store_path, model, run_dir, train=train_missing, **train_options):
+            continue
+        rows.append(table_row(model, evaluate_run(run_dir, figures=figures)))
+    notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)
+    text = format_table(rows, f"{store.dataset}: test split, store {Path(store_path).name}") + notes + "\n"
+    out = Path(run_root) / f"table-{store.dataset}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+def run_protocol(store_path: str | Path, model: str, out: str | Path, **train_options: Any) -> dict[str, Any]:
+    """Train and evaluate ``model`` on every fold the store's dataset defines; mean and std of test accuracy.
+
+    The folds are the store's splits: HMDB-51 and UCF-101 their 3 official splits, UCF-11 its 5
+    seeded 15/10 group splits, UCF Sports its seeded 75/25 split, Olympic Sports its official one.
+    """
+    store = open_store(store_path)
+    folds = sorted({name for v in store.videos for name in v.splits}, key=lambda k: (len(k), k))
+    per_fold = {}
+    for fold in folds:
+        run_dir = Path(out) / f"split{fold}"
+        ensure_trained(store_path, model, run_dir, split=fold, **train_options)
+        metrics = evaluate_run(run_dir, figures=0)
+        per_fold[fold] = {"top1": metrics["top1"], "map": metrics.get("map")}
+    top1 = np.array([m["top1"] for m in per_fold.values()], dtype=np.float64)
+    result = {"dataset": store.dataset, "model": model, "folds": per_fold, "mean_top1": float(top1.mean()),
+              "std_top1": float(top1.std(ddof=1)) if len(top1) > 1 else 0.0}
+    maps = [m["map"] for m in per_fold.values() if m["map"] is not None]
+    if maps:
+        result.update(mean_map=float(np.mean(maps)), std_map=float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0)
+    save_json(result, Path(out) / "protocol.json")
+    return result
+
+
+def protocol_text(result: dict[str, Any]) -> str:
+    """One readable block for the terminal."""
+    folds = ", ".join(f"split {k}: {v['top1']:.3f}" for k, v in result["folds"].items())
+    return (f"{result['dataset']} / {result['model']}: top-1 {result['mean_top1']:.3f} +- {result['std_top1']:.3f} "
+            f"over {len(result['folds'])} folds ({folds})")
+
