@@ -1,0 +1,75 @@
+"""The evaluation stage end to end: runs trained by the real training service on a real extracted store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from evaluate.cli import main
+from evaluate.report import comparison_table, run_protocol
+from extract.cli import extract_dataset
+from train.loop import train_model
+
+FAST = {"epochs": 2, "batch_size": 4, "frames": 6, "workers": 0, "progress": False, "model_args": {"hidden": 16}}
+STORE_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def two_fold_store(tiny_synthetic, dask_client, tmp_path_factory):
+    """The tiny dataset with a second split (train and test groups swapped), extracted."""
+    root = tmp_path_factory.mktemp("folds") / "data"
+    shutil.copytree(tiny_synthetic, root)
+    lists = root / "ucfTrainTestlist"
+    train = [line for line in lists.joinpath("trainlist01.txt").read_text().splitlines() if line.strip()]
+    test = [line for line in lists.joinpath("testlist01.txt").read_text().splitlines() if line.strip()]
+    label = {line.split()[0].split("/")[0]: line.split()[1] for line in train}
+    lists.joinpath("trainlist02.txt").write_text("".join(f"{t} {label[t.split('/')[0]]}\n" for t in test))
+    lists.joinpath("testlist02.txt").write_text("".join(line.split()[0] + "\n" for line in train))
+    out = tmp_path_factory.mktemp("stores") / "folds"
+    extract_dataset("synthetic", str(root), str(out), client=dask_client, **STORE_OPTS)
+    return out
+
+
+def test_evaluating_a_run_writes_everything_and_is_reproducible(two_fold_store, tmp_path):
+    run = tmp_path / "run"
+    train_model(two_fold_store, "softattn", run, **FAST)
+    first = CliRunner().invoke(main, ["--run", str(run), "--figures", "2"])
+    assert first.exit_code == 0, first.output
+    assert "top-1" in first.output and "attention in box" in first.output
+    metrics = json.loads((run / "evaluation" / "test_metrics.json").read_text())
+    again = CliRunner().invoke(main, ["--run", str(run), "--figures", "0"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((run / "evaluation" / "test_metrics.json").read_text()) == metrics  # same numbers twice
+    assert metrics["videos"] == 6 and 0 <= metrics["top1"] <= 1  # 3 classes x 2 test videos
+    assert metrics["localization"]["videos"] == 6 and metrics["localization"]["uniform_mass"] > 0
+    assert {p.name for p in (run / "evaluation").iterdir()} >= {"test_confusion.csv", "test_confusion.png"}
+    assert len(list((run / "evaluation" / "attention").glob("*.png"))) == 2
+    assert len(list((run / "evaluation" / "attention").glob("*.gif"))) == 2
+
+
+def test_protocol_reports_mean_and_std_over_the_folds(two_fold_store, tmp_path):
+    result = run_protocol(two_fold_store, "avgpool_lstm", tmp_path / "protocol", **FAST)
+    assert sorted(result["folds"]) == ["1", "2"]
+    top1 = [fold["top1"] for fold in result["folds"].values()]
+    assert result["mean_top1"] == pytest.approx(np.mean(top1))
+    assert result["std_top1"] == pytest.approx(np.std(top1, ddof=1))
+    assert json.loads((tmp_path / "protocol" / "protocol.json").read_text())["mean_top1"] == result["mean_top1"]
+    cli = CliRunner().invoke(main, ["protocol", "--store", str(two_fold_store), "--model", "avgpool_lstm",
+                                    "--out", str(tmp_path / "protocol")])  # both folds already trained: reused
+    assert cli.exit_code == 0, cli.output
+    assert "over 2 folds" in cli.output and "+-" in cli.output
+
+
+def test_table_collects_every_chosen_model_and_names_what_a_store_cannot_feed(two_fold_store, tmp_path):
+    defaults = {key: value for key, value in FAST.items() if key != "model_args"}  # softmax has no hidden size
+    text = comparison_table(two_fold_store, tmp_path, ["softmax", "softattn", "han"], **defaults)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [row.split("|")[1].strip() for row in rows] == ["softmax", "softattn"]
+    assert "han: not run, needs stream flow_cnn" in text
+    assert (tmp_path / "table-synthetic.md").read_text() == text
+    softattn = next(row for row in rows if "softattn" in row)
+    assert "(" in softattn.split("|")[4]  # attention models show localisation against uniform
