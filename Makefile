@@ -12,6 +12,8 @@ WEIGHTS     ?= imagenet
 RUN         ?= $(RUN_ROOT)$(DATASET)-$(MODEL)
 DEMO_DIR    ?= demo/
 PYTEST_ARGS ?=
+EXTRACT_ARGS ?=
+TRAIN_ARGS  ?=
 
 .PHONY: help install extract train evaluate table demo test lint bench clean
 
@@ -21,6 +23,7 @@ help:
 	@echo "make extract DATASET=ucf11        DATA_ROOT/ucf11 -> STORE_ROOT/ucf11 (BACKBONE=, WEIGHTS=)"
 	@echo "make train MODEL=regattn [DATASET=ucf11]"
 	@echo "make evaluate RUN=runs/ucf11-regattn"
+	@echo "make table DATASET=ucf11              every registered model on the dataset's store, one table"
 	@echo "make bench                        benchmarks under bench/ -> docs/benchmarks.md"
 
 # The stamp is rebuilt when pyproject.toml changes. torch/torchvision are left unpinned so pip
@@ -36,18 +39,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The store lands under STORE_ROOT/<dataset>/<backbone>-<config hash>: the same features are extracted once.
 extract: install
-	$(PY) -m extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --out $(STORE_ROOT)$(DATASET) \
-		--backbone $(BACKBONE) --weights $(WEIGHTS)
+	$(PY) -m extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --lab $(STORE_ROOT) \
+		--backbone $(BACKBONE) --weights $(WEIGHTS) $(EXTRACT_ARGS)
 
+# train, evaluate and table find the dataset's store in the STORE_ROOT catalog.
 train: install
-	$(PY) -m train --store $(STORE_ROOT)$(DATASET) --model $(MODEL) --out $(RUN)
+	$(PY) -m train --dataset $(DATASET) --store-root $(STORE_ROOT) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
 
 evaluate: install
 	$(PY) -m evaluate --run $(RUN)
 
 table: install
-	$(PY) -m evaluate table --store $(STORE_ROOT)$(DATASET) --runs $(RUN_ROOT)
+	$(PY) -m evaluate table --dataset $(DATASET) --store-root $(STORE_ROOT) --runs $(RUN_ROOT)
 
 demo: install
 	$(PY) -m glimpse demo --out $(DEMO_DIR)
