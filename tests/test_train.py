@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -242,6 +247,40 @@ def test_resume_finishes_a_stopped_run_and_keeps_what_it_learns(tiny_store, tmp_
     same_metrics(tmp_path / "full", tmp_path / "part")
     assert resumed.test_accuracy == full.test_accuracy
     assert any(e.startswith("resumed at epoch 2") for e in RunDir(tmp_path / "part").events())
+
+
+def inside_an_epoch(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` exists and was taken inside an epoch after the first."""
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except (FileNotFoundError, EOFError, RuntimeError):  # not written yet
+        return False
+    return ckpt["epoch"] >= 1 and ckpt["batch"] > 0
+
+
+def test_a_run_killed_with_sigkill_mid_epoch_and_resumed_ends_like_an_uninterrupted_one(tiny_store, tmp_path):
+    options = {"epochs": 6, "batch_size": 1, "lr": 1e-3, "checkpoint_every": 2, "workers": 0}
+    full = train_model(tiny_store, "softattn", tmp_path / "full", **options, model_args={"hidden": 8},
+                       progress=False)
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "train", "--store", str(tiny_store), "--model", "softattn", "--out", str(killed),
+            "--set", "hidden=8", "--quiet"] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not inside_an_epoch(killed / "last.pt"):  # a checkpoint taken inside epoch 2 or later
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "result.json").exists()
+    interrupted = torch.load(killed / "last.pt", weights_only=True)
+    assert interrupted["epoch"] < 6
+    resumed = resume_run(killed, progress=False)
+    same_metrics(tmp_path / "full", killed)
+    assert resumed.test_accuracy == full.test_accuracy and resumed.best_epoch == full.best_epoch
+    assert any(e.startswith("resumed at epoch") for e in RunDir(killed).events())
 
 
 def test_a_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_store, tmp_path):

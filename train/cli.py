@@ -144,3 +144,69 @@ def models_command() -> None:
     from train.models import MODELS  # imports torch: only when the command runs
 
     click.echo("\n\n".join(spec.describe() for spec in MODELS.values()))
+
+
+@main.command("sweep")
+@click.option("--store", required=True, type=click.Path(), help="The feature store every run trains from.")
+@click.option("--model", required=True, help="A registered model.")
+@click.option("--grid", "grids", multiple=True, required=True, metavar="NAME=V1,V2,...",
+              help="Values of one setting (lambda, blocks, lr, hidden, ...); repeat for a grid.")
+@click.option("--out", type=click.Path(), help="Folder of the sweep's runs and table. [runs/sweep-<dataset>-<model>]")
+@click.option("--scheduler", help="A running Dask scheduler's address (or DASK_SCHEDULER_ADDRESS). [a LocalCluster]")
+@click.option("--n-workers", type=click.IntRange(min=1), help="LocalCluster workers. [one per GPU, else 2]")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads per run. [cores / workers]")
+@click.option("--split", help="Official split K. [1]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per run. [30]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step. [16]")
+@click.option("--lr", type=float, help="Learning rate. [the model's paper]")
+@click.option("--optimizer", type=click.Choice(["adam", "adadelta", "sgd"]), help="[the model's paper]")
+@click.option("--seed", type=int, help="Random seed of every run. [0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="cuda: one GPU per run.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A model setting shared by every run.")
+@click.option("--frames", type=click.IntRange(min=1), help="Clip length T. [the model's paper]")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="[0.15]")
+@click.option("--patience", type=click.IntRange(min=0), help="[5]")
+def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets, device, **plain) -> None:
+    """Train one run per grid point as tasks on a Dask cluster; print and save the table of results."""
+    import os
+
+    from train.models import MODELS
+    from train.sweep import parse_grid, point_options, sweep
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if model not in MODELS:
+        raise click.UsageError(f"unknown model {model!r}; registered models: {', '.join(MODELS)}")
+    options = training_options(model, None, None, sets, True, None, True, **plain)
+    options["workers"] = 0  # Dask worker processes are daemons: they may not start DataLoader workers
+    try:
+        grid = parse_grid(grids)
+        point_options(model, options, dict(zip(grid, (v[0] for v in grid.values()), strict=True)))  # fail early
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if out is None:
+        from store import open_store
+
+        out = str(Path("runs") / f"sweep-{open_store(store).dataset}-{model}")
+    out = str(Path(out).resolve())  # the tasks may run elsewhere: absolute paths only
+    gpus = 1 if device == "cuda" else 0
+    options["device"] = device
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    from distributed import Client, LocalCluster
+
+    if address:
+        with Client(address, timeout="30s") as client:
+            rows, table = sweep(str(Path(store).resolve()), model, out, grid, options, client, gpus, threads)
+    else:
+        import torch
+
+        workers = n_workers or (torch.cuda.device_count() if gpus else 2) or 1
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          silence_logs=logging.ERROR, **({"resources": {"GPU": 1}} if gpus else {})) as cluster, \
+                Client(cluster) as client:
+            rows, table = sweep(str(Path(store).resolve()), model, out, grid, options, client, gpus, threads)
+    click.echo(table)
+    failed = [r for r in rows if "error" in r]
+    click.echo(f"sweep: {len(rows) - len(failed)}/{len(rows)} runs done -> {Path(out) / 'results.md'}")
+    if failed:
+        raise click.ClickException("; ".join(f"{r['run_dir']}: {r['error']}" for r in failed))
