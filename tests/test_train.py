@@ -222,7 +222,7 @@ def test_dataset_name_finds_its_store_in_the_catalog(tiny_store, tmp_path):
     assert json.loads((out / "config.json").read_text())["store"]["path"] == str(tiny_store)
     missing = CliRunner().invoke(main, ["--dataset", "ucf11", "--store-root", str(tiny_store.parent), "--model",
                                         "softmax"])
-    assert missing.exit_code != 0 and "no store of that dataset" in missing.output
+    assert missing.exit_code != 0 and "no store of dataset 'ucf11'" in missing.output
 
 
 def test_same_seed_same_metrics_with_spawned_workers_and_with_the_ram_cache(tiny_store, tmp_path):

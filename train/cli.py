@@ -16,28 +16,14 @@ import click
 
 
 def find_store(dataset: str, root: str) -> str:
-    """The one store of ``dataset`` under ``root`` (the store catalog), or a clear error."""
-    from store.catalog import find_stores
-    from store.reader import StoreError, open_store
+    """The one store of ``dataset`` under ``root`` (the store catalog), or a clear error naming the candidates."""
+    from store.catalog import resolve_store
+    from store.reader import StoreError
 
     try:
-        paths = find_stores(root)
+        return resolve_store(root, dataset).path
     except StoreError as err:
-        raise click.UsageError(f"--dataset {dataset}: {err}; give --store PATH or --store-root") from None
-    found = []
-    for path in paths:
-        try:
-            if open_store(path).dataset == dataset:
-                found.append(str(path))
-        except StoreError:
-            continue
-    if not found:
-        raise click.UsageError(f"--dataset {dataset}: no store of that dataset under {root} "
-                               f"(extract one: make extract DATASET={dataset})")
-    if len(found) > 1:
-        raise click.UsageError(f"--dataset {dataset}: {len(found)} stores under {root} ({', '.join(found)}); "
-                               "choose one with --store")
-    return found[0]
+        raise click.UsageError(f"--dataset {dataset}: {err}") from None
 
 
 def training_options(model: str, lam: float | None, blocks: int | None, sets: tuple[str, ...],
