@@ -103,12 +103,11 @@ class Normalization:
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
 
-    def apply(self, stream: str, cube: np.ndarray) -> np.ndarray:
-        """(T, C, K, K) float16 -> float32 standardized."""
-        out = cube.astype(np.float32)
-        out -= self.mean[stream][:, None, None]
-        out /= self.std[stream][:, None, None]
-        return out
+    def standardize(self, stream: str, x: torch.Tensor) -> torch.Tensor:
+        """(..., C, K, K) float16 tensor -> float32 standardized, computed on the tensor's device."""
+        mean = torch.from_numpy(self.mean[stream]).to(x.device)[:, None, None]  # (C, 1, 1)
+        scale = torch.from_numpy(1.0 / self.std[stream]).to(x.device)[:, None, None]  # (C, 1, 1)
+        return (x.float() - mean) * scale
 
     def to_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Tensors only (what a checkpoint loaded with weights_only=True can hold)."""
@@ -155,7 +154,11 @@ def targets_for(videos: Sequence[Video], classes: int, multi_label: bool) -> tor
 
 
 class ClipDataset(Dataset):
-    """Training clips: item (video index, start) -> (stream cubes, each (T, C, K, K) float32, target)."""
+    """Training clips: item (video index, start) -> (stream cubes, each (T, C, K, K) float16, target).
+
+    Batches stay float16 on their way from the workers (half the bytes to copy); :func:`model_inputs`
+    makes them float32 and standardizes them on the training device.
+    """
 
     def __init__(self, reader: FeatureReader, videos: Sequence[Video], streams: Sequence[str], clip: Clip,
                  targets: torch.Tensor, normalization: Normalization | None) -> None:
@@ -166,13 +169,8 @@ class ClipDataset(Dataset):
         return len(self.videos)
 
     def cubes(self, video: Video, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """The streams of ``video`` at ``indices`` as float32 tensors, standardized when the run is."""
-        out = []
-        for s in self.streams:
-            cube = self.reader.read(video, s, indices)  # (T, C, K, K) float16
-            cube = self.normalization.apply(s, cube) if self.normalization else cube.astype(np.float32)
-            out.append(torch.from_numpy(cube))
-        return tuple(out)
+        """The streams of ``video`` at ``indices``, each (T, C, K, K) float16 as stored (see :func:`model_inputs`)."""
+        return tuple(torch.from_numpy(self.reader.read(video, s, indices)) for s in self.streams)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         index, start = item
@@ -181,7 +179,7 @@ class ClipDataset(Dataset):
 
 
 class VideoDataset(ClipDataset):
-    """Whole videos for evaluation: item i -> (stream cubes (clips, T, C, K, K), target, i)."""
+    """Whole videos for evaluation: item i -> (stream cubes (clips, T, C, K, K) float16, target, i)."""
 
     def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, int]:
         video = self.videos[index]
@@ -189,6 +187,15 @@ class VideoDataset(ClipDataset):
         flat = self.cubes(video, clips.reshape(-1))  # each (clips*T, C, K, K)
         shaped = tuple(c.view(*clips.shape, *c.shape[1:]) for c in flat)  # each (clips, T, C, K, K)
         return shaped, self.targets[index], index
+
+
+def model_inputs(cubes: Sequence[torch.Tensor], dataset: ClipDataset, device: str | torch.device) -> list:
+    """A batch's float16 cubes, one per stream, as the model takes them: on ``device``, float32, standardized."""
+    norm = dataset.normalization
+    moved = [c.to(device, non_blocking=True) for c in cubes]  # each (B, T, C, K, K) float16
+    if norm is None:
+        return [c.float() for c in moved]
+    return [norm.standardize(s, c) for s, c in zip(dataset.streams, moved, strict=True)]
 
 
 class EpochSampler(Sampler):

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from train.config import RESUMABLE, ConfigError, TrainConfig
+from train.data import model_inputs
 from train.losses import model_loss
 from train.predict import clip_loss, predict_videos, score
 from train.run import RunDir, TensorBoard, atomic_write_text, rng_state, set_rng_state
@@ -196,7 +197,7 @@ def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 target = target.to(setup.device)
-                out = model(*(c.to(setup.device) for c in cubes))  # each (B, T, C, K, K)
+                out = model(*model_inputs(cubes, setup.train_dataset, setup.device))  # each (B, T, C, K, K)
                 if setup.multi_label:
                     loss = clip_loss(out.logits, target, True)  # (B,)
                     loss = (loss + sum(out.aux_losses.values())).mean() if out.aux_losses else loss.mean()

@@ -20,7 +20,7 @@ from torch import nn
 
 from store import open_store
 from train.clips import Clip, Video
-from train.data import FeatureReader, Normalization, VideoDataset, make_loader, targets_for
+from train.data import FeatureReader, Normalization, VideoDataset, make_loader, model_inputs, targets_for
 from train.models import build_model
 from train.run import RunDir
 
@@ -74,7 +74,7 @@ def predict_videos(model: nn.Module, dataset: VideoDataset, *, aggregation: str,
     for cubes, target, index in loader:
         logits, maps = [], []
         for lo in range(0, cubes[0].shape[0], max_clips):
-            out = model(*(c[lo : lo + max_clips].to(device) for c in cubes))  # each (clips, T, C, K, K)
+            out = model(*model_inputs([c[lo : lo + max_clips] for c in cubes], dataset, device))  # (clips, T, ...)
             logits.append(out.logits.float().cpu())  # (clips, T', classes)
             if out.attention is not None:
                 maps.append(out.attention.float().cpu())  # (clips, T, K, K)
