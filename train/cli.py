@@ -48,12 +48,13 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
 
 def run_or_fail(function, *args, **kwargs):
     """Call a training function; turn the errors a user can fix into a clean exit with their message."""
+    from store import StoreError
     from train.config import ConfigError
     from train.loop import NonFiniteLossError
 
     try:
         return function(*args, **kwargs)
-    except (ConfigError, FileExistsError, FileNotFoundError, NonFiniteLossError) as err:
+    except (ConfigError, StoreError, FileExistsError, FileNotFoundError, NonFiniteLossError) as err:
         raise click.ClickException(str(err)) from None
 
 
