@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from extract.decode import DecodeError, scan
+from extract.decode import decode_indices
 
 #: Heat colour over the frame: 0 shows the frame only, 1 the heat map only.
 ALPHA = 0.5
@@ -34,47 +33,10 @@ BAND = 14
 def decode_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """The source frames at presentation ``indices`` of ``path``, upright RGB (len(indices), H, W, 3) uint8.
 
-    Frame numbers mean what :func:`extract.decode.scan` and ``decode_video`` count (presentation
-    order, corrupt packets left out), so a store's ``frame_indices`` give back the frames it was made
-    from. Decodes sequentially up to the last one asked, on one slice thread (PyAV issue 1849).
+    Frame numbers mean what the extraction stage counts (presentation order, corrupt packets left
+    out), so a store's ``frame_indices`` give back the frames it was made from.
     """
-    path = os.fspath(path)
-    indices = np.asarray(indices, dtype=np.int64)
-    if indices.ndim != 1 or len(indices) == 0:
-        raise ValueError(f"{path}: frame indices must be a non-empty list, got shape {indices.shape}")
-    info = scan(path)  # DecodeError naming the file when it is missing or unreadable
-    if indices.min() < 0 or indices.max() >= info.n_frames:
-        raise DecodeError(f"{path}: frame {int(indices.max())} asked for, the video has {info.n_frames} frames "
-                          "(was the file replaced since extraction?)")
-    wanted, last = set(indices.tolist()), int(indices.max())
-    by_pts = {int(p): i for i, p in enumerate(info.pts)} if info.pts[0] >= 0 else None
-    images: dict[int, tuple[np.ndarray, int]] = {}
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "SLICE"
-        stream.thread_count = 1
-        position = -1
-        try:
-            for frame in container.decode(stream):
-                if frame.is_corrupt:
-                    continue
-                if by_pts is None:
-                    position += 1
-                elif frame.pts is not None and int(frame.pts) in by_pts:
-                    position = by_pts[int(frame.pts)]
-                else:
-                    continue  # a frame whose packet the scan left out
-                if position in wanted and position not in images:
-                    images[position] = (frame.to_ndarray(format="rgb24", threads=1), int(frame.rotation or 0))
-                if position >= last:
-                    break
-        except av.error.FFmpegError as exc:
-            raise DecodeError(f"{path}: decoding failed after {len(images)} of {len(wanted)} frames ({exc})") from exc
-    missing = sorted(wanted - set(images))
-    if missing:
-        raise DecodeError(f"{path}: frames {missing[:5]} did not decode (truncated or corrupt video)")
-    turns = (images[int(indices[0])][1] // 90) % 4  # counter-clockwise quarter turns, as extraction applied them
-    return np.stack([np.ascontiguousarray(np.rot90(images[int(i)][0], k=turns)) for i in indices])  # (T, H, W, 3)
+    return decode_indices(path, indices)
 
 
 def stored_frames(entry: Any, path: str | os.PathLike | None = None) -> np.ndarray:

@@ -225,6 +225,25 @@ def _decode_indices(path: str, info: VideoScan, needed: np.ndarray, threads: int
     return out
 
 
+def decode_indices(path: str | os.PathLike, indices: np.ndarray | list[int], threads: int = 1) -> np.ndarray:
+    """The frames at presentation ``indices`` of ``path`` (numbered as :func:`scan` counts them), upright RGB.
+
+    A store's ``frame_indices`` give back exactly the frames it was made from. Returns
+    (len(indices), H, W, 3) uint8.
+    """
+    path = os.fspath(path)
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 1 or len(indices) == 0:
+        raise DecodeError(f"{path}: frame indices must be a non-empty list, got shape {indices.shape}")
+    info = scan(path)
+    if indices.min() < 0 or indices.max() >= info.n_frames:
+        raise DecodeError(f"{path}: frame {int(indices.max())} asked for, the video has {info.n_frames} frames "
+                          "(was the file replaced since extraction?)")
+    decoded = _decode_indices(path, info, np.unique(indices), threads)
+    rotation = decoded[int(indices[0])][1]
+    return np.stack([_upright(decoded[int(i)][0], rotation) for i in indices])  # (T, H, W, 3)
+
+
 def decode_video(
     path: str | os.PathLike, sampling: Sampling, with_next: bool = False, threads: int = 1
 ) -> DecodedVideo:
