@@ -166,6 +166,11 @@ def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
 
 
+def _upright_stack(decoded: dict[int, tuple[np.ndarray, int]], which: np.ndarray, rotation: int) -> np.ndarray:
+    """The decoded frames at indices ``which``, turned upright: (len(which), H, W, 3) uint8."""
+    return np.stack([_upright(decoded[int(i)][0], rotation) for i in which])
+
+
 def _plan_segments(needed: np.ndarray, keyframes: np.ndarray) -> list[tuple[int, int]] | None:
     """(keyframe, last needed) decode segments when seeking beats one sequential pass, else None."""
     key_positions = np.flatnonzero(keyframes)
@@ -240,8 +245,7 @@ def decode_indices(path: str | os.PathLike, indices: np.ndarray | list[int], thr
         raise DecodeError(f"{path}: frame {int(indices.max())} asked for, the video has {info.n_frames} frames "
                           "(was the file replaced since extraction?)")
     decoded = _decode_indices(path, info, np.unique(indices), threads)
-    rotation = decoded[int(indices[0])][1]
-    return np.stack([_upright(decoded[int(i)][0], rotation) for i in indices])  # (T, H, W, 3)
+    return _upright_stack(decoded, indices, decoded[int(indices[0])][1])
 
 
 def decode_video(
@@ -269,13 +273,12 @@ def decode_video(
     needed = np.unique(np.concatenate([indices, pairs.ravel()]))
     decoded = _decode_indices(path, info, needed, threads)
     rotation = decoded[int(indices[0])][1]
-
-    def images(which: np.ndarray) -> np.ndarray:
-        return np.stack([_upright(decoded[int(i)][0], rotation) for i in which])  # (T, H, W, 3)
-
-    video = DecodedVideo(images(indices), indices, info.times[indices], info, rotation=rotation)
+    frames = _upright_stack(decoded, indices, rotation)
+    video = DecodedVideo(frames, indices, info.times[indices], info, rotation=rotation)
     if with_next:
-        video.flow_pairs, video.flow_from, video.flow_to = pairs, images(pairs[:, 0]), images(pairs[:, 1])
+        video.flow_pairs = pairs
+        video.flow_from = _upright_stack(decoded, pairs[:, 0], rotation)
+        video.flow_to = _upright_stack(decoded, pairs[:, 1], rotation)
     video.source = {
         "frames": info.n_frames,
         "fps": info.fps,

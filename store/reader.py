@@ -109,15 +109,21 @@ class Store:
     def manifest(self) -> list[dict[str, Any]]:
         return list(self.meta["videos"])
 
-    def _result(self, row: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """A video's result attributes; None while nothing is written; "unreadable" when its metadata is broken."""
+    def _node(self, row: Mapping[str, Any]) -> tuple[zarr.Group | None, Mapping[str, Any] | None]:
+        """A video's group and result attributes: (None, None) while nothing is written, and an
+        "unreadable" result when its metadata is broken."""
         node_path = f"{VIDEOS_GROUP}/{row['key']}"
         try:
-            return self._root[node_path].attrs.get(VIDEO_ATTR)
+            node = self._root[node_path]
+            return node, node.attrs.get(VIDEO_ATTR)
         except KeyError:
-            return None
+            return None, None
         except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
-            return {"status": UNREADABLE, "error": f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"}
+            reason = f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"
+            return None, {"status": UNREADABLE, "error": reason}
+
+    def _result(self, row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return self._node(row)[1]
 
     @property
     def videos(self) -> list[VideoEntry]:
@@ -139,12 +145,6 @@ class Store:
         except KeyError:
             raise StoreError(f"{self.path}: no video {video_id!r} in this store") from None
 
-    def _video_group(self, row: Mapping[str, Any]) -> zarr.Group | None:
-        try:
-            return self._root[f"{VIDEOS_GROUP}/{row['key']}"]
-        except KeyError:
-            return None
-
     def read(self, video_id: str, stream: str = "rgb", frames: slice | None = None) -> np.ndarray:
         """The stored array of one finished video: rgb / flow_cnn (frames, C, K, K), flow (frames, 2, H, W).
 
@@ -155,9 +155,8 @@ class Store:
         if stream not in self.streams:
             have = sorted(self.streams)
             raise StoreError(f"{self.path}: stream {stream!r} was not extracted (this store has {have})")
-        row = self._row(video_id)
-        node = self._video_group(row)
-        status = PENDING if node is None else node.attrs.get(VIDEO_ATTR, {}).get("status", PENDING)
+        node, result = self._node(self._row(video_id))
+        status = (result or {}).get("status", PENDING)
         if status != DONE:
             raise StoreError(f"{self.path}: video {video_id!r} is {status}, not done; nothing to read")
         return node[stream][frames if frames is not None else slice(None)]
