@@ -1,6 +1,7 @@
 """Command line of the evaluation stage.
 
     python -m evaluate --run RUN_DIR [--split test]          metrics, confusion, localisation, attention figures
+    python -m evaluate compare --run A --run B [--name ..]   two runs' attention side by side (PNG, GIF, MP4)
     python -m evaluate table --dataset NAME [--runs runs/]   every registered model on one store, one table
     python -m evaluate protocol --dataset NAME --model NAME  every fold of the dataset's protocol, mean and std
 """
@@ -111,3 +112,26 @@ def protocol(store: str | None, dataset: str | None, store_root: str, epochs: in
     path = _store_path(store, dataset, store_root)
     out = out or os.path.join("runs", f"protocol-{open_store(path).dataset}-{model}")
     click.echo(protocol_text(run_protocol(path, model, out, **_train_options(epochs, assignments))))
+
+
+@main.command("compare")
+@click.option("--run", "run_dirs", multiple=True, required=True, type=click.Path(file_okay=False),
+              help="A run directory; give it two or more times.")
+@click.option("--name", "names", multiple=True, help="A label per --run, in order. [the run folders' names]")
+@click.option("--out", default=None, help="Where the figures go. [next to the first run: compare-<A>-vs-<B>]")
+@click.option("--split", "role", default="test", show_default=True, help="Which videos of the runs' split.")
+@click.option("--videos", default=4, show_default=True, help="How many videos to draw.")
+@click.option("--checkpoint", "which", default="best", show_default=True, type=click.Choice(["best", "last"]))
+def compare(run_dirs: tuple[str, ...], names: tuple[str, ...], out: str | None, role: str, videos: int,
+            which: str) -> None:
+    """Attention maps of two or more runs on the same videos, side by side (as Fig. 6 of Quan et al.)."""
+    from evaluate.report import compare_runs
+
+    first = run_dirs[0].rstrip("/")
+    out = out or os.path.join(os.path.dirname(first), "compare-" + "-vs-".join(os.path.basename(r.rstrip("/"))
+                                                                              for r in run_dirs))
+    try:
+        written = compare_runs(run_dirs, out, names or None, role, videos, which)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(written)} videos, strip + GIF + MP4 each, written to {out}")

@@ -1,4 +1,4 @@
-"""Figures people can look at: attention over the original frames (PNG strips, GIFs), confusion matrices.
+"""Figures people can look at: attention over the original frames (PNG strips, GIFs, MP4s), confusion matrices.
 
 The frames come back from the source video through the store: every stored frame records its source
 frame number, and :func:`stored_frames` decodes exactly those, upright, as extraction saw them. Each
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from extract.decode import decode_indices
+from extract.synth import write_video
 
 #: Heat colour over the frame: 0 shows the frame only, 1 the heat map only.
 ALPHA = 0.5
@@ -148,13 +149,15 @@ def compare_strips(frames: np.ndarray, runs: Mapping[str, np.ndarray], out_png: 
     return _save_png(_with_title(np.concatenate(blocks), title), out_png)
 
 
-def attention_gif(frames: np.ndarray, attention: np.ndarray | Mapping[str, np.ndarray], out_gif: str | Path,
-                  fps: float = 4, boxes: Any = None, alpha: float = ALPHA) -> Path:
-    """An animated GIF, one frame per time step, looping; ``attention`` (T, K, K) or name -> (T, K, K)
-    for several runs side by side (each under its name). Every frame carries its step number."""
+def animation_frames(frames: np.ndarray, attention: np.ndarray | Mapping[str, np.ndarray], boxes: Any = None,
+                     alpha: float = ALPHA) -> np.ndarray:
+    """The frames of an attention animation (T, H', W', 3) uint8: one per time step, its step number on top.
+
+    ``attention`` is (T, K, K), or name -> (T, K, K) for several runs side by side (each under its name).
+    """
     runs = dict(attention) if isinstance(attention, Mapping) else {"": attention}
     if not runs:
-        raise ValueError(f"{out_gif}: no attention to animate")
+        raise ValueError("no attention to animate")
     panels = []
     for name, maps in runs.items():
         tiles = overlay_frames(frames, maps, boxes, alpha)  # (T, H, W, 3)
@@ -162,10 +165,14 @@ def attention_gif(frames: np.ndarray, attention: np.ndarray | Mapping[str, np.nd
             tiles = np.stack([np.concatenate([_band(t.shape[1], name), t]) for t in tiles])
         panels.append(tiles)
     steps = np.concatenate(panels, axis=2) if len(panels) > 1 else panels[0]  # (T, H', W', 3)
-    images = []
-    for t, step in enumerate(steps):
-        image = Image.fromarray(np.concatenate([_band(step.shape[1], f"{t + 1}/{len(steps)}"), step]))
-        images.append(image)
+    return np.stack([np.concatenate([_band(step.shape[1], f"{t + 1}/{len(steps)}"), step])
+                     for t, step in enumerate(steps)])  # (T, BAND + H', W', 3)
+
+
+def attention_gif(frames: np.ndarray, attention: np.ndarray | Mapping[str, np.ndarray], out_gif: str | Path,
+                  fps: float = 4, boxes: Any = None, alpha: float = ALPHA) -> Path:
+    """An animated GIF of :func:`animation_frames`, looping."""
+    images = [Image.fromarray(step) for step in animation_frames(frames, attention, boxes, alpha)]
     out_gif = Path(out_gif)
     out_gif.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(out_gif, format="GIF", save_all=True, append_images=images[1:],
@@ -173,9 +180,18 @@ def attention_gif(frames: np.ndarray, attention: np.ndarray | Mapping[str, np.nd
     return out_gif
 
 
+def attention_mp4(frames: np.ndarray, attention: np.ndarray | Mapping[str, np.ndarray], out_mp4: str | Path,
+                  fps: float = 4, boxes: Any = None, alpha: float = ALPHA) -> Path:
+    """An H.264 MP4 of :func:`animation_frames` (padded white to even sizes, 4:2:0, so any player opens it)."""
+    steps = animation_frames(frames, attention, boxes, alpha)  # (T, H', W', 3)
+    _, height, width, _ = steps.shape
+    steps = np.pad(steps, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), constant_values=255)
+    return write_video(out_mp4, steps, fps=fps, codec="libx264")
+
+
 def video_attention_figures(entry: Any, runs: Mapping[str, np.ndarray], out_dir: str | Path, steps: int | None = 8,
                             path: str | os.PathLike | None = None, fps: float = 4) -> dict[str, Path]:
-    """Strip PNG (``steps`` equally spaced stored frames) and GIF (every stored frame) of one store video.
+    """Strip PNG (``steps`` equally spaced stored frames), GIF and MP4 (every stored frame) of one store video.
 
     ``runs``: name -> per-stored-frame attention (n_frames, K, K) (see
     :func:`evaluate.localization.frame_attention`); several runs are drawn side by side. Files are
@@ -196,7 +212,8 @@ def video_attention_figures(entry: Any, runs: Mapping[str, np.ndarray], out_dir:
     else:
         png = compare_strips(frames[chosen], picked, f"{stem}_attention.png", boxes=strip_boxes, title=entry.id)
     gif = attention_gif(frames, dict(runs), f"{stem}_attention.gif", fps=fps, boxes=boxes)
-    return {"strip": png, "gif": gif}
+    mp4 = attention_mp4(frames, dict(runs), f"{stem}_attention.mp4", fps=fps, boxes=boxes)
+    return {"strip": png, "gif": gif, "mp4": mp4}
 
 
 # ---------------------------------------------------------------------------------------------- confusion

@@ -1,6 +1,7 @@
 """Evaluating runs: one run's metrics and figures, the comparison table, and the papers' protocols.
 
     evaluate_run(run_dir)                   -> metrics JSON/CSV/PNG + attention figures in run_dir/evaluation
+    compare_runs([run_a, run_b], out)       -> their attention side by side (PNG strips, GIF, MP4)
     comparison_table(store, run_root, ...)  -> every registered model on one store, a markdown table
     run_protocol(store, model, out, ...)    -> every fold of the dataset's protocol, mean and std
 """
@@ -49,6 +50,38 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
         maps = frame_attention(prediction.attention, loaded.clip, entry.n_frames)  # (n_frames, K, K)
         video_attention_figures(entry, {loaded.name: maps}, out / "attention")
     return metrics
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None,
+                 role: str = "test", videos: int = 4, which: str = "best") -> list[dict[str, Path]]:
+    """Attention of several runs on one store side by side (e.g. regattn at lambda = 0 and lambda > 0, Fig. 6).
+
+    For the first ``videos`` ``role`` videos that every run predicts, writes one stacked strip (PNG) and
+    one side-by-side GIF and MP4 into ``out``; ``names`` label the runs (default: the run folders' names).
+    """
+    if len(run_dirs) < 2:
+        raise ValueError(f"comparing attention needs at least two runs, got {len(run_dirs)}")
+    names = list(names) if names else [Path(r).name for r in run_dirs]
+    if len(names) != len(run_dirs) or len(set(names)) != len(names):
+        raise ValueError(f"need one distinct name per run: {names} for {len(run_dirs)} runs")
+    loaded = [load_run(r, which) for r in run_dirs]
+    stores = {str(Path(run.store).resolve()) for run in loaded}
+    if len(stores) > 1:
+        listed = ", ".join(sorted(stores))
+        raise ValueError(f"runs {', '.join(map(str, run_dirs))} come from different stores ({listed})")
+    for run_dir, run in zip(run_dirs, loaded, strict=True):
+        if not MODELS[run.name].attention:
+            raise ValueError(f"{run_dir}: model {run.name} gives no attention maps to compare")
+    entries = {v.id: v for v in open_store(loaded[0].store).videos}
+    maps: dict[str, dict[str, np.ndarray]] = {}  # video id -> run name -> (n_frames, K, K)
+    for name, run_dir, run in zip(names, run_dirs, loaded, strict=True):
+        for p in predict_run(run_dir, role, which):
+            maps.setdefault(p.id, {})[name] = frame_attention(p.attention, run.clip, entries[p.id].n_frames)
+    shared = [video_id for video_id, runs in maps.items() if len(runs) == len(names)][:videos]
+    if not shared:
+        raise ValueError(f"no {role} video is predicted by every run of {', '.join(map(str, run_dirs))}")
+    return [video_attention_figures(entries[video_id], {n: maps[video_id][n] for n in names}, out)
+            for video_id in shared]
 
 
 def table_row(model: str, metrics: dict[str, Any]) -> dict[str, Any]:

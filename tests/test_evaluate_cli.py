@@ -73,3 +73,30 @@ def test_table_collects_every_chosen_model_and_names_what_a_store_cannot_feed(tw
     assert (tmp_path / "table-synthetic.md").read_text() == text
     softattn = next(row for row in rows if "softattn" in row)
     assert "(" in softattn.split("|")[4]  # attention models show localisation against uniform
+
+
+def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(two_fold_store, tmp_path):
+    """regattn at lambda = 0 against lambda > 0 (Fig. 6 of Quan et al.): stacked strips, GIFs, MP4s per video."""
+    from PIL import Image
+
+    from evaluate.figures import BAND
+
+    for name, lam in (("lam0", 0.0), ("lam1", 1e-2)):
+        args = {"hidden": 16, "lam": lam, "blocks": 2}  # 64-pixel frames give a 2 x 2 grid
+        train_model(two_fold_store, "regattn", tmp_path / name, **{**FAST, "model_args": args})
+    args = ["compare", "--run", str(tmp_path / "lam0"), "--run", str(tmp_path / "lam1"), "--name", "lambda=0",
+            "--name", "lambda=1e-2", "--videos", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "compare-lam0-vs-lam1"
+    assert f"2 videos, strip + GIF + MP4 each, written to {out}" in result.output
+    for suffix in ("png", "gif", "mp4"):
+        assert len(list(out.glob(f"*_attention.{suffix}"))) == 2, suffix
+    with Image.open(next(out.glob("*.png"))) as strip:
+        assert strip.size[1] == BAND + 2 * (BAND + 64)  # title, then one named strip per run
+
+    train_model(two_fold_store, "avgpool_lstm", tmp_path / "pooled", **FAST)
+    refused = CliRunner().invoke(main, ["compare", "--run", str(tmp_path / "lam0"), "--run", str(tmp_path / "pooled")])
+    assert refused.exit_code == 1 and "model avgpool_lstm gives no attention maps" in refused.output
+    alone = CliRunner().invoke(main, ["compare", "--run", str(tmp_path / "lam0")])
+    assert alone.exit_code == 1 and "at least two runs" in alone.output

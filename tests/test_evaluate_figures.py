@@ -14,6 +14,7 @@ from evaluate.figures import (
     BAND,
     BOX_COLOR,
     attention_gif,
+    attention_mp4,
     attention_strip,
     compare_strips,
     confusion_png,
@@ -117,6 +118,21 @@ def test_attention_gif_has_one_frame_per_step(clip, tmp_path):
         assert gif.n_frames == 6 and gif.size == (128, 2 * BAND + 64)
 
 
+def test_attention_mp4_decodes_to_the_gif_frames(clip, tmp_path):
+    """The MP4 holds one frame per step, padded to even sizes, and shows what the GIF shows."""
+    frames, boxes = clip["frames"], clip["boxes"]
+    runs = {"a": maps_at(boxes), "b": maps_at(boxes, far=True)}
+    out = attention_mp4(frames, runs, tmp_path / "two.mp4", boxes=boxes)
+    video = decode_video(out, Sampling()).frames  # (6, H, W, 3)
+    assert video.shape == (6, 2 * BAND + 64, 128, 3)  # 2 * BAND + 64 is even already
+    with Image.open(attention_gif(frames, runs, tmp_path / "two.gif", boxes=boxes)) as gif:
+        gif.seek(3)
+        expected = np.asarray(gif.convert("RGB"), dtype=np.float64)
+    assert np.abs(video[3].astype(np.float64) - expected).mean() < 6  # lossy H.264 of the same picture
+    odd = attention_mp4(frames[:, :63], maps_at(boxes), tmp_path / "odd.mp4")
+    assert decode_video(odd, Sampling()).frames.shape == (6, BAND + 64, 64, 3)  # 63 rows + band, padded to even
+
+
 def test_mismatched_inputs_are_refused(clip, tmp_path):
     with pytest.raises(ValueError, match="T = 6 frames"):
         attention_strip(clip["frames"], np.full((5, K, K), 1 / 16), tmp_path / "x.png")
@@ -182,3 +198,4 @@ def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, 
         assert strip.size == (4 * 64 + 3 * 2, BAND + 2 * (BAND + 64))
     with Image.open(paths["gif"]) as gif:
         assert gif.n_frames == entry.n_frames
+    assert len(decode_video(paths["mp4"], Sampling()).frames) == entry.n_frames
