@@ -69,8 +69,12 @@ def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which
     if run_dir is None:
         raise click.UsageError("give --run RUN_DIR, or a sub-command (table, protocol)")
     from evaluate.report import EVALUATION_DIR, evaluate_run
+    from train.config import ConfigError
 
-    metrics = evaluate_run(run_dir, role, figures, which)
+    try:
+        metrics = evaluate_run(run_dir, role, figures, which)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:  # a broken or hostile run dir, names the file
+        raise click.ClickException(str(exc)) from exc
     line = f"{metrics['model']} on {metrics['videos']} {role} videos: top-1 {metrics['top1']:.3f}, " \
            f"top-{metrics['top5_k']} {metrics['top5']:.3f}"
     if metrics.get("map") is not None:

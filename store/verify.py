@@ -50,17 +50,24 @@ class Verification:
         return "\n".join(lines)
 
 
-def check_stream(group: zarr.Group, name: str, desc: Mapping[str, Any], entry: VideoEntry) -> list[str]:
-    """Reasons why stream ``name`` of a done video is bad (empty when it is good)."""
-    where = f"{VIDEOS_GROUP}/{entry.key}/{name}"
+def stream_array(root: zarr.Group, key: str, name: str, desc: Mapping[str, Any],
+                 n_frames: int) -> tuple[zarr.Array | None, list[str]]:
+    """Stream ``name`` of video ``key`` of the store whose root group is ``root``, and why its metadata does not
+    fit the store (no chunk is read).
+
+    The array must exist and be float16 (frames, ...) with the per-frame shape the store declares (where it
+    declares one) and ``n_frames`` frames. Training checks every video it selects with this, so that metadata
+    which lies about shapes is caught before a batch is read. Returns (None, reasons) for a bad array.
+    """
+    where = f"{VIDEOS_GROUP}/{key}/{name}"
     try:
-        array = group[name]
+        array = root[where]
     except KeyError:
-        return [f"{where}: array missing"]
+        return None, [f"{where}: array missing"]
     except Exception as exc:
-        return [f"{where}: array metadata unreadable ({type(exc).__name__}: {exc})"]
+        return None, [f"{where}: array metadata unreadable ({type(exc).__name__}: {exc})"]
     if not isinstance(array, zarr.Array):
-        return [f"{where}: is a group, not an array"]
+        return None, [f"{where}: is a group, not an array"]
     problems = []
     if array.dtype != np.float16:
         problems.append(f"{where}: dtype {array.dtype}, expected float16")
@@ -69,10 +76,18 @@ def check_stream(group: zarr.Group, name: str, desc: Mapping[str, Any], entry: V
     declared = desc.get("frame_shape")
     if declared is not None and tuple(array.shape[1:]) != tuple(declared):
         problems.append(f"{where}: per-frame shape {tuple(array.shape[1:])} but the store declares {tuple(declared)}")
-    if array.shape[0] != entry.n_frames:
-        problems.append(f"{where}: {array.shape[0]} frames stored but n_frames is {entry.n_frames}")
-    if problems:
+    stored = array.shape[0] if array.ndim else 0
+    if stored != n_frames:
+        problems.append(f"{where}: {stored} frames stored but n_frames is {n_frames}")
+    return (None if problems else array), problems
+
+
+def check_stream(root: zarr.Group, name: str, desc: Mapping[str, Any], entry: VideoEntry) -> list[str]:
+    """Reasons why stream ``name`` of a done video of the store at ``root`` is bad (empty when it is good)."""
+    array, problems = stream_array(root, entry.key, name, desc, entry.n_frames)
+    if array is None:
         return problems  # reading an array whose shape is wrong proves nothing more
+    where = f"{VIDEOS_GROUP}/{entry.key}/{name}"
     try:
         data = array[...]  # (frames, ...)
     except Exception as exc:
@@ -95,9 +110,8 @@ def check_video(store: Store, entry: VideoEntry) -> list[str]:
     problems = []
     if len(set(counts.values())) != 1:
         problems.append("frame counts disagree: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    group = store.root[f"{VIDEOS_GROUP}/{entry.key}"]
     for name, desc in store.streams.items():
-        problems += check_stream(group, name, desc, entry)
+        problems += check_stream(store.root, name, desc, entry)
     return problems
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from store import Store, open_store
 from store.layout import VIDEOS_GROUP
+from store.verify import stream_array
 from train.clips import Clip, Video, epoch_plan
 
 log = logging.getLogger("train")
@@ -79,6 +80,22 @@ class FeatureReader:
         lo, hi = int(indices.min()), int(indices.max()) + 1
         block = np.asarray(array[lo:hi])  # (hi - lo, C, K, K): only the chunks these frames are in
         return block[indices - lo]
+
+
+def unfit_videos(store: Store, videos: Sequence[Video], streams: Sequence[str]) -> dict[str, str]:
+    """Video id -> why its arrays of ``streams`` do not fit the store's metadata; empty for a sound store.
+
+    Only metadata is read, no chunk: a video whose array metadata lies about its shape (or whose n_frames
+    does not match its arrays) is found before training instead of failing deep inside a DataLoader.
+    ``python -m store verify`` also reads the data back.
+    """
+    unfit = {}
+    for video in videos:
+        problems = [p for s in streams for p in stream_array(store.root, video.key, s, store.streams[s],
+                                                             video.n_frames)[1]]
+        if problems:
+            unfit[video.id] = "; ".join(problems)
+    return unfit
 
 
 def load_cache(store: Store, videos: Sequence[Video], streams: Sequence[str], budget: int) -> dict | None:

@@ -31,7 +31,7 @@ from train.config import RESUMABLE, ConfigError, TrainConfig
 from train.data import model_inputs
 from train.losses import model_loss
 from train.predict import clip_loss, predict_videos, score
-from train.run import RunDir, TensorBoard, atomic_write_text, rng_state, set_rng_state
+from train.run import RunDir, RunFileError, TensorBoard, atomic_write_text, rng_state, set_rng_state
 from train.setup import Setup, prepare
 
 log = logging.getLogger("train")
@@ -72,11 +72,20 @@ def resume_run(run_dir: str | Path, **changes: Any) -> RunResult:
 
     ``changes`` may set only fields in :data:`train.config.RESUMABLE` (e.g. more ``epochs``, another device).
     """
-    saved = RunDir(run_dir).config()["train"]
+    run = RunDir(run_dir)
+    saved = run.config()["train"]
     bad = sorted(set(changes) - set(RESUMABLE))
     if bad:
         raise ConfigError(f"--resume keeps what the run learns; only {', '.join(RESUMABLE)} may change, not "
                           f"{', '.join(bad)}")
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise RunFileError(f"{run.file('config.json')}: unknown training field(s) {', '.join(unknown)}: not a "
+                           "config.json this glimpse wrote")
+    try:
+        TrainConfig(**{**saved, "out": str(run_dir)})
+    except (TypeError, ValueError) as err:  # a field missing, or a value of the wrong kind
+        raise RunFileError(f"{run.file('config.json')}: its training config is not valid ({err})") from None
     return run_training(TrainConfig(**{**saved, **changes, "out": str(run_dir)}), resume=True)
 
 

@@ -9,6 +9,7 @@ by its mean sigmoid and report mAP. The evaluation stage builds on :func:`predic
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,19 @@ from torch import nn
 
 from store import open_store
 from train.clips import Clip, Video
-from train.data import FeatureReader, Normalization, VideoDataset, make_loader, model_inputs, targets_for
+from train.data import (
+    FeatureReader,
+    Normalization,
+    VideoDataset,
+    make_loader,
+    model_inputs,
+    targets_for,
+    unfit_videos,
+)
 from train.models import build_model
 from train.run import RunDir
+
+log = logging.getLogger("train")
 
 
 @dataclass
@@ -147,6 +158,10 @@ def predict_run(run_dir: str | Path, role: str = "test", which: str = "best", de
     split = config["train"]["split"]
     videos = [Video(e.id, e.key, tuple(e.labels), e.n_frames, e.group) for e in s.videos
               if e.status == "done" and e.splits.get(split) == role]
+    unfit = unfit_videos(s, videos, loaded.streams)
+    for video_id, why in unfit.items():
+        log.warning("skipped video %s: %s", video_id, why)
+    videos = [v for v in videos if v.id not in unfit]
     dataset = VideoDataset(FeatureReader(s.path), videos, loaded.streams, loaded.clip,
                            targets_for(videos, len(loaded.classes), loaded.multi_label), loaded.normalization)
     yield from predict_videos(loaded.model, dataset, aggregation=loaded.aggregation,

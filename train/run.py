@@ -18,16 +18,30 @@ import io
 import json
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from train.config import ConfigError
+
 #: metrics.csv columns; the last three are timings (different in every run, even with the same seed)
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_score", "best",
                   "clips_per_s", "data_share", "seconds")
 TIMING_COLUMNS = ("clips_per_s", "data_share", "seconds")
+
+#: what every config.json this glimpse writes holds, each a JSON object
+CONFIG_SECTIONS = ("train", "model", "store", "data")
+
+#: what every checkpoint this glimpse writes holds (see train.loop.checkpoint)
+CHECKPOINT_KEYS = ("model", "config", "state_dict", "optimizer", "train_config", "epoch", "step")
+
+
+class RunFileError(ConfigError):
+    """A file of a run directory that cannot be read or trusted (a broken config.json, a checkpoint this
+    glimpse did not write); the message names the file. Nothing in such a file is ever run."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -90,7 +104,14 @@ class RunDir:
         path = self.file("config.json")
         if not path.is_file():
             raise FileNotFoundError(f"{self.path}: no run here (no config.json)")
-        return json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFileError(f"{path}: not valid JSON ({exc}); the run's config.json is broken") from None
+        missing = [k for k in CONFIG_SECTIONS if not isinstance(config, dict) or not isinstance(config.get(k), dict)]
+        if missing:
+            raise RunFileError(f"{path}: not a run's config.json (no {', '.join(repr(k) for k in missing)} object)")
+        return config
 
     def event(self, text: str) -> None:
         """Append one time-stamped line to events.log."""
@@ -112,11 +133,27 @@ class RunDir:
         return path
 
     def load_checkpoint(self, which: str = "last", map_location: str = "cpu") -> dict[str, Any]:
-        """``which``.pt loaded with weights_only=True."""
+        """``which``.pt loaded with weights_only=True: tensors and plain data only, never code.
+
+        Raises :class:`RunFileError` naming the file when it holds anything else (a pickle that would run code
+        is refused, not run), is no checkpoint at all, or lacks what a glimpse checkpoint holds.
+        """
         path = self.file(f"{which}.pt")
         if not path.is_file():
             raise FileNotFoundError(f"{self.path}: no {which}.pt checkpoint")
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            detail = next((line.strip().split(". Please")[0] for line in str(exc).splitlines()
+                           if "Unpickler error" in line), "")  # without torch's advice to allow the object
+            raise RunFileError(f"{path}: refused: not a checkpoint of tensors and plain data, so it was not loaded "
+                               f"(nothing in it was run){': ' + detail if detail else ''}") from None
+        except (EOFError, RuntimeError, OSError, ValueError) as exc:  # truncated, or no torch file at all
+            raise RunFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise RunFileError(f"{path}: not a glimpse checkpoint (it lacks {', '.join(missing)})")
+        return ckpt
 
     def write_metrics(self, history: list[dict[str, float]]) -> None:
         """metrics.csv from the whole history (so a resumed run never holds a row twice)."""

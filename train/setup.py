@@ -28,6 +28,7 @@ from train.data import (
     load_cache,
     make_loader,
     targets_for,
+    unfit_videos,
 )
 from train.models import MODELS, build_model
 from train.models.base import make_config
@@ -63,6 +64,7 @@ class Setup:
     train_loader: DataLoader
     val_loader: DataLoader | None
     notes: list[str]
+    unfit: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """What config.json records besides the TrainConfig."""
@@ -74,7 +76,8 @@ class Setup:
                       "classes": list(self.store.classes), "streams": self.store.streams},
             "data": {"split": self.config.split, "streams": list(self.streams), "multi_label": self.multi_label,
                      "train": len(sel.train), "val": len(sel.val), "test": len(sel.test),
-                     "skipped_not_done": sel.not_done, "val_groups": list(sel.val_groups),
+                     "skipped_not_done": sel.not_done, "skipped_unfit": sorted(self.unfit),
+                     "val_groups": list(sel.val_groups),
                      "padded_videos": sum(self.clip.padded(v.n_frames) for v in sel.train + sel.val + sel.test),
                      "clip": {"frames": self.clip.frames, "stride": self.clip.stride, "span": self.clip.span}},
             "notes": self.notes,
@@ -122,6 +125,29 @@ def pick_device(device: str) -> str:
     return device
 
 
+def drop_unfit(store: Store, selection: Selection, streams: tuple[str, ...]) -> tuple[Selection, dict[str, str]]:
+    """The selection without videos whose arrays do not fit the store's metadata, and why each was dropped.
+
+    Each dropped video is logged as a warning; a split left with no training video is a ConfigError.
+    """
+    unfit = unfit_videos(store, selection.train + selection.val + selection.test, streams)
+    if not unfit:
+        return selection, unfit
+    for video_id, why in unfit.items():
+        log.warning("skipped video %s: %s", video_id, why)
+
+    def keep(videos):
+        return tuple(v for v in videos if v.id not in unfit)
+
+    kept = dataclasses.replace(selection, train=keep(selection.train), val=keep(selection.val),
+                               test=keep(selection.test))
+    if not kept.train:
+        raise ConfigError(f"{store.path}: no training video is left: every done one has arrays that do not match "
+                          f"the store's metadata (first: {next(iter(unfit.items()))}); run python -m store verify "
+                          f"{store.path}")
+    return kept, unfit
+
+
 def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Setup:
     """Check, select, resolve and build everything for ``config`` (see the module docstring).
 
@@ -139,9 +165,15 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
         selection = select(store, config.split, config.val_fraction, config.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    selection, unfit = drop_unfit(store, selection, streams)
     config, notes = resolve(config, [v.n_frames for v in selection.train])
     if selection.not_done:
         notes.append(f"{selection.not_done} videos of split {config.split} are not done in the store: skipped")
+    if unfit:
+        listed = "; ".join(f"{vid} ({why})" for vid, why in list(unfit.items())[:10])
+        more = f" and {len(unfit) - 10} more" if len(unfit) > 10 else ""
+        notes.append(f"{len(unfit)} done videos skipped, their arrays do not match the store's metadata (python -m "
+                     f"store verify {store.path} lists them): {listed}{more}")
     if config.val_fraction > 0 and not selection.val:
         notes.append("no validation videos could be held out by group (every class needs a training group): "
                      "the last epoch is the best")
@@ -186,4 +218,4 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     val_loader = (make_loader(val_dataset, batch_size=None, sampler=None, workers=min(workers, len(selection.val)))
                   if selection.val else None)
     return Setup(config, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
-                 val_dataset, test_dataset, sampler, train_loader, val_loader, notes)
+                 val_dataset, test_dataset, sampler, train_loader, val_loader, notes, unfit)
