@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny synthetic dataset, a copy with the bad-input corpus in it, and a real Dask cluster."""
+"""Shared fixtures (a tiny synthetic dataset, a copy with the bad-input corpus in it, a heavier one, a real Dask
+cluster) and the session hooks that write docs/reliability.md after a complete run (tests/reliability_log.py).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +11,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_inputs import Case, add_corpus, corpus_ids
+from reliability_log import MARKER, RECORDS, blockers, unmarked_recorders, write_report
 
 from extract.synth import SynthConfig, make_synthetic, write_video
 
 #: Tiny but real: 3 classes x 4 clips of 10 frames at 64 x 64.
 TINY = SynthConfig(classes=3, per_class=4, frames=10, size=64, seed=3)
 
+#: Enough work (24 videos x 16 frames; tests/test_reliability.py's HEAVY_OPTS extract them at 112 px) that a
+#: kill or a reader lands in the middle of an extraction.
+HEAVY = SynthConfig(classes=3, per_class=8, frames=16, size=64, seed=11)
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory) -> Path:
     """The synthetic dataset at TINY's size (read-only for tests: copy it before changing it)."""
     return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", TINY)
+
+
+@pytest.fixture(scope="session")
+def heavy(tmp_path_factory) -> Path:
+    """The synthetic dataset at HEAVY's size (read-only for tests)."""
+    return make_synthetic(tmp_path_factory.mktemp("heavy") / "data", HEAVY)
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +78,52 @@ def translating_video(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     return write_video(tmp_path_factory.mktemp("flow") / "translate.mp4", frames), (dx, dy)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    """Write docs/reliability.md when reliability cases ran (a whole-suite run writes all of them)."""
-    from reliability_log import RECORDS, write_report
+#: What this session saw of the reliability cases: node ids collected with the marker, whether every test file
+#: was collected, how many items were deselected, node id -> passed so far, and why no report was written.
+SEEN: dict = {"marked": set(), "whole": False, "deselected": 0, "ok": {}, "blockers": None}
 
-    if RECORDS:
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Note every reliability case and test file collected, before -k / -m / --deselect leave some out."""
+    SEEN["marked"] = {item.nodeid for item in items if item.get_closest_marker(MARKER)}
+    collected = {Path(item.path).resolve() for item in items}
+    every_file = all(path.resolve() in collected for path in Path(__file__).parent.glob("test_*.py"))
+    SEEN["whole"] = every_file and not any("::" in str(arg) for arg in config.args)
+
+
+def pytest_deselected(items):
+    """Count what -k, -m and --deselect left out: such a run is partial."""
+    SEEN["deselected"] += len(items)
+
+
+def pytest_runtest_logreport(report):
+    """A test passed when its setup, call and teardown all did (a skip is no pass)."""
+    ok = SEEN["ok"]
+    if report.when == "call":
+        ok[report.nodeid] = ok.get(report.nodeid, True) and report.passed
+    elif not report.passed:
+        ok[report.nodeid] = False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Rewrite docs/reliability.md only after a complete run in which every reliability case passed."""
+    passed = {node for node, good in SEEN["ok"].items() if good}
+    SEEN["blockers"] = blockers(SEEN["whole"], SEEN["deselected"], SEEN["marked"], passed)
+    if not SEEN["blockers"]:
         write_report()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say whether docs/reliability.md was written, and why not."""
+    if SEEN["blockers"] is None or not (SEEN["marked"] or RECORDS):
+        return
+    if SEEN["blockers"]:
+        terminalreporter.write_line(f"docs/reliability.md left untouched: {'; '.join(SEEN['blockers'])}")
+    else:
+        terminalreporter.write_line(f"docs/reliability.md written: {len(RECORDS)} rows from {len(SEEN['marked'])} "
+                                    "reliability cases")
+    unmarked = unmarked_recorders(SEEN["marked"])
+    if unmarked:
+        terminalreporter.write_line(f"reliability: record() called from tests without @pytest.mark.{MARKER}: "
+                                    f"{', '.join(unmarked)}", yellow=True)

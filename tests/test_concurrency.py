@@ -1,20 +1,41 @@
-"""Several extractions on one store at once, one of them killed: nothing is corrupted or lost."""
+"""Several extractions on one store at once, one of them killed, and a trainer reading the store while an
+extraction writes it: nothing is corrupted, lost, done twice, or read before it is finished."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
+from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
+from test_reliability import HEAVY_OPTS
 
 from extract.cli import extract_dataset
 from store import open_store
 from store.claims import claim_video, is_claimed
 from store.verify import verify_store
+from train.loop import train_model
+from train.run import RunDir
+
+#: the last line an extraction prints: what this run did, what it found done, what other runs did meanwhile
+SUMMARY = re.compile(r"(\d+) videos extracted, (\d+) already done, (\d+) done by another run, (\d+) failed")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_synthetic, dask_client, tmp_path_factory) -> Path:
+    """The tiny dataset extracted by one uninterrupted run (workers=1: the CLI runs' torch thread count)."""
+    out = tmp_path_factory.mktemp("reference") / "tiny"
+    extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, workers=1, **TINY_OPTS)
+    return out
 
 
 def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
@@ -35,9 +56,8 @@ def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
     assert not is_claimed(tmp_path, "v2")  # the kernel dropped the claim with its holder
 
 
-def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_synthetic, dask_client, tmp_path):
-    reference = tmp_path / "reference"
-    extract_dataset("synthetic", str(tiny_synthetic), str(reference), client=dask_client, workers=1, **TINY_OPTS)
+@pytest.mark.reliability
+def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_synthetic, reference, tmp_path):
     expected = {v.id: open_store(reference).read(v.id, "rgb") for v in open_store(reference).videos}
     out = tmp_path / "shared"
     args = cli_args(tiny_synthetic, out, workers=1)
@@ -64,3 +84,94 @@ def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_syntheti
     assert third.returncode == 0, third.stderr[-3000:]
     assert verify_store(out) == []
     assert_same_stores(reference, out)
+    record("concurrency", "two extractions at once on one store, one SIGKILLed (client and workers) halfway, "
+           "then a third run", f"a reader saw {len(seen_done)} videos done meanwhile, each equal to the reference; "
+           "the survivor took over, verify passes, store identical to an uninterrupted run",
+           crashes_survived=1, videos_lost=0)
+
+
+@pytest.mark.reliability
+def test_three_runs_started_together_extract_every_video_exactly_once(tiny_synthetic, reference, tmp_path):
+    out = tmp_path / "shared"
+    args = cli_args(tiny_synthetic, out, workers=1)
+    runs = [subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(3)]
+    try:
+        outputs = [run.communicate(timeout=300) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+    n_videos = len(open_store(reference).videos)
+    extracted = []
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr[-3000:]
+        summary = SUMMARY.search(stdout)
+        assert summary, stdout
+        done, already, by_others, failed = map(int, summary.groups())
+        assert failed == 0 and done + already + by_others == n_videos, stdout
+        extracted.append(done)
+    assert sum(extracted) == n_videos, f"videos extracted per run: {extracted}"  # none twice, none missed
+    assert sum(n > 0 for n in extracted) >= 2, f"the runs did not overlap: videos extracted per run {extracted}"
+    assert verify_store(out) == []
+    assert_same_stores(reference, out)
+    record("concurrency", "three extractions started together on one store (three CLI processes, each with its "
+           "own LocalCluster)", f"videos extracted per run {extracted}: each of the {n_videos} exactly once; verify "
+           "passes, store identical to an uninterrupted run", videos_lost=0)
+
+
+def split_ids(store: Path, split: str = "1") -> tuple[set[str], set[str], int]:
+    """Ids of the split's train and test videos: those done now, all of them; and how many train videos are done."""
+    if not (store / "zarr.json").exists():
+        return set(), set(), 0
+    entries = [v for v in open_store(store).videos if v.splits.get(split) in ("train", "test")]
+    done = [v for v in entries if v.status == "done"]
+    return {v.id for v in done}, {v.id for v in entries}, sum(v.splits[split] == "train" for v in done)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_a_trainer_reads_only_finished_videos_while_an_extraction_writes_the_store(heavy, tmp_path):
+    out = tmp_path / "store"
+    proc = subprocess.Popen(cli_args(heavy, out, workers=1, **HEAVY_OPTS), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = []  # (done before the run started, run dir, done after it ended)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the extraction did not finish"
+            before, every, train_done = split_ids(out)
+            if train_done < 2 or sum(len(b) < len(every) for b, *_ in runs) >= 3:  # wait, or enough runs made
+                time.sleep(0.05)
+                continue
+            run = tmp_path / f"run{len(runs)}"
+            train_model(out, "avgpool_lstm", run, epochs=1, batch_size=4, workers=0, progress=False,
+                        model_args={"hidden": 8})
+            runs.append((before, run, split_ids(out)[0]))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    done, every, _ = split_ids(out)
+    assert done == every and verify_store(out) == []
+    store = open_store(out)
+    partial = 0
+    for before, run, after in runs:
+        data = json.loads(RunDir(run).file("config.json").read_text())["data"]
+        used = data["train"] + data["val"] + data["test"]
+        assert len(before) <= used <= len(after) and used + data["skipped_not_done"] == len(every), data
+        with open(RunDir(run).file("test_predictions.csv")) as f:
+            tested = [row["video"] for row in csv.DictReader(f)]
+        assert set(tested) <= after and len(tested) == data["test"]
+        for video_id in tested:  # each one read by the trainer: a whole, finite cube now
+            assert np.isfinite(store.read(video_id, "rgb")).all()
+        if data["skipped_not_done"]:
+            partial += 1
+            assert any(f"{data['skipped_not_done']} videos of split 1 are not done in the store: skipped" in e
+                       for e in RunDir(run).events())
+    assert partial >= 2, f"only {partial} of {len(runs)} runs trained while videos were still pending"
+    record("concurrency", "a trainer opening the store and training one epoch, again and again, while an "
+           "extraction writes it", f"{partial} runs trained on a partly written store, each only on videos done "
+           f"when it started (it logged how many it skipped as unfinished); final store verifies", videos_lost=0)

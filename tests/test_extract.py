@@ -91,6 +91,7 @@ def check_good_done_and_bad_failed(path: Path, corpus: dict[str, Case], via: str
     return counts
 
 
+@pytest.mark.reliability
 def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extracted, bad_corpus):
     counts = check_good_done_and_bad_failed(extracted, bad_corpus, "LocalCluster")
     assert counts["failed"] >= sum(case.expect == "failed" for case in bad_corpus.values())
@@ -228,6 +229,7 @@ def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthet
     assert_same_stores(reference, out)
 
 
+@pytest.mark.reliability
 def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus, tmp_path):
     bin_dir = Path(sys.executable).parent
     scheduler_file = tmp_path / "scheduler.json"

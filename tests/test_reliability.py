@@ -19,19 +19,12 @@ from reliability_log import record
 from test_extract import REPO, assert_same_stores, cli_args
 
 from extract.cli import extract_dataset
-from extract.synth import SynthConfig, make_synthetic
 from store import StoreError, open_store
 from store.layout import video_key
 from store.verify import verify_store
 
-#: Enough work (24 videos x 16 frames at 112 px) that a kill lands in the middle of extraction.
-HEAVY = SynthConfig(classes=3, per_class=8, frames=16, size=64, seed=11)
+#: extracts the heavy dataset (tests/conftest.py) slowly enough that a kill or a reader lands mid-way
 HEAVY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 16, "batch_size": 8}
-
-
-@pytest.fixture(scope="module")
-def heavy(tmp_path_factory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("heavy") / "data", HEAVY)
 
 
 def done_count(store: Path) -> int:
@@ -41,6 +34,7 @@ def done_count(store: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.reliability
 def test_ten_sigkills_at_random_moments_then_resume_gives_the_uninterrupted_store(heavy, dask_client, tmp_path):
     reference = tmp_path / "reference"
     extract_dataset("synthetic", str(heavy), str(reference), client=dask_client, workers=1, **HEAVY_OPTS)
@@ -72,6 +66,7 @@ def test_ten_sigkills_at_random_moments_then_resume_gives_the_uninterrupted_stor
            "identical to an uninterrupted run, verify passes", crashes_survived=kills, videos_lost=0)
 
 
+@pytest.mark.reliability
 def test_a_dask_worker_killed_mid_extraction_loses_nothing(heavy, dask_client, tmp_path):
     from distributed import Client, LocalCluster
 
@@ -109,6 +104,7 @@ class Boom:
         return (Path.touch, (Path("/tmp/glimpse-hostile-marker"),))
 
 
+@pytest.mark.reliability
 def test_hostile_store_metadata_is_refused_as_data_and_never_run(tiny_synthetic, dask_client, tmp_path):
     marker = Path("/tmp/glimpse-hostile-marker")
     marker.unlink(missing_ok=True)

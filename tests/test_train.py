@@ -17,6 +17,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from reliability_log import record
 
 from extract.cli import extract_dataset
 from store import VideoRecord, create_store, open_store
@@ -258,6 +259,7 @@ def inside_an_epoch(path: Path) -> bool:
     return ckpt["epoch"] >= 1 and ckpt["batch"] > 0
 
 
+@pytest.mark.reliability
 def test_a_run_killed_with_sigkill_mid_epoch_and_resumed_ends_like_an_uninterrupted_one(tiny_store, tmp_path):
     options = {"epochs": 6, "batch_size": 1, "lr": 1e-3, "checkpoint_every": 2, "workers": 0}
     full = train_model(tiny_store, "softattn", tmp_path / "full", **options, model_args={"hidden": 8},
@@ -281,6 +283,9 @@ def test_a_run_killed_with_sigkill_mid_epoch_and_resumed_ends_like_an_uninterrup
     same_metrics(tmp_path / "full", killed)
     assert resumed.test_accuracy == full.test_accuracy and resumed.best_epoch == full.best_epoch
     assert any(e.startswith("resumed at epoch") for e in RunDir(killed).events())
+    record("crash", "SIGKILL of a training run (`python -m train`) inside an epoch, then `--resume`",
+           f"killed after a checkpoint at epoch {interrupted['epoch'] + 1} batch {interrupted['batch']}; the resumed "
+           "run's metrics, best epoch and test accuracy equal an uninterrupted run's", crashes_survived=1)
 
 
 def test_a_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_store, tmp_path):
