@@ -1,9 +1,12 @@
 """Synthetic action dataset: real encoded videos of one moving object among distractors.
 
 Each class is the motion pattern of ONE small bright red target (a shape plus a straight,
-zigzag or circular trajectory) over a smooth random background with 2-4 muted distractors of
-other shapes wandering around. Written in the UCF-101 layout with a per-frame box file beside
-every video. The one video encoder of the project lives here too (:func:`write_video`).
+zigzag or circular trajectory) over a smooth random background with 2-4 muted distractors.
+By default the distractors are decoys: each acts out another class of the dataset (that class's
+shape on that class's kind of trajectory), so the whole frame holds several classes' patterns and
+only the red one says which class the clip is: a model has to find the target to classify, which
+is what attention is for. Written in the UCF-101 layout with a per-frame box file beside every
+video. The one video encoder of the project lives here too (:func:`write_video`).
 """
 
 from __future__ import annotations
@@ -230,13 +233,16 @@ def _distractor_paths(rng: np.random.Generator, size: int, frames: int, count: i
 
 
 def render_clip(
-    name: str, size: int, frames: int, seed: int | Sequence[int], with_target: bool = True
+    name: str, size: int, frames: int, seed: int | Sequence[int], with_target: bool = True,
+    decoys: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one clip of class ``name``: frames (F, S, S, 3) uint8 RGB and target boxes (F, 4) int.
 
-    A box is ``[x0, y0, x1, y1]`` in pixels, ``x1``/``y1`` exclusive, tight around every pixel
-    the target touches. The same ``seed`` always gives the same clip; ``with_target=False``
-    gives the very same clip (background, distractors, boxes) without the target drawn.
+    Distractors wander at random, or, where ``decoys`` names classes, each acts out one of those
+    classes other than ``name`` in muted colours. A box is ``[x0, y0, x1, y1]`` in pixels,
+    ``x1``/``y1`` exclusive, tight around every pixel the target touches. The same ``seed`` always
+    gives the same clip; ``with_target=False`` gives the very same clip (background, distractors,
+    boxes) without the target drawn.
     """
     if name not in CLASS_PATTERNS:
         raise ValueError(f"unknown synthetic class {name!r}; known: {', '.join(CLASS_PATTERNS)}")
@@ -252,6 +258,11 @@ def render_clip(
     sizes = size / 16 * rng.uniform(0.85, 1.2, size=count)  # (D,)
     colors = [_rgb(rng.uniform(0.3, 0.75), rng.uniform(0.35, 0.7), rng.uniform(0.45, 0.85)) for _ in range(count)]
     paths = _distractor_paths(rng, size, frames, count, sizes)  # (F, D, 2)
+    decoy_names = [d for d in decoys if d != name]
+    if decoy_names:  # every distractor acts out another class: its shape on its trajectory, muted
+        acted = [CLASS_PATTERNS[decoy_names[i]] for i in rng.integers(0, len(decoy_names), size=count)]
+        shapes = [a.shape for a in acted]
+        paths = np.stack([_target_path(a, rng, size, frames, h_d) for a, h_d in zip(acted, sizes, strict=True)], 1)
     background = _background(rng, size)
 
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
@@ -280,7 +291,11 @@ VIDEO_DIR, SPLIT_DIR = "UCF-101", "ucfTrainTestlist"
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to generate: ``classes`` x ``per_class`` clips of ``frames`` frames at ``size`` x ``size``."""
+    """What to generate: ``classes`` x ``per_class`` clips of ``frames`` frames at ``size`` x ``size``.
+
+    ``decoys``: the distractors act out the dataset's other classes (see the module docstring);
+    False gives randomly wandering distractors of other shapes.
+    """
 
     classes: int = 4
     per_class: int = 12
@@ -288,6 +303,7 @@ class SynthConfig:
     size: int = 112
     seed: int = 0
     fps: int = 25
+    decoys: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.classes <= len(CLASS_PATTERNS):
@@ -378,7 +394,8 @@ def make_synthetic(out: str | Path, config: SynthConfig, progress: bool = False)
     # the manifest goes first so an interrupted run is recognised, and regenerated, next time
     _write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     for video in tqdm(videos, desc="synth", unit="video", disable=not progress):
-        frames, boxes = render_clip(video["class"], config.size, config.frames, video["seed"])
+        frames, boxes = render_clip(video["class"], config.size, config.frames, video["seed"],
+                                    decoys=names if config.decoys else ())
         write_video(out / video["path"], frames, fps=config.fps)
         box_file = {"width": config.size, "height": config.size, "fps": config.fps, "boxes": boxes.tolist()}
         _write_text(out / video["boxes"], json.dumps(box_file, separators=(",", ":")) + "\n")
@@ -409,10 +426,13 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--size", default=SynthConfig.size, show_default=True, help="Frame width and height (even).")
 @click.option("--seed", default=SynthConfig.seed, show_default=True, help="Random seed; same seed, same bytes.")
 @click.option("--fps", default=SynthConfig.fps, show_default=True, help="Frame rate written into the videos.")
-def main(out: str, classes: int, per_class: int, frames: int, size: int, seed: int, fps: int) -> None:
+@click.option("--decoys/--no-decoys", default=SynthConfig.decoys, show_default=True,
+              help="Distractors act out the other classes (only the red target tells the class).")
+def main(out: str, classes: int, per_class: int, frames: int, size: int, seed: int, fps: int, decoys: bool) -> None:
     """Write the synthetic action dataset (UCF-101 layout, with per-frame target boxes)."""
     try:
-        config = SynthConfig(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, fps=fps)
+        config = SynthConfig(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, fps=fps,
+                             decoys=decoys)
         make_synthetic(out, config, progress=True)
     except (ValueError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None

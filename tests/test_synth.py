@@ -91,9 +91,11 @@ def test_every_video_on_disk_is_listed_and_has_a_box_file(dataset: Path) -> None
 
 
 def test_boxes_hold_the_decoded_target(dataset: Path) -> None:
+    decoys = [c["name"] for c in manifest(dataset)["classes"]]
     for video in manifest(dataset)["videos"]:
         decoded, _ = decode_pyav(dataset / video["path"])  # (T, H, W, 3)
-        clean, _ = render_clip(video["class"], CONFIG.size, CONFIG.frames, video["seed"], with_target=False)
+        clean, _ = render_clip(video["class"], CONFIG.size, CONFIG.frames, video["seed"], with_target=False,
+                               decoys=decoys)
         boxes = json.loads((dataset / video["boxes"]).read_text())["boxes"]
         diff = np.abs(decoded.astype(np.int16) - clean.astype(np.int16)).sum(axis=-1)  # (T, H, W)
         mass = np.where(diff > 120, diff, 0)  # the target, above compression noise at colour edges
@@ -153,6 +155,22 @@ def test_render_is_deterministic_by_seed() -> None:
     other, _ = render_clip("SquareRight", 64, 4, seed=[1, 0, 0])
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_decoys_act_out_another_class_and_leave_the_target_alone() -> None:
+    """With decoys = (SquareRight, DiscLeft), every distractor of a SquareRight clip is a disc moving left."""
+    size, frames = 64, 12
+    plain, boxes = render_clip("SquareRight", size, frames, seed=[2, 0, 1])
+    video, decoy_boxes = render_clip("SquareRight", size, frames, seed=[2, 0, 1], decoys=["SquareRight", "DiscLeft"])
+    np.testing.assert_array_equal(boxes, decoy_boxes)  # the target's path and box do not change
+    assert not np.array_equal(plain, video)
+    clean, _ = render_clip("SquareRight", size, frames, seed=[2, 0, 1], with_target=False,
+                           decoys=["SquareRight", "DiscLeft"])
+    moving = np.abs(np.diff(clean.astype(np.int16), axis=0)).sum(-1) > 30  # (T-1, H, W): only decoys move
+    xs = [np.nonzero(m)[1].mean() for m in moving]
+    assert xs[0] - xs[-1] > 0.25 * size, f"decoys' moving pixels went from x={xs[0]:.1f} to x={xs[-1]:.1f}"
+    alone, _ = render_clip("SquareRight", size, frames, seed=[2, 0, 1], decoys=["SquareRight"])
+    np.testing.assert_array_equal(alone, plain)  # no other class to act out: wandering distractors
 
 
 def test_splits_follow_ucf101_and_keep_groups_apart(dataset: Path) -> None:
