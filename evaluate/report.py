@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
 
     Writes ``run_dir/evaluation/<role>_metrics.json`` (top-1/5, per-class accuracy and AP, mAP,
     confusion, attention localisation where the store has boxes), the confusion CSV/PNG and, for
-    ``figures`` videos, attention strips (PNG) and GIFs blended over the re-decoded frames.
+    ``figures`` videos taken in turn from each class, attention strips (PNG), GIFs and MP4s blended
+    over the re-decoded frames.
     """
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, which)
@@ -45,11 +46,25 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
         metrics["localization"] = localization_scores(attended, entries, loaded.clip)
     out = run_dir / EVALUATION_DIR
     save_metrics(metrics, out, prefix=role)
-    for prediction in attended[:figures]:
+    for stale in (out / "attention").glob("*_attention.*"):  # figures of an earlier evaluation of this run
+        stale.unlink()
+    for prediction in spread_over_classes(attended, figures):
         entry = entries[prediction.id]
         maps = frame_attention(prediction.attention, loaded.clip, entry.n_frames)  # (n_frames, K, K)
         video_attention_figures(entry, {loaded.name: maps}, out / "attention")
     return metrics
+
+
+def spread_over_classes(predictions: Sequence[Any], count: int) -> list[Any]:
+    """``count`` predictions taken in turn from each true class (first label), in store order within a class."""
+    by_class: dict[int, list[Any]] = {}
+    for p in predictions:
+        by_class.setdefault(p.labels[0] if p.labels else -1, []).append(p)
+    queues = [by_class[c] for c in sorted(by_class)]
+    chosen: list[Any] = []
+    for rank in range(max(map(len, queues), default=0)):
+        chosen += [queue[rank] for queue in queues if rank < len(queue)]
+    return chosen[:count]
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None,
@@ -74,14 +89,16 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, names: Sequenc
             raise ValueError(f"{run_dir}: model {run.name} gives no attention maps to compare")
     entries = {v.id: v for v in open_store(loaded[0].store).videos}
     maps: dict[str, dict[str, np.ndarray]] = {}  # video id -> run name -> (n_frames, K, K)
+    predicted = {}
     for name, run_dir, run in zip(names, run_dirs, loaded, strict=True):
         for p in predict_run(run_dir, role, which):
             maps.setdefault(p.id, {})[name] = frame_attention(p.attention, run.clip, entries[p.id].n_frames)
-    shared = [video_id for video_id, runs in maps.items() if len(runs) == len(names)][:videos]
+            predicted.setdefault(p.id, p)
+    shared = [p for video_id, p in predicted.items() if len(maps[video_id]) == len(names)]
     if not shared:
         raise ValueError(f"no {role} video is predicted by every run of {', '.join(map(str, run_dirs))}")
-    return [video_attention_figures(entries[video_id], {n: maps[video_id][n] for n in names}, out)
-            for video_id in shared]
+    return [video_attention_figures(entries[p.id], {n: maps[p.id][n] for n in names}, out)
+            for p in spread_over_classes(shared, videos)]
 
 
 def table_row(model: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -144,10 +161,12 @@ def ensure_trained(store_path: str | Path, model: str, run_dir: Path, **train_op
 
 
 def comparison_table(store_path: str | Path, run_root: str | Path, models: Sequence[str] | None = None,
-                     train_missing: bool = True, figures: int = 2, **train_options: Any) -> str:
+                     train_missing: bool = True, figures: int = 2,
+                     per_model: Mapping[str, Mapping[str, Any]] | None = None, **train_options: Any) -> str:
     """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
 
     Runs live in ``run_root/<dataset>-<model>``; the table goes to ``run_root/table-<dataset>.md``.
+    ``train_options`` go to every model's training, ``per_model[name]`` replaces some of them for one model.
     """
     store = open_store(store_path)
     usable, skipped = supported_models(store_path)
@@ -155,7 +174,8 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
     rows = []
     for model in chosen:
         run_dir = Path(run_root) / f"{store.dataset}-{model}"
-        if not ensure_trained(store_path, model, run_dir, train=train_missing, **train_options):
+        options = {**train_options, **(per_model or {}).get(model, {})}
+        if not ensure_trained(store_path, model, run_dir, train=train_missing, **options):
             continue
         rows.append(table_row(model, evaluate_run(run_dir, figures=figures)))
     notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)

@@ -41,14 +41,16 @@ def test_evaluating_a_run_writes_everything_and_is_reproducible(two_fold_store, 
     assert first.exit_code == 0, first.output
     assert "top-1" in first.output and "attention in box" in first.output
     metrics = json.loads((run / "evaluation" / "test_metrics.json").read_text())
+    figures = sorted(p.name for p in (run / "evaluation" / "attention").iterdir())
+    assert [name.rsplit(".", 1)[1] for name in figures] == ["gif", "mp4", "png"] * 2
+    assert len({name.split("__")[0] for name in figures}) == 2  # two videos of two different classes
     again = CliRunner().invoke(main, ["--run", str(run), "--figures", "0"])
     assert again.exit_code == 0, again.output
     assert json.loads((run / "evaluation" / "test_metrics.json").read_text()) == metrics  # same numbers twice
     assert metrics["videos"] == 6 and 0 <= metrics["top1"] <= 1  # 3 classes x 2 test videos
     assert metrics["localization"]["videos"] == 6 and metrics["localization"]["uniform_mass"] > 0
     assert {p.name for p in (run / "evaluation").iterdir()} >= {"test_confusion.csv", "test_confusion.png"}
-    assert len(list((run / "evaluation" / "attention").glob("*.png"))) == 2
-    assert len(list((run / "evaluation" / "attention").glob("*.gif"))) == 2
+    assert not list((run / "evaluation" / "attention").iterdir())  # no stale figures from the first evaluation
 
 
 def test_protocol_reports_mean_and_std_over_the_folds(two_fold_store, tmp_path):
@@ -66,11 +68,15 @@ def test_protocol_reports_mean_and_std_over_the_folds(two_fold_store, tmp_path):
 
 def test_table_collects_every_chosen_model_and_names_what_a_store_cannot_feed(two_fold_store, tmp_path):
     defaults = {key: value for key, value in FAST.items() if key != "model_args"}  # softmax has no hidden size
-    text = comparison_table(two_fold_store, tmp_path, ["softmax", "softattn", "han"], **defaults)
+    text = comparison_table(two_fold_store, tmp_path, ["softmax", "softattn", "han"],
+                            per_model={"softattn": {"epochs": 1}}, **defaults)
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [row.split("|")[1].strip() for row in rows] == ["softmax", "softattn"]
     assert "han: not run, needs stream flow_cnn" in text
     assert (tmp_path / "table-synthetic.md").read_text() == text
+    trained = {m: json.loads((tmp_path / f"synthetic-{m}" / "config.json").read_text())["train"]["epochs"]
+               for m in ("softmax", "softattn")}
+    assert trained == {"softmax": 2, "softattn": 1}  # per-model settings replace the shared ones for that model
     softattn = next(row for row in rows if "softattn" in row)
     assert "(" in softattn.split("|")[4]  # attention models show localisation against uniform
 
