@@ -2,8 +2,9 @@
 
 The frames come back from the source video through the store: every stored frame records its source
 frame number, and :func:`stored_frames` decodes exactly those, upright, as extraction saw them. Each
-attention map (K x K) is upsampled to the frame (bicubic), scaled so its maximum is 1, coloured with
-the jet map (blue = little attention, red = most) and blended over the frame, as in the papers' figures.
+attention map (K x K) is upsampled to the frame (bicubic), scaled so its maximum is 1 (unless the map is
+nearly uniform, see :func:`heat_overlay`), coloured with the jet map (blue = little attention, red =
+most) and blended over the frame, as in the papers' figures.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from extract.synth import write_video
 
 #: Heat colour over the frame: 0 shows the frame only, 1 the heat map only.
 ALPHA = 0.5
+#: A cell is drawn full red when it holds the map's maximum and at least this many times the uniform share.
+FULL_HEAT = 4.0
 #: Ground-truth box colour (RGB).
 BOX_COLOR = (0, 255, 0)
 #: Height in pixels of a text band (titles, run names).
@@ -61,9 +64,14 @@ def pick_steps(n: int, count: int | None) -> np.ndarray:
 
 
 def heat_overlay(frame: np.ndarray, attention: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """One frame (H, W, 3) uint8 with its attention map (K, K) upsampled, max-normalized and blended as jet."""
+    """One frame (H, W, 3) uint8 with its attention map (K, K) upsampled, scaled and blended as jet.
+
+    The map is divided by its maximum, or by FULL_HEAT times the uniform share 1 / K^2 when that is
+    larger: a peaked map shows red where it peaks, a nearly uniform one stays blue-cyan all over
+    instead of having its small wiggles stretched to the full colour range.
+    """
     height, width = frame.shape[:2]
-    peak = float(attention.max())
+    peak = max(float(attention.max()), FULL_HEAT / attention.size)
     scaled = attention.astype(np.float32) / peak if peak > 0 else np.zeros_like(attention, dtype=np.float32)
     heat = np.clip(cv2.resize(scaled, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1)  # (H, W)
     colour = cv2.applyColorMap((heat * 255).round().astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]  # (H, W, 3) RGB

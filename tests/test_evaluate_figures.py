@@ -19,6 +19,7 @@ from evaluate.figures import (
     compare_strips,
     confusion_png,
     decode_frames,
+    heat_overlay,
     overlay_frames,
     stored_frames,
     video_attention_figures,
@@ -131,6 +132,18 @@ def test_attention_mp4_decodes_to_the_gif_frames(clip, tmp_path):
     assert np.abs(video[3].astype(np.float64) - expected).mean() < 6  # lossy H.264 of the same picture
     odd = attention_mp4(frames[:, :63], maps_at(boxes), tmp_path / "odd.mp4")
     assert decode_video(odd, Sampling()).frames.shape == (6, BAND + 64, 64, 3)  # 63 rows + band, padded to even
+
+
+def test_a_nearly_uniform_map_stays_cool_and_a_peaked_one_turns_red():
+    frame = np.full((64, 64, 3), 128, dtype=np.uint8)
+    flat = np.full((K, K), 1 / K**2)
+    flat[0, 0] *= 1.05  # a small wiggle that max-normalisation would stretch into a red peak
+    flat /= flat.sum()
+    assert heat_overlay(frame, flat, alpha=1.0)[..., 2].min() > 200  # jet's blue end: blue-cyan everywhere
+    peaked = np.full((K, K), 0.5 / (K * K - 1))
+    peaked[1, 2] = 0.5
+    drawn = heat_overlay(frame, peaked, alpha=1.0)
+    assert drawn[20:28, 36:44, 2].max() < 50 and drawn[56:, :8, 2].min() > 150  # red at the peak, blue far off
 
 
 def test_mismatched_inputs_are_refused(clip, tmp_path):
