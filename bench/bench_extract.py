@@ -32,7 +32,8 @@ def _clock(fn, repeat: int = 3) -> float:
 
 
 def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]:
-    from extract.synth import render_clip, write_video
+    from extract.encode import write_video
+    from extract.synth import render_clip
 
     width, height = size
     clip, _ = render_clip("SquareRight", height, frames, seed=0)  # (T, H, H, 3)

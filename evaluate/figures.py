@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from extract.decode import decode_indices
-from extract.synth import write_video
+from extract.encode import write_video
 
 #: Heat colour over the frame: 0 shows the frame only, 1 the heat map only.
 ALPHA = 0.5

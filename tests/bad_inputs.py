@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from extract.synth import write_video
+from extract.encode import write_video
 
 DONE, FAILED, EITHER = "done", "failed", "either"
 

@@ -18,7 +18,7 @@ from extract.backbones import (
     output_grid,
     weights_identity,
 )
-from extract.synth import write_video
+from extract.encode import write_video
 
 #: small input sides that keep CPU tests fast (Inception v3 needs >= 75 px; 112 gives a 2x2 grid)
 SMALL = {name: 112 if name == "inception_v3" else 64 for name in BACKBONES}

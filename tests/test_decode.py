@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from extract.decode import DecodeError, Sampling, _plan_segments, decode_video, scan
-from extract.synth import write_video
+from extract.encode import write_video
 
 N_FRAMES = 48
 

@@ -25,7 +25,8 @@ from evaluate.figures import (
     video_attention_figures,
 )
 from extract.decode import DecodeError, Sampling, decode_video
-from extract.synth import render_clip, write_video
+from extract.encode import write_video
+from extract.synth import render_clip
 
 K = 4
 

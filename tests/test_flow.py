@@ -11,8 +11,8 @@ import torch
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
 
 from extract.backbones import WeightsNotAvailable
+from extract.encode import write_video
 from extract.flow import FLOW_METHODS, FlowEstimator, flow_to_image, image_to_flow
-from extract.synth import write_video
 
 DX, DY = 3, -2  # content moves 3 px right and 2 px up per frame
 
