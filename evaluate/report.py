@@ -35,7 +35,7 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
     """
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, which)
-    predictions = list(predict_run(run_dir, role, which))
+    predictions = list(predict_run(run_dir, role, which, loaded=loaded))
     if not predictions:
         raise ValueError(f"{run_dir}: no done video has role {role!r} in the run's split")
     metrics = prediction_metrics(predictions, loaded.classes, loaded.multi_label)
@@ -91,7 +91,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, names: Sequenc
     maps: dict[str, dict[str, np.ndarray]] = {}  # video id -> run name -> (n_frames, K, K)
     predicted = {}
     for name, run_dir, run in zip(names, run_dirs, loaded, strict=True):
-        for p in predict_run(run_dir, role, which):
+        for p in predict_run(run_dir, role, which, loaded=run):
             maps.setdefault(p.id, {})[name] = frame_attention(p.attention, run.clip, entries[p.id].n_frames)
             predicted.setdefault(p.id, p)
     shared = [p for video_id, p in predicted.items() if len(maps[video_id]) == len(names)]

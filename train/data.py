@@ -87,6 +87,7 @@ def unfit_videos(store: Store, videos: Sequence[Video], streams: Sequence[str]) 
 
     Only metadata is read, no chunk: a video whose array metadata lies about its shape (or whose n_frames
     does not match its arrays) is found before training instead of failing deep inside a DataLoader.
+    Each one is logged as a warning ("skipped video ..."): the callers leave it out.
     ``python -m store verify`` also reads the data back.
     """
     unfit = {}
@@ -95,6 +96,7 @@ def unfit_videos(store: Store, videos: Sequence[Video], streams: Sequence[str]) 
                                                              video.n_frames)[1]]
         if problems:
             unfit[video.id] = "; ".join(problems)
+            log.warning("skipped video %s: %s", video.id, unfit[video.id])
     return unfit
 
 

@@ -83,10 +83,10 @@ def resume_run(run_dir: str | Path, **changes: Any) -> RunResult:
         raise RunFileError(f"{run.file('config.json')}: unknown training field(s) {', '.join(unknown)}: not a "
                            "config.json this glimpse wrote")
     try:
-        TrainConfig(**{**saved, "out": str(run_dir)})
+        config = TrainConfig(**{**saved, "out": str(run_dir)})
     except (TypeError, ValueError) as err:  # a field missing, or a value of the wrong kind
         raise RunFileError(f"{run.file('config.json')}: its training config is not valid ({err})") from None
-    return run_training(TrainConfig(**{**saved, **changes, "out": str(run_dir)}), resume=True)
+    return run_training(dataclasses.replace(config, **changes), resume=True)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

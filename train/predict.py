@@ -9,7 +9,6 @@ by its mean sigmoid and report mAP. The evaluation stage builds on :func:`predic
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,6 @@ from train.data import (
 )
 from train.models import build_model
 from train.run import RunDir
-
-log = logging.getLogger("train")
 
 
 @dataclass
@@ -132,6 +129,7 @@ class LoadedRun:
     classes: tuple[str, ...]
     streams: tuple[str, ...]
     checkpoint: dict
+    split: str
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> LoadedRun:
@@ -146,21 +144,20 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
     return LoadedRun(model, ckpt["model"], train["store"], Clip(train["frames"], train["stride"]),
                      train["aggregation"], Normalization.from_state(ckpt.get("normalization")),
                      config["data"]["multi_label"], tuple(config["store"]["classes"]),
-                     tuple(config["data"]["streams"]), ckpt)
+                     tuple(config["data"]["streams"]), ckpt, train["split"])
 
 
 def predict_run(run_dir: str | Path, role: str = "test", which: str = "best", device: str = "cpu",
-                store: str | None = None) -> Iterator[VideoPrediction]:
-    """Predictions of a trained run on the done videos of its split's ``role`` ("test", "train" or "unused")."""
-    loaded = load_run(run_dir, which, device)
-    config = RunDir(run_dir).config()
+                store: str | None = None, loaded: LoadedRun | None = None) -> Iterator[VideoPrediction]:
+    """Predictions of a trained run on the done videos of its split's ``role`` ("test", "train" or "unused").
+
+    ``loaded``: the run as :func:`load_run` already gave it (on ``device``), so it is not loaded twice.
+    """
+    loaded = loaded or load_run(run_dir, which, device)
     s = open_store(store or loaded.store)
-    split = config["train"]["split"]
     videos = [Video(e.id, e.key, tuple(e.labels), e.n_frames, e.group) for e in s.videos
-              if e.status == "done" and e.splits.get(split) == role]
-    unfit = unfit_videos(s, videos, loaded.streams)
-    for video_id, why in unfit.items():
-        log.warning("skipped video %s: %s", video_id, why)
+              if e.status == "done" and e.splits.get(loaded.split) == role]
+    unfit = unfit_videos(s, videos, loaded.streams)  # each logged there
     videos = [v for v in videos if v.id not in unfit]
     dataset = VideoDataset(FeatureReader(s.path), videos, loaded.streams, loaded.clip,
                            targets_for(videos, len(loaded.classes), loaded.multi_label), loaded.normalization)

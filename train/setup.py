@@ -133,8 +133,6 @@ def drop_unfit(store: Store, selection: Selection, streams: tuple[str, ...]) -> 
     unfit = unfit_videos(store, selection.train + selection.val + selection.test, streams)
     if not unfit:
         return selection, unfit
-    for video_id, why in unfit.items():
-        log.warning("skipped video %s: %s", video_id, why)
 
     def keep(videos):
         return tuple(v for v in videos if v.id not in unfit)
