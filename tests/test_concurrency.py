@@ -4,7 +4,6 @@ extraction writes it: nothing is corrupted, lost, done twice, or read before it 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import signal
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
-from test_reliability import HEAVY_OPTS
+from test_reliability import HEAVY_OPTS, finish_like_reference
 
 from extract.cli import extract_dataset
 from store import open_store
@@ -80,10 +79,7 @@ def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_syntheti
     survivor.wait(timeout=240)
     runs[0].wait()
     assert survivor.returncode == 0, survivor.stderr.read()[-3000:]
-    third = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert verify_store(out) == []
-    assert_same_stores(reference, out)
+    finish_like_reference(args, out, reference)  # the third run
     record("concurrency", "two extractions at once on one store, one SIGKILLed (client and workers) halfway, "
            "then a third run", f"a reader saw {len(seen_done)} videos done meanwhile, each equal to the reference; "
            "the survivor took over, verify passes, store identical to an uninterrupted run",
@@ -159,7 +155,7 @@ def test_a_trainer_reads_only_finished_videos_while_an_extraction_writes_the_sto
     store = open_store(out)
     partial = 0
     for before, run, after in runs:
-        data = json.loads(RunDir(run).file("config.json").read_text())["data"]
+        data = RunDir(run).config()["data"]
         used = data["train"] + data["val"] + data["test"]
         assert len(before) <= used <= len(after) and used + data["skipped_not_done"] == len(every), data
         with open(RunDir(run).file("test_predictions.csv")) as f:

@@ -27,6 +27,15 @@ from store.verify import verify_store
 HEAVY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 16, "batch_size": 8}
 
 
+def finish_like_reference(args: list[str], out: Path, reference: Path) -> None:
+    """Run the extraction command ``args`` to the end on ``out``: it must succeed, and the store must verify
+    and equal the uninterrupted ``reference``."""
+    final = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert verify_store(out) == []
+    assert_same_stores(reference, out)
+
+
 def done_count(store: Path) -> int:
     if not (store / "zarr.json").exists():
         return 0
@@ -57,10 +66,7 @@ def test_ten_sigkills_at_random_moments_then_resume_gives_the_uninterrupted_stor
         done_after.append(done_count(out))
     assert kills >= 5, f"only {kills} of 10 runs were still working when killed: {done_after}"
     assert 0 < done_after[0] < done_after[kills - 1] < len(open_store(out).videos), done_after  # killed mid-way
-    final = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert final.returncode == 0, final.stderr[-3000:]
-    assert verify_store(out) == []
-    assert_same_stores(reference, out)
+    finish_like_reference(args, out, reference)
     record("crash", "SIGKILL of a whole extraction (client and its workers) at 10 seeded random moments, "
            "then the same command", f"{kills} kills; videos done after each: {done_after}; final store "
            "identical to an uninterrupted run, verify passes", crashes_survived=kills, videos_lost=0)
