@@ -41,18 +41,18 @@ install: $(VENV)/.installed
 
 # The store lands under STORE_ROOT/<dataset>/<backbone>-<config hash>: the same features are extracted once.
 extract: install
-	$(PY) -m extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --lab $(STORE_ROOT) \
+	$(PY) -m glimpse.extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --lab $(STORE_ROOT) \
 		--backbone $(BACKBONE) --weights $(WEIGHTS) $(EXTRACT_ARGS)
 
 # train, evaluate and table find the dataset's store in the STORE_ROOT catalog.
 train: install
-	$(PY) -m train --dataset $(DATASET) --store-root $(STORE_ROOT) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
+	$(PY) -m glimpse.train --dataset $(DATASET) --store-root $(STORE_ROOT) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
 
 evaluate: install
-	$(PY) -m evaluate --run $(RUN)
+	$(PY) -m glimpse.evaluate --run $(RUN)
 
 table: install
-	$(PY) -m evaluate table --dataset $(DATASET) --store-root $(STORE_ROOT) --runs $(RUN_ROOT)
+	$(PY) -m glimpse.evaluate table --dataset $(DATASET) --store-root $(STORE_ROOT) --runs $(RUN_ROOT)
 
 demo: install
 	$(PY) -m glimpse demo --out $(DEMO_DIR)

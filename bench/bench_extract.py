@@ -32,8 +32,8 @@ def _clock(fn, repeat: int = 3) -> float:
 
 
 def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]:
-    from extract.encode import write_video
-    from extract.synth import render_clip
+    from glimpse.extract.encode import write_video
+    from glimpse.extract.synth import render_clip
 
     width, height = size
     clip, _ = render_clip("SquareRight", height, frames, seed=0)  # (T, H, H, 3)
@@ -46,8 +46,7 @@ def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, 
 
 def decode_section(folder: Path, quick: bool) -> list[str]:
     import av
-
-    from extract.decode import Sampling, decode_video
+    from glimpse.extract.decode import Sampling, decode_video
 
     frames = 60 if quick else 750
     rows = ["| file | ffmpeg null decode | PyAV full decode to RGB | full / ffmpeg | 30 sampled | 30 sampled / full |",
@@ -77,12 +76,11 @@ def decode_section(folder: Path, quick: bool) -> list[str]:
 
 def pipeline_section(folder: Path, quick: bool) -> list[str]:
     import torch
-
-    from extract.backbones import build_backbone
-    from extract.datasets import load_dataset
-    from extract.decode import Sampling, decode_video
-    from extract.pipeline import ExtractConfig, Runtime, extract_video, prepare_store
-    from extract.synth import SynthConfig, make_synthetic
+    from glimpse.extract.backbones import build_backbone
+    from glimpse.extract.datasets import load_dataset
+    from glimpse.extract.decode import Sampling, decode_video
+    from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_video, prepare_store
+    from glimpse.extract.synth import SynthConfig, make_synthetic
 
     size, per_class, batch = (64, 2, 8) if quick else (224, 4, 32)
     data = make_synthetic(folder / "data", SynthConfig(classes=2, per_class=per_class, frames=24, size=112))
@@ -124,9 +122,8 @@ def pipeline_section(folder: Path, quick: bool) -> list[str]:
 
 def codec_rows(store_path: Path, stored: int, values: int) -> list[str]:
     import zarr
+    from glimpse.store import open_store
     from zarr.codecs import BloscCodec, ZstdCodec
-
-    from store import open_store
 
     s = open_store(store_path)
     cube = np.concatenate([s.read(v.id, "rgb") for v in s.videos])  # (N, C, K, K) float16
@@ -148,9 +145,8 @@ def codec_rows(store_path: Path, stored: int, values: int) -> list[str]:
 
 def scaling_section(folder: Path, quick: bool) -> list[str]:
     from distributed import Client, LocalCluster
-
-    from extract.cli import extract_dataset
-    from extract.synth import SynthConfig, make_synthetic
+    from glimpse.extract.cli import extract_dataset
+    from glimpse.extract.synth import SynthConfig, make_synthetic
 
     per_class, frames = (2, 8) if quick else (8, 24)
     data = make_synthetic(folder / "flowdata", SynthConfig(classes=2, per_class=per_class, frames=frames, size=112))

@@ -4,7 +4,7 @@ from an HDF5 copy, and the share of a softattn training step spent waiting for d
 The store is written directly (ReLU-like float16 cubes, half zeros, like real inception5b features) at
 the issue's shape, 1024 x 7 x 7. Every source goes through the same ClipDataset (float16 -> float32,
 per-channel standardization, batching) and the same epoch plans; only where the frames come from
-differs. The HDF5 copy is ``python -m store export``'s layout (float16 rows, h5py). Each rate is the
+differs. The HDF5 copy is ``python -m glimpse.store export``'s layout (float16 rows, h5py). Each rate is the
 best of a few rounds taken in turn, because the machines these run on are shared.
 """
 
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from store import VideoRecord, create_store, open_store
-from store.hdf5 import export_hdf5
-from store.layout import video_key
-from train.clips import Clip, Video
-from train.data import (
+from glimpse.store import VideoRecord, create_store, open_store
+from glimpse.store.hdf5 import export_hdf5
+from glimpse.store.layout import video_key
+from glimpse.train.clips import Clip, Video
+from glimpse.train.data import (
     ClipDataset,
     EpochSampler,
     FeatureReader,
@@ -105,7 +104,7 @@ def batches_per_second(dataset: ClipDataset, shape: dict, workers: int) -> float
 
 def training_data_share(store: Path, out: Path, shape: dict) -> dict[str, float]:
     """Train softattn on the store; the data-wait share and clips/s of its last epoch (workers already started)."""
-    from train.loop import train_model
+    from glimpse.train.loop import train_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,9 +11,8 @@ import time
 import warnings
 
 import torch
-
-from train.losses import model_loss
-from train.models import MODELS, build_model
+from glimpse.train.losses import model_loss
+from glimpse.train.models import MODELS, build_model
 
 FULL = {"batch": 8, "frames": 30, "channels": 1024, "size": 7, "classes": 11, "overrides": {}}
 QUICK = {"batch": 2, "frames": 4, "channels": 16, "size": 4, "classes": 3, "overrides": {"hidden": 8}}

@@ -1,4 +1,4 @@
-from evaluate.cli import main
+from glimpse.evaluate.cli import main
 
 if __name__ == "__main__":
     main()

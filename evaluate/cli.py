@@ -1,9 +1,9 @@
 """Command line of the evaluation stage.
 
-    python -m evaluate --run RUN_DIR [--split test]          metrics, confusion, localisation, attention figures
-    python -m evaluate compare --run A --run B [--name ..]   two runs' attention side by side (PNG, GIF, MP4)
-    python -m evaluate table --dataset NAME [--runs runs/]   every registered model on one store, one table
-    python -m evaluate protocol --dataset NAME --model NAME  every fold of the dataset's protocol, mean and std
+    python -m glimpse.evaluate --run RUN_DIR [--split test]          metrics, confusion, localisation, attention figures
+    python -m glimpse.evaluate compare --run A --run B [--name ..]   two runs' attention side by side (PNG, GIF, MP4)
+    python -m glimpse.evaluate table --dataset NAME [--runs runs/]   every registered model on one store, one table
+    python -m glimpse.evaluate protocol --dataset NAME --model NAME  every fold of the dataset's protocol, mean and std
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import click
 
 def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:
     """--store as given, or the one store of --dataset under --store-root (a clear error when several match)."""
-    from store import StoreError
-    from store.catalog import resolve_store
+    from glimpse.store import StoreError
+    from glimpse.store.catalog import resolve_store
 
     if store:
         return store
@@ -68,8 +68,8 @@ def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which
         return
     if run_dir is None:
         raise click.UsageError("give --run RUN_DIR, or a sub-command (table, protocol)")
-    from evaluate.report import EVALUATION_DIR, evaluate_run
-    from train.config import ConfigError
+    from glimpse.evaluate.report import EVALUATION_DIR, evaluate_run
+    from glimpse.train.config import ConfigError
 
     try:
         metrics = evaluate_run(run_dir, role, figures, which)
@@ -95,7 +95,7 @@ def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which
 def table(store: str | None, dataset: str | None, store_root: str, epochs: int | None, assignments: tuple[str, ...],
           run_root: str, models: str | None, no_train: bool) -> None:
     """Collect (or train) every registered model on one store and write the comparison table."""
-    from evaluate.report import comparison_table
+    from glimpse.evaluate.report import comparison_table
 
     path = _store_path(store, dataset, store_root)
     chosen = [m.strip() for m in models.split(",")] if models else None
@@ -110,8 +110,8 @@ def table(store: str | None, dataset: str | None, store_root: str, epochs: int |
 def protocol(store: str | None, dataset: str | None, store_root: str, epochs: int | None,
              assignments: tuple[str, ...], model: str, out: str | None) -> None:
     """Train and evaluate MODEL on every fold of the dataset's protocol; report mean and std."""
-    from evaluate.report import protocol_text, run_protocol
-    from store import open_store
+    from glimpse.evaluate.report import protocol_text, run_protocol
+    from glimpse.store import open_store
 
     path = _store_path(store, dataset, store_root)
     out = out or os.path.join("runs", f"protocol-{open_store(path).dataset}-{model}")
@@ -129,7 +129,7 @@ def protocol(store: str | None, dataset: str | None, store_root: str, epochs: in
 def compare(run_dirs: tuple[str, ...], names: tuple[str, ...], out: str | None, role: str, videos: int,
             which: str) -> None:
     """Attention maps of two or more runs on the same videos, side by side (as Fig. 6 of Quan et al.)."""
-    from evaluate.report import compare_runs
+    from glimpse.evaluate.report import compare_runs
 
     first = run_dirs[0].rstrip("/")
     out = out or os.path.join(os.path.dirname(first), "compare-" + "-vs-".join(os.path.basename(r.rstrip("/"))

@@ -16,10 +16,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from glimpse.extract.decode import decode_indices
+from glimpse.extract.encode import write_video
 from PIL import Image, ImageDraw, ImageFont
-
-from extract.decode import decode_indices
-from extract.encode import write_video
 
 #: Heat colour over the frame: 0 shows the frame only, 1 the heat map only.
 ALPHA = 0.5

@@ -166,7 +166,7 @@ def save_confusion(matrix: np.ndarray | Sequence[Sequence[int]], classes: Sequen
         writer.writerow([name, *row])
     _write_atomic(csv_path, out.getvalue())
     if png_path is not None:
-        from evaluate.figures import confusion_png
+        from glimpse.evaluate.figures import confusion_png
 
         confusion_png(matrix, classes, png_path, title=title)
     return csv_path

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from evaluate.figures import video_attention_figures
-from evaluate.localization import frame_attention, localization_scores
-from evaluate.metrics import prediction_metrics, save_json, save_metrics
-from store import open_store
-from train.models import MODELS
-from train.predict import load_run, predict_run
+from glimpse.evaluate.figures import video_attention_figures
+from glimpse.evaluate.localization import frame_attention, localization_scores
+from glimpse.evaluate.metrics import prediction_metrics, save_json, save_metrics
+from glimpse.store import open_store
+from glimpse.train.models import MODELS
+from glimpse.train.predict import load_run, predict_run
 
 EVALUATION_DIR = "evaluation"
 
@@ -145,8 +144,8 @@ def ensure_trained(store_path: str | Path, model: str, run_dir: Path, **train_op
 
     Returns False when no run exists and ``train_options`` says ``train=False``.
     """
-    from train.loop import resume_run, train_model
-    from train.run import RunDir
+    from glimpse.train.loop import resume_run, train_model
+    from glimpse.train.run import RunDir
 
     run = RunDir(run_dir)
     if run.file("best.pt").is_file():

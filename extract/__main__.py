@@ -1,4 +1,4 @@
-from extract.cli import main
+from glimpse.extract.cli import main
 
 if __name__ == "__main__":
     main()

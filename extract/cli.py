@@ -1,4 +1,4 @@
-"""Command line of the extraction stage: ``python -m extract --dataset NAME --root DIR --out STORE``."""
+"""Command line of the extraction stage: ``python -m glimpse.extract --dataset NAME --root DIR --out STORE``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def lab_store_path(lab: str | os.PathLike, config: Any) -> Path:
     """Where a lab root keeps the store of ``config``: LAB/<dataset>/<backbone>-<config hash>."""
     from dataclasses import asdict
 
-    from store.layout import config_hash
+    from glimpse.store.layout import config_hash
 
     return Path(lab) / config.dataset / f"{config.backbone}-{config_hash(asdict(config))}"
 
@@ -142,10 +142,9 @@ def extract_dataset(
 ):
     """Run one extraction (the CLI's body; tests call it with a ``client`` of their own)."""
     import torch
-
-    from extract.backbones import BACKBONES, weights_identity
-    from extract.datasets import DATASETS, load_dataset
-    from extract.pipeline import ExtractConfig, Runtime, run_extraction
+    from glimpse.extract.backbones import BACKBONES, weights_identity
+    from glimpse.extract.datasets import DATASETS, load_dataset
+    from glimpse.extract.pipeline import ExtractConfig, Runtime, run_extraction
 
     if backbone not in BACKBONES:
         raise click.BadParameter(f"unknown {backbone!r}; choose from {sorted(BACKBONES)}", param_hint="backbone")

@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-from extract.decode import DecodeError, Sampling, decode_video
-from store import StoreWriter, VideoRecord, create_store, open_store
-from store.claims import claim_video, is_claimed
-from store.layout import video_key
-from store.schema import DONE, FAILED
+from glimpse.extract.decode import DecodeError, Sampling, decode_video
+from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
+from glimpse.store.claims import claim_video, is_claimed
+from glimpse.store.layout import video_key
+from glimpse.store.schema import DONE, FAILED
 
 #: Task outcomes besides done / failed: another run holds the video, or finished it meanwhile.
 CLAIMED, SKIPPED = "claimed", "skipped"
@@ -83,7 +82,7 @@ class Extractor:
     """The models one worker needs, built once: backbone for rgb (and flow_cnn), flow estimator."""
 
     def __init__(self, config: ExtractConfig, runtime: Runtime) -> None:
-        from extract.backbones import build_backbone
+        from glimpse.extract.backbones import build_backbone
 
         calibration_frames = None
         if config.calibration is not None and runtime.calibration_path:
@@ -94,7 +93,7 @@ class Extractor:
         )
         self.flow = self.flow_backbone = None
         if config.flow != "none":
-            from extract.flow import FlowEstimator
+            from glimpse.extract.flow import FlowEstimator
 
             self.flow = FlowEstimator(
                 config.flow, device=runtime.device, weights=runtime.raft_weights_path, size=config.flow_size
@@ -116,7 +115,7 @@ class Extractor:
             "source": video.source,
         }
         if self.flow is not None:
-            from extract.flow import flow_to_image
+            from glimpse.extract.flow import flow_to_image
 
             flow = self.flow(video.flow_from, video.flow_to)  # (T, 2, h, w)
             arrays["flow"] = flow
@@ -124,7 +123,7 @@ class Extractor:
             result["flow_pairs"] = video.flow_pairs.tolist()
             result["flow_computed_at"] = list(flow.shape[-2:])
         if record.get("boxes"):
-            from extract.datasets import read_boxes
+            from glimpse.extract.datasets import read_boxes
 
             boxes = read_boxes(record["boxes"])  # (n_source_frames, 4)
             rows = np.full((len(video.indices), 4), np.nan, dtype=np.float32)
@@ -235,7 +234,7 @@ def prepare_store(
     ``source`` records where the dataset and weights files were (not part of the config hash), so
     that ``store repair`` can run the extraction again.
     """
-    from extract.backbones import BACKBONES, output_grid
+    from glimpse.extract.backbones import BACKBONES, output_grid
 
     spec = BACKBONES[config.backbone]
     grid = output_grid(config.backbone, config.size)  # (C, K, K) of every stored cube

@@ -21,9 +21,8 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+from glimpse.extract.encode import write_video
 from tqdm import tqdm
-
-from extract.encode import write_video
 
 # ----------------------------------------------------------------------------------------------
 # class registry

@@ -1,8 +1,8 @@
 """The store: the one contract between extraction and training / evaluation."""
 
-from store.reader import Store, StoreError, open_store
-from store.schema import SCHEMA_VERSION, STREAMS, SchemaError, VideoEntry, VideoRecord
-from store.writer import StoreExistsError, StoreWriter, create_store
+from glimpse.store.reader import Store, StoreError, open_store
+from glimpse.store.schema import SCHEMA_VERSION, STREAMS, SchemaError, VideoEntry, VideoRecord
+from glimpse.store.writer import StoreExistsError, StoreWriter, create_store
 
 __all__ = [
     "SCHEMA_VERSION",

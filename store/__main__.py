@@ -1,4 +1,4 @@
-from store.cli import main
+from glimpse.store.cli import main
 
 if __name__ == "__main__":
     main()

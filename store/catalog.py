@@ -1,4 +1,4 @@
-"""Finding stores and describing them: what ``python -m store ls`` and ``python -m store info`` print.
+"""Finding stores and describing them: what ``python -m glimpse.store ls`` and ``python -m glimpse.store info`` print.
 
 Reads only (through :func:`store.open_store`) and imports neither torch nor h5py, so listing a
 folder of stores is fast.
@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from store.layout import VIDEOS_GROUP
-from store.reader import Store, StoreError, open_store
-from store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
+from glimpse.store.layout import VIDEOS_GROUP
+from glimpse.store.reader import Store, StoreError, open_store
+from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
 
 #: Status of a video whose own metadata (videos/<key>/zarr.json) cannot be read.
 

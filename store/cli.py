@@ -1,12 +1,12 @@
-"""Command line of the store stage (``python -m store``, ``glimpse store``): the lab's tools for shared stores.
+"""Command line of the store stage (``python -m glimpse.store``, ``glimpse store``): the lab's tools for shared stores.
 
-    python -m store ls [ROOT] [--json]           every store under ROOT (default $STORE_ROOT or stores/)
-    python -m store info PATH [--json]           the full provenance of one store
-    python -m store verify PATH                  read every done video back and check it; exit 1 if any is bad
-    python -m store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
-    python -m store import IN.h5 OUT_STORE --dataset NAME
-    python -m store gc PATH                      remove what crashed writers left (safe during extractions)
-    python -m store repair PATH [--dry-run]      re-queue bad and failed videos through the extraction stage
+    python -m glimpse.store ls [ROOT] [--json]           every store under ROOT (default $STORE_ROOT or stores/)
+    python -m glimpse.store info PATH [--json]           the full provenance of one store
+    python -m glimpse.store verify PATH                  read every done video back and check it; exit 1 if any is bad
+    python -m glimpse.store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
+    python -m glimpse.store import IN.h5 OUT_STORE --dataset NAME
+    python -m glimpse.store gc PATH                      remove what crashed writers left (safe during extractions)
+    python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos through the extraction stage
 
 Nothing here imports torch; h5py and tqdm are imported only by the commands that use them.
 """
@@ -18,8 +18,7 @@ import os
 import sys
 
 import click
-
-from store.reader import StoreError
+from glimpse.store.reader import StoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +31,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
 def ls(root: str | None, as_json: bool) -> None:
     """List every store under ROOT (default: $STORE_ROOT, else stores/)."""
-    from store.catalog import format_listing, list_stores
+    from glimpse.store.catalog import format_listing, list_stores
 
     root = root or os.environ.get("STORE_ROOT") or "stores/"
     try:
@@ -47,7 +46,7 @@ def ls(root: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def info(path: str, as_json: bool) -> None:
     """Print the full provenance of the store at PATH: config, versions, weights, streams, counts, failures."""
-    from store.catalog import format_info, store_info
+    from glimpse.store.catalog import format_info, store_info
 
     try:
         described = store_info(path)
@@ -63,7 +62,7 @@ def verify(path: str) -> None:
 
     Exits 1 with every bad video and its reasons, 0 with a one-line summary when all are sound.
     """
-    from store.verify import run_verify
+    from glimpse.store.verify import run_verify
 
     try:
         result = run_verify(path, progress=True)
@@ -84,7 +83,7 @@ def verify(path: str) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype: str) -> None:
     """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it."""
-    from store.hdf5 import export_hdf5
+    from glimpse.store.hdf5 import export_hdf5
 
     try:
         summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
@@ -102,7 +101,7 @@ def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype:
 @click.option("--overwrite", is_flag=True, help="Replace a store made from another file or config.")
 def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite: bool) -> None:
     """Build a new store at OUT from an HDF5 file written by 'export' (and its side text files)."""
-    from store.hdf5 import import_hdf5
+    from glimpse.store.hdf5 import import_hdf5
 
     try:
         counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
@@ -118,7 +117,7 @@ def gc(path: str) -> None:
 
     Safe during extractions: videos a live run is writing are left alone.
     """
-    from store.maintenance import collect_garbage
+    from glimpse.store.maintenance import collect_garbage
 
     try:
         click.echo(collect_garbage(path).report())
@@ -135,8 +134,8 @@ def repair(path: str, root: str | None, weights: str | None, dry_run: bool) -> N
     """Re-queue every bad (per verify) and failed video of PATH through the extraction stage."""
     import subprocess
 
-    from store.maintenance import extraction_command, reset_videos, videos_to_repair
-    from store.verify import verify_store
+    from glimpse.store.maintenance import extraction_command, reset_videos, videos_to_repair
+    from glimpse.store.verify import verify_store
 
     try:
         command = extraction_command(path, root, weights)

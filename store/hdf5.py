@@ -1,4 +1,4 @@
-"""HDF5 in the layout of the original soft-attention code, both ways: ``python -m store export`` / ``import``.
+"""HDF5 in the layout of the original soft-attention code, both ways: ``python -m glimpse.store export`` / ``import``.
 
 Sharma et al.'s Theano code (kracwarlock/action-recognition-visual-attention, util/data_handler.py)
 reads, per role, one HDF5 dataset ``features`` of shape (total frames, C*K*K) holding the frames of
@@ -44,11 +44,10 @@ from typing import Any
 
 import h5py
 import numpy as np
-
-from store.layout import video_key
-from store.reader import StoreError, open_store
-from store.schema import DONE, TEST, TRAIN, UNUSED, VideoRecord
-from store.writer import create_store
+from glimpse.store.layout import video_key
+from glimpse.store.reader import StoreError, open_store
+from glimpse.store.schema import DONE, TEST, TRAIN, UNUSED, VideoRecord
+from glimpse.store.writer import create_store
 
 FORMAT = "glimpse-softattention-hdf5/1"
 ROLES = ("train", "valid", "test")
@@ -146,11 +145,11 @@ def export_hdf5(store_path: str | Path, out: str | Path, *, stream: str = "rgb",
                     cube = store.read(v.id, stream)  # (T, C, K, K)
                 except Exception as exc:
                     raise StoreError(f"{store_path}: video {v.id!r} ({stream}) cannot be read: "
-                                     f"{type(exc).__name__}: {exc}; run 'python -m store verify'") from exc
+                                     f"{type(exc).__name__}: {exc}; run 'python -m glimpse.store verify'") from exc
                 if cube.shape != (v.n_frames, *frame_shape):
                     expected = (v.n_frames, *frame_shape)
                     raise StoreError(f"{store_path}: video {v.id!r} ({stream}) has shape {cube.shape}, expected "
-                                     f"{expected}; run 'python -m store verify'")
+                                     f"{expected}; run 'python -m glimpse.store verify'")
                 features[start : start + v.n_frames] = cube.reshape(v.n_frames, -1).astype(dtype)  # (T, C*K*K)
                 start += v.n_frames
                 if bar is not None:
@@ -207,7 +206,7 @@ def import_hdf5(h5_path: str | Path, out: str | Path, *, dataset: str, stream: s
         for needed in ("frame_shape", "classes"):
             if needed not in f.attrs:
                 raise StoreError(f"{h5_path}: no {needed!r} attribute; import needs (C, K, K) and the class names "
-                                 "as 'python -m store export' writes them")
+                                 "as 'python -m glimpse.store export' writes them")
         frame_shape = [int(x) for x in f.attrs["frame_shape"]]
         classes = [_text_attr(c) for c in f.attrs["classes"]]
         source_config = json.loads(_text_attr(f.attrs["config"])) if "config" in f.attrs else {}

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from store.claims import claim_video
-from store.layout import VIDEOS_GROUP, video_key
-from store.reader import StoreError, open_store
-from store.schema import DONE, FAILED
-from store.writer import StoreWriter
+from glimpse.store.claims import claim_video
+from glimpse.store.layout import VIDEOS_GROUP, video_key
+from glimpse.store.reader import StoreError, open_store
+from glimpse.store.schema import DONE, FAILED
+from glimpse.store.writer import StoreWriter
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
 PARTIAL_SUFFIX = ".partial"
@@ -85,7 +85,7 @@ def reset_videos(path: str | Path, video_ids: Iterable[str]) -> tuple[list[str],
 
 
 def extraction_command(path: str | Path, root: str | None = None, weights: str | None = None) -> list[str]:
-    """The ``python -m extract`` command that (re)fills the store at ``path`` with its own config.
+    """The ``python -m glimpse.extract`` command that (re)fills the store at ``path`` with its own config.
 
     The dataset root and the weights file come from what the store recorded at creation, unless
     given here (a store moved to another machine, or one imported from HDF5).
@@ -98,7 +98,7 @@ def extraction_command(path: str | Path, root: str | None = None, weights: str |
         raise StoreError(f"{path}: the store does not record its dataset root; pass --root")
     if not weights or weights.startswith("sha256:"):
         raise StoreError(f"{path}: the store does not record which weights file it used; pass --weights PATH")
-    command = [sys.executable, "-m", "extract", "--dataset", store.dataset, "--root", root, "--out", str(path),
+    command = [sys.executable, "-m", "glimpse.extract", "--dataset", store.dataset, "--root", root, "--out", str(path),
                "--backbone", config["backbone"], "--weights", weights, "--size", str(config["size"]),
                "--flow", config.get("flow", "none")]
     for option in ("frames", "fps", "max_frames", "flow_size"):

@@ -1,6 +1,6 @@
 """Read-only access to a store: what training and evaluation use.
 
-    from store import open_store
+    from glimpse.store import open_store
     s = open_store("stores/ucf11")
     s.videos                  # list[VideoEntry], every video of the dataset with its status
     s.read(video_id, "rgb")   # (frames, channels, K, K) float16
@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import zarr
+from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
+from glimpse.store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
 from zarr.errors import GroupNotFoundError
-
-from store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
-from store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
 
 
 class StoreError(RuntimeError):

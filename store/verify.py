@@ -1,4 +1,4 @@
-"""Checking a store's data against its own metadata: ``python -m store verify PATH``.
+"""Checking a store's data against its own metadata: ``python -m glimpse.store verify PATH``.
 
 Every video marked done is read back in full. For each stream the store declares, its array must
 exist, be float16 with 4 dimensions and the per-frame shape the root attributes declare (where they
@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-
-from store.layout import VIDEOS_GROUP, array_checksum
-from store.reader import Store, open_store
-from store.schema import DONE, UNREADABLE, VideoEntry
+from glimpse.store.layout import VIDEOS_GROUP, array_checksum
+from glimpse.store.reader import Store, open_store
+from glimpse.store.schema import DONE, UNREADABLE, VideoEntry
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
-
-from store.claims import CLAIMS_DIR, creation_lock
-from store.layout import (
+from glimpse.store.claims import CLAIMS_DIR, creation_lock
+from glimpse.store.layout import (
     ROOT_ATTR,
     VIDEO_ATTR,
     VIDEOS_GROUP,
@@ -28,8 +26,9 @@ from store.layout import (
     frames_per_chunk,
     video_key,
 )
-from store.reader import StoreError, _open_root
-from store.schema import DONE, FAILED, PENDING, SCHEMA_VERSION, STREAM_DIMS, WRITING, VideoRecord
+from glimpse.store.reader import StoreError, _open_root
+from glimpse.store.schema import DONE, FAILED, PENDING, SCHEMA_VERSION, STREAM_DIMS, WRITING, VideoRecord
+from zarr.codecs import ZstdCodec
 
 #: float16 values compressed with zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit
 #: shuffle in bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value).

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from extract.datasets import hollywood2, ucf11, ucfsports
-from extract.encode import write_video
+from glimpse.extract.datasets import hollywood2, ucf11, ucfsports
+from glimpse.extract.encode import write_video
 
 N_FRAMES, SIZE = 4, 64
 

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.transforms.v2 import functional as TF
-
-from extract.backbones import (
+from glimpse.extract.backbones import (
     BACKBONES,
     FeatureExtractor,
     WeightsNotAvailable,
@@ -18,7 +16,8 @@ from extract.backbones import (
     output_grid,
     weights_identity,
 )
-from extract.encode import write_video
+from glimpse.extract.encode import write_video
+from torchvision.transforms.v2 import functional as TF
 
 #: small input sides that keep CPU tests fast (Inception v3 needs >= 75 px; 112 gives a 2x2 grid)
 SMALL = {name: 112 if name == "inception_v3" else 64 for name in BACKBONES}

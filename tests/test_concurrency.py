@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from glimpse.extract.cli import extract_dataset
+from glimpse.store import open_store
+from glimpse.store.claims import claim_video, is_claimed
+from glimpse.store.verify import verify_store
+from glimpse.train.loop import train_model
+from glimpse.train.run import RunDir
 from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
 from test_reliability import HEAVY_OPTS, finish_like_reference
-
-from extract.cli import extract_dataset
-from store import open_store
-from store.claims import claim_video, is_claimed
-from store.verify import verify_store
-from train.loop import train_model
-from train.run import RunDir
 
 #: the last line an extraction prints: what this run did, what it found done, what other runs did meanwhile
 SUMMARY = re.compile(r"(\d+) videos extracted, (\d+) already done, (\d+) done by another run, (\d+) failed")
@@ -44,7 +43,7 @@ def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
             assert not second  # flock is per open file: a second claim, even in this process, is refused
     assert not is_claimed(tmp_path, "v1")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from store.claims import claim_video\n"
+        [sys.executable, "-c", "import sys, time; from glimpse.store.claims import claim_video\n"
          "with claim_video(sys.argv[1], 'v2'):\n    print('held', flush=True); time.sleep(60)", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )

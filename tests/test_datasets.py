@@ -28,9 +28,8 @@ from fake_datasets import (
     ucf_lists,
     write_text,
 )
-
-from extract.datasets import DATASETS, Dataset, DatasetError, load_dataset, read_boxes, resolve_inside, ucf11
-from store.schema import TEST, TRAIN, UNUSED
+from glimpse.extract.datasets import DATASETS, Dataset, DatasetError, load_dataset, read_boxes, resolve_inside, ucf11
+from glimpse.store.schema import TEST, TRAIN, UNUSED
 
 REFERENCE = reference_dir()
 needs_reference = pytest.mark.skipif(

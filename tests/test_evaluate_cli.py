@@ -8,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from evaluate.cli import main
-from evaluate.report import comparison_table, run_protocol
-from extract.cli import extract_dataset
-from train.loop import train_model
+from glimpse.evaluate.cli import main
+from glimpse.evaluate.report import comparison_table, run_protocol
+from glimpse.extract.cli import extract_dataset
+from glimpse.train.loop import train_model
 
 FAST = {"epochs": 2, "batch_size": 4, "frames": 6, "workers": 0, "progress": False, "model_args": {"hidden": 16}}
 STORE_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
@@ -83,9 +82,8 @@ def test_table_collects_every_chosen_model_and_names_what_a_store_cannot_feed(tw
 
 def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(two_fold_store, tmp_path):
     """regattn at lambda = 0 against lambda > 0 (Fig. 6 of Quan et al.): stacked strips, GIFs, MP4s per video."""
+    from glimpse.evaluate.figures import BAND
     from PIL import Image
-
-    from evaluate.figures import BAND
 
     for name, lam in (("lam0", 0.0), ("lam1", 1e-2)):
         args = {"hidden": 16, "lam": lam, "blocks": 2}  # 64-pixel frames give a 2 x 2 grid

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from evaluate.figures import (
+from glimpse.evaluate.figures import (
     BAND,
     BOX_COLOR,
     attention_gif,
@@ -24,9 +22,10 @@ from evaluate.figures import (
     stored_frames,
     video_attention_figures,
 )
-from extract.decode import DecodeError, Sampling, decode_video
-from extract.encode import write_video
-from extract.synth import render_clip
+from glimpse.extract.decode import DecodeError, Sampling, decode_video
+from glimpse.extract.encode import write_video
+from glimpse.extract.synth import render_clip
+from PIL import Image
 
 K = 4
 
@@ -166,15 +165,14 @@ def test_confusion_png(tmp_path):
 def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, tmp_path):
     """Real extraction -> store; re-decoded frames are the ones extraction used; a real model's maps drawn."""
     import torch
-
-    from evaluate.localization import frame_attention, localization_scores
-    from evaluate.metrics import prediction_metrics
-    from extract.cli import extract_dataset
-    from store import open_store
-    from train.clips import Clip, Video
-    from train.data import FeatureReader, VideoDataset, targets_for
-    from train.models import build_model
-    from train.predict import predict_videos
+    from glimpse.evaluate.localization import frame_attention, localization_scores
+    from glimpse.evaluate.metrics import prediction_metrics
+    from glimpse.extract.cli import extract_dataset
+    from glimpse.store import open_store
+    from glimpse.train.clips import Clip, Video
+    from glimpse.train.data import FeatureReader, VideoDataset, targets_for
+    from glimpse.train.models import build_model
+    from glimpse.train.predict import predict_videos
 
     out = tmp_path / "store"
     extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",

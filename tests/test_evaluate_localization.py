@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from evaluate.localization import (
+from glimpse.evaluate.localization import (
     box_cell_weights,
     frame_attention,
     frame_size,
     localization_scores,
     video_localization,
 )
-from store.schema import DONE, VideoEntry
-from train.clips import Clip
-from train.predict import VideoPrediction
+from glimpse.store.schema import DONE, VideoEntry
+from glimpse.train.clips import Clip
+from glimpse.train.predict import VideoPrediction
 
 NAN_BOX = [np.nan] * 4
 

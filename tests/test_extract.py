@@ -18,11 +18,10 @@ import torchvision
 import zarr
 from bad_inputs import Case, check_outcomes
 from click.testing import CliRunner
+from glimpse.extract.cli import extract_dataset, main
+from glimpse.store import StoreExistsError, open_store
+from glimpse.store.verify import verify_store
 from reliability_log import record
-
-from extract.cli import extract_dataset, main
-from store import StoreExistsError, open_store
-from store.verify import verify_store
 
 TINY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli_args(root: Path, out: Path, **extra) -> list[str]:
     opts = {**TINY_OPTS, **extra}
-    args = [sys.executable, "-m", "extract", "--dataset", "synthetic", "--root", str(root), "--out", str(out)]
+    args = [sys.executable, "-m", "glimpse.extract", "--dataset", "synthetic", "--root", str(root), "--out", str(out)]
     for name, value in opts.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     return args + ["--quiet"]

@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-
-from train.losses import block_layout, doubly_stochastic, group_sparsity, model_loss
-from train.models import ModelOutput
+from glimpse.train.losses import block_layout, doubly_stochastic, group_sparsity, model_loss
+from glimpse.train.models import ModelOutput
 
 
 def one_hot_map(size: int, row: int, col: int) -> torch.Tensor:

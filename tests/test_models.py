@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
-from train.cli import main
-from train.losses import group_sparsity, model_loss
-from train.models import MODELS, ModelSpec, build_model
+from glimpse.train.cli import main
+from glimpse.train.losses import group_sparsity, model_loss
+from glimpse.train.models import MODELS, ModelSpec, build_model
 
 # distinct sizes so that a swapped axis shows up as a shape error
 B, T, C, K, CLASSES, HIDDEN = 2, 6, 12, 4, 3, 10

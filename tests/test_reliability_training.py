@@ -18,16 +18,15 @@ import pytest
 import test_train
 import torch
 from click.testing import CliRunner
+from glimpse.evaluate.cli import main as evaluate_cli
+from glimpse.store import open_store
+from glimpse.train.cli import main as train_cli
+from glimpse.train.loop import resume_run, train_model
+from glimpse.train.predict import load_run, predict_run
+from glimpse.train.run import RunDir, RunFileError
 from reliability_log import record
 from test_reliability import Boom
 from test_train import FAST
-
-from evaluate.cli import main as evaluate_cli
-from store import open_store
-from train.cli import main as train_cli
-from train.loop import resume_run, train_model
-from train.predict import load_run, predict_run
-from train.run import RunDir, RunFileError
 
 REPO = Path(__file__).resolve().parents[1]
 #: the tiny synthetic dataset through the real extraction stage (test_train's module fixture, run here once)
@@ -74,8 +73,8 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_naming_the_file(trained, tm
     assert evaluated.exit_code == 1 and f"{run.file('best.pt')}: refused" in evaluated.output, evaluated.output
     assert not BOOM_MARKER.exists(), "a pickle in a checkpoint was executed"
     record("hostile file", "checkpoints crafted to run code when loaded: best.pt (a torch checkpoint carrying a "
-           "pickled payload) and last.pt (a bare pickle)", "resume, load_run, predict_run, `python -m train "
-           "--resume` and `python -m evaluate --run` refused them, naming the file; nothing executed",
+           "pickled payload) and last.pt (a bare pickle)", "resume, load_run, predict_run, `python -m glimpse.train "
+           "--resume` and `python -m glimpse.evaluate --run` refused them, naming the file; nothing executed",
            hostile_files_refused=2)
 
 
@@ -133,15 +132,15 @@ def test_store_metadata_that_lies_about_shapes_fails_verify_and_training_skips_i
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
     wide, long = lie_about_shapes(store)
-    verify = subprocess.run([sys.executable, "-m", "store", "verify", str(store)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    verify = subprocess.run([sys.executable, "-m", "glimpse.store", "verify", str(store)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
     assert verify.returncode == 1 and "Traceback" not in verify.stderr, verify.stderr[-3000:]
     reasons = dict(line.strip().split(": ", 1) for line in verify.stderr.splitlines() if line.startswith("  "))
     assert set(reasons) == {wide, long}, verify.stderr
     assert "per-frame shape (1024, 4, 4) but the store declares (1024, 2, 2)" in reasons[wide]
     assert "6 frames stored but n_frames is 9" in reasons[long]
     record("hostile file", "a store whose metadata lies about shapes: one video's array claims 4 x 4 maps its "
-           "chunks do not hold, another's n_frames claims 9 of 6 frames", "`python -m store verify` exits 1 "
+           "chunks do not hold, another's n_frames claims 9 of 6 frames", "`python -m glimpse.store verify` exits 1 "
            "naming both videos and why, no traceback", hostile_files_refused=2)
 
     run = tmp_path / "run"

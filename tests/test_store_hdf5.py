@@ -10,11 +10,10 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from glimpse.store import open_store
+from glimpse.store.hdf5 import export_hdf5
+from glimpse.store.verify import verify_store
 from test_store_tools import hand_store, lab_store, run_cli
-
-from store import open_store
-from store.hdf5 import export_hdf5
-from store.verify import verify_store
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from glimpse.extract.cli import extract_dataset
+from glimpse.store import StoreError, open_store
+from glimpse.store.catalog import resolve_store
+from glimpse.store.claims import claim_video
+from glimpse.store.layout import video_key
+from glimpse.store.maintenance import collect_garbage
+from glimpse.store.verify import verify_store
 from test_extract import REPO, TINY_OPTS
-
-from extract.cli import extract_dataset
-from store import StoreError, open_store
-from store.catalog import resolve_store
-from store.claims import claim_video
-from store.layout import video_key
-from store.maintenance import collect_garbage
-from store.verify import verify_store
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +72,11 @@ def test_repair_redoes_a_corrupted_video_through_the_extraction_stage(lab, tmp_p
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
     assert [vid for vid, _ in verify_store(store_path)] == [victim.id]
-    dry = subprocess.run([sys.executable, "-m", "store", "repair", str(store_path), "--dry-run"], cwd=REPO,
+    dry = subprocess.run([sys.executable, "-m", "glimpse.store", "repair", str(store_path), "--dry-run"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 0 and "1 bad and 0 failed" in dry.stdout and "-m extract" in dry.stdout
+    assert dry.returncode == 0 and "1 bad and 0 failed" in dry.stdout and "-m glimpse.extract" in dry.stdout
     assert [vid for vid, _ in verify_store(store_path)] == [victim.id]  # a dry run changes nothing
-    result = subprocess.run([sys.executable, "-m", "store", "repair", str(store_path)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "glimpse.store", "repair", str(store_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert verify_store(store_path) == []

@@ -6,12 +6,11 @@ import shutil
 import subprocess
 
 import pytest
-
-from evaluate.report import evaluate_run
-from extract.cli import extract_dataset
-from store import open_store
-from store.verify import verify_store
-from train.loop import train_model
+from glimpse.evaluate.report import evaluate_run
+from glimpse.extract.cli import extract_dataset
+from glimpse.store import open_store
+from glimpse.store.verify import verify_store
+from glimpse.train.loop import train_model
 
 FAST = {"epochs": 2, "batch_size": 4, "frames": 6, "workers": 0, "progress": False, "model_args": {"hidden": 16}}
 

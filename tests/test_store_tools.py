@@ -22,14 +22,13 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-
-from extract.cli import extract_dataset
-from store import VideoRecord, create_store, open_store
-from store.catalog import store_info, store_summary
-from store.cli import main
-from store.hdf5 import export_hdf5
-from store.layout import video_key
-from store.verify import run_verify, verify_store
+from glimpse.extract.cli import extract_dataset
+from glimpse.store import VideoRecord, create_store, open_store
+from glimpse.store.catalog import store_info, store_summary
+from glimpse.store.cli import main
+from glimpse.store.hdf5 import export_hdf5
+from glimpse.store.layout import video_key
+from glimpse.store.verify import run_verify, verify_store
 
 OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 4, "batch_size": 8, "flow": "farneback"}
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +150,7 @@ def test_ls_lists_every_store_with_provenance_counts_and_size(extracted, tmp_pat
 
 
 def test_ls_does_not_import_torch(extracted):
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "store", "ls", str(extracted.parent)],
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "glimpse.store", "ls", str(extracted.parent)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "googlenet-f4" in result.stdout

@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from extract.synth import (
+from glimpse.extract.synth import (
     CLASS_PATTERNS,
     SynthConfig,
     group_sizes,
@@ -22,7 +21,8 @@ from extract.synth import (
     n_test_groups,
     render_clip,
 )
-from glimpse import main as glimpse_main
+
+from glimpse.cli import main as glimpse_main
 
 av.logging.set_level(av.logging.ERROR)
 

@@ -17,19 +17,18 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from glimpse.extract.cli import extract_dataset
+from glimpse.store import VideoRecord, create_store, open_store
+from glimpse.store.layout import video_key
+from glimpse.train.cli import main
+from glimpse.train.clips import Clip, Video, epoch_plan, hold_out
+from glimpse.train.config import ConfigError, TrainConfig, parse_model_args, resolve
+from glimpse.train.data import parse_bytes
+from glimpse.train.loop import NonFiniteLossError, resume_run, train_model
+from glimpse.train.models import MODELS, build_model
+from glimpse.train.predict import aggregate, load_run, predict_run
+from glimpse.train.run import TIMING_COLUMNS, RunDir
 from reliability_log import record
-
-from extract.cli import extract_dataset
-from store import VideoRecord, create_store, open_store
-from store.layout import video_key
-from train.cli import main
-from train.clips import Clip, Video, epoch_plan, hold_out
-from train.config import ConfigError, TrainConfig, parse_model_args, resolve
-from train.data import parse_bytes
-from train.loop import NonFiniteLossError, resume_run, train_model
-from train.models import MODELS, build_model
-from train.predict import aggregate, load_run, predict_run
-from train.run import TIMING_COLUMNS, RunDir
 
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
 #: a run small enough for seconds on two cores
@@ -265,8 +264,9 @@ def test_a_run_killed_with_sigkill_mid_epoch_and_resumed_ends_like_an_uninterrup
     full = train_model(tiny_store, "softattn", tmp_path / "full", **options, model_args={"hidden": 8},
                        progress=False)
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "train", "--store", str(tiny_store), "--model", "softattn", "--out", str(killed),
-            "--set", "hidden=8", "--quiet"] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    args = [sys.executable, "-m", "glimpse.train", "--store", str(tiny_store), "--model", "softattn",
+            "--out", str(killed), "--set", "hidden=8", "--quiet"]
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -283,7 +283,7 @@ def test_a_run_killed_with_sigkill_mid_epoch_and_resumed_ends_like_an_uninterrup
     same_metrics(tmp_path / "full", killed)
     assert resumed.test_accuracy == full.test_accuracy and resumed.best_epoch == full.best_epoch
     assert any(e.startswith("resumed at epoch") for e in RunDir(killed).events())
-    record("crash", "SIGKILL of a training run (`python -m train`) inside an epoch, then `--resume`",
+    record("crash", "SIGKILL of a training run (`python -m glimpse.train`) inside an epoch, then `--resume`",
            f"killed after a checkpoint at epoch {interrupted['epoch'] + 1} batch {interrupted['batch']}; the resumed "
            "run's metrics, best epoch and test accuracy equal an uninterrupted run's", crashes_survived=1)
 

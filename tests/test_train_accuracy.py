@@ -23,11 +23,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from evaluate.report import evaluate_run
-from extract.cli import extract_dataset
-from extract.synth import SynthConfig, make_synthetic
-from train.loop import train_model
+from glimpse.evaluate.report import evaluate_run
+from glimpse.extract.cli import extract_dataset
+from glimpse.extract.synth import SynthConfig, make_synthetic
+from glimpse.train.loop import train_model
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from glimpse.extract.cli import extract_dataset
+from glimpse.train.run import RunDir
+from glimpse.train.sweep import grid_points, parse_grid, point_name, point_options, results_table, sweep
 from reliability_log import record
-
-from extract.cli import extract_dataset
-from train.run import RunDir
-from train.sweep import grid_points, parse_grid, point_name, point_options, results_table, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
@@ -88,8 +87,8 @@ def test_a_sweep_through_a_hand_started_cluster_survives_the_loss_of_its_worker(
             client.wait_for_workers(1, timeout=120)
             (worker_pid,) = client.run(os.getpid).values()
         out = tmp_path / "sweep"
-        args = [sys.executable, "-m", "train", "sweep", "--store", str(tiny_store), "--model", "regattn", "--out",
-                str(out), "--scheduler", address, "--epochs", "6", "--batch-size", "1", "--set", "hidden=8",
+        args = [sys.executable, "-m", "glimpse.train", "sweep", "--store", str(tiny_store), "--model", "regattn",
+                "--out", str(out), "--scheduler", address, "--epochs", "6", "--batch-size", "1", "--set", "hidden=8",
                 "--threads", "1", *[a for g in GRID for a in ("--grid", g)]]
         sweep_proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(sweep_proc)

@@ -1,10 +1,10 @@
-"""Command line of the train stage (`python -m train`).
+"""Command line of the train stage (`python -m glimpse.train`).
 
-    python -m train --store stores/ucf11 --model regattn --out runs/ucf11-regattn [--set hidden=1024 ...]
-    python -m train --dataset ucf11 --model softattn          # the store found under --store-root by dataset
-    python -m train --resume runs/ucf11-regattn               # continue after an interruption
-    python -m train models                                    # every registered model and its defaults
-    python -m train sweep --store stores/ucf11 --model regattn --grid lambda=1e-5,1e-4 --grid blocks=2,4
+    python -m glimpse.train --store stores/ucf11 --model regattn --out runs/ucf11-regattn [--set hidden=1024 ...]
+    python -m glimpse.train --dataset ucf11 --model softattn          # the store found under --store-root by dataset
+    python -m glimpse.train --resume runs/ucf11-regattn               # continue after an interruption
+    python -m glimpse.train models                                    # every registered model and its defaults
+    python -m glimpse.train sweep --store stores/ucf11 --model regattn --grid lambda=1e-5,1e-4 --grid blocks=2,4
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import click
 
 def find_store(dataset: str, root: str) -> str:
     """The one store of ``dataset`` under ``root`` (the store catalog), or a clear error naming the candidates."""
-    from store.catalog import resolve_store
-    from store.reader import StoreError
+    from glimpse.store.catalog import resolve_store
+    from glimpse.store.reader import StoreError
 
     try:
         return resolve_store(root, dataset).path
@@ -29,8 +29,8 @@ def find_store(dataset: str, root: str) -> str:
 def training_options(model: str, lam: float | None, blocks: int | None, sets: tuple[str, ...],
                      normalize: bool, cache_ram: str | None, quiet: bool, **plain) -> dict:
     """TrainConfig keyword arguments from the command line's options (None ones left to the defaults)."""
-    from train.config import ConfigError, parse_model_args
-    from train.data import parse_bytes
+    from glimpse.train.config import ConfigError, parse_model_args
+    from glimpse.train.data import parse_bytes
 
     try:
         model_args = parse_model_args(model, list(sets))
@@ -48,9 +48,9 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
 
 def run_or_fail(function, *args, **kwargs):
     """Call a training function; turn the errors a user can fix into a clean exit with their message."""
-    from store import StoreError
-    from train.config import ConfigError
-    from train.loop import NonFiniteLossError
+    from glimpse.store import StoreError
+    from glimpse.train.config import ConfigError
+    from glimpse.train.loop import NonFiniteLossError
 
     try:
         return function(*args, **kwargs)
@@ -63,7 +63,7 @@ def run_or_fail(function, *args, **kwargs):
 @click.option("--store", type=click.Path(), help="The feature store to train from.")
 @click.option("--dataset", help="Find the store of this dataset under --store-root instead of --store.")
 @click.option("--store-root", default="stores/", help="Where --dataset looks for stores.")
-@click.option("--model", help="A registered model (python -m train models).")
+@click.option("--model", help="A registered model (python -m glimpse.train models).")
 @click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--split", help="Official split K of the dataset. [1]")
@@ -94,12 +94,12 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
     if ctx.invoked_subcommand is not None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from train.loop import resume_run, train_model
+    from glimpse.train.loop import resume_run, train_model
 
     if resume:
         changes = {k: v for k, v in plain.items() if v is not None}
         if cache_ram:
-            from train.data import parse_bytes
+            from glimpse.train.data import parse_bytes
 
             changes["cache_ram"] = parse_bytes(cache_ram)
         if quiet:
@@ -108,8 +108,8 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
         click.echo(result.summary())
         return
     if not model:
-        raise click.UsageError("--model is required (or --resume RUN_DIR); python -m train models lists them")
-    from train.models import MODELS
+        raise click.UsageError("--model is required (or --resume RUN_DIR); python -m glimpse.train models lists them")
+    from glimpse.train.models import MODELS
 
     if model not in MODELS:
         raise click.UsageError(f"unknown model {model!r}; registered models: {', '.join(MODELS)}")
@@ -117,7 +117,7 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
         raise click.UsageError("give --store PATH or --dataset NAME")
     store = store or find_store(dataset, store_root)
     if out is None:
-        from store import open_store
+        from glimpse.store import open_store
 
         out = str(Path("runs") / f"{open_store(store).dataset}-{model}")
     options = training_options(model, lam, blocks, sets, normalize, cache_ram, quiet, **plain)
@@ -128,7 +128,7 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
 @main.command("models")
 def models_command() -> None:
     """List every registered model with its paper, equations and defaults."""
-    from train.models import MODELS  # imports torch: only when the command runs
+    from glimpse.train.models import MODELS  # imports torch: only when the command runs
 
     click.echo("\n\n".join(spec.describe() for spec in MODELS.values()))
 
@@ -157,8 +157,8 @@ def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets,
     """Train one run per grid point as tasks on a Dask cluster; print and save the table of results."""
     import os
 
-    from train.models import MODELS
-    from train.sweep import parse_grid, point_options, sweep
+    from glimpse.train.models import MODELS
+    from glimpse.train.sweep import parse_grid, point_options, sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if model not in MODELS:
@@ -171,7 +171,7 @@ def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets,
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     if out is None:
-        from store import open_store
+        from glimpse.store import open_store
 
         out = str(Path("runs") / f"sweep-{open_store(store).dataset}-{model}")
     out = str(Path(out).resolve())  # the tasks may run elsewhere: absolute paths only

@@ -12,9 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-
-from store import Store
-from store.schema import DONE, TEST, TRAIN
+from glimpse.store import Store
+from glimpse.store.schema import DONE, TEST, TRAIN
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from train.models import MODELS
+from glimpse.train.models import MODELS
 
 #: optimizer -> its learning rate when a model's paper used another optimizer
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}

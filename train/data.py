@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from glimpse.store import Store, open_store
+from glimpse.store.layout import VIDEOS_GROUP
+from glimpse.store.verify import stream_array
+from glimpse.train.clips import Clip, Video, epoch_plan
 from torch.utils.data import DataLoader, Dataset, Sampler
-
-from store import Store, open_store
-from store.layout import VIDEOS_GROUP
-from store.verify import stream_array
-from train.clips import Clip, Video, epoch_plan
 
 log = logging.getLogger("train")
 
@@ -88,7 +87,7 @@ def unfit_videos(store: Store, videos: Sequence[Video], streams: Sequence[str]) 
     Only metadata is read, no chunk: a video whose array metadata lies about its shape (or whose n_frames
     does not match its arrays) is found before training instead of failing deep inside a DataLoader.
     Each one is logged as a warning ("skipped video ..."): the callers leave it out.
-    ``python -m store verify`` also reads the data back.
+    ``python -m glimpse.store verify`` also reads the data back.
     """
     unfit = {}
     for video in videos:

@@ -1,7 +1,7 @@
 """The training loop: epochs of seeded clips, validation by video, best / last checkpoints, early stopping,
 resume after a kill, a clear stop on a non-finite loss, and the final test evaluation.
 
-    from train.loop import train_model
+    from glimpse.train.loop import train_model
     result = train_model("stores/ucf11", "regattn", "runs/ucf11-regattn", epochs=20, model_args={"hidden": 256})
     result.test_accuracy
 
@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
+from glimpse.train.data import model_inputs
+from glimpse.train.losses import model_loss
+from glimpse.train.predict import clip_loss, predict_videos, score
+from glimpse.train.run import RunDir, RunFileError, TensorBoard, atomic_write_text, rng_state, set_rng_state
+from glimpse.train.setup import Setup, prepare
 from tqdm import tqdm
-
-from train.config import RESUMABLE, ConfigError, TrainConfig
-from train.data import model_inputs
-from train.losses import model_loss
-from train.predict import clip_loss, predict_videos, score
-from train.run import RunDir, RunFileError, TensorBoard, atomic_write_text, rng_state, set_rng_state
-from train.setup import Setup, prepare
 
 log = logging.getLogger("train")
 

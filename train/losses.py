@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:  # train.models imports this module for its penalties
-    from train.models.base import ModelOutput
+    from glimpse.train.models.base import ModelOutput
 
 
 def _check_maps(attn: Tensor, what: str) -> None:

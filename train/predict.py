@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from store import open_store
-from train.clips import Clip, Video
-from train.data import (
+from glimpse.store import open_store
+from glimpse.train.clips import Clip, Video
+from glimpse.train.data import (
     FeatureReader,
     Normalization,
     VideoDataset,
@@ -29,8 +27,9 @@ from train.data import (
     targets_for,
     unfit_videos,
 )
-from train.models import build_model
-from train.run import RunDir
+from glimpse.train.models import build_model
+from glimpse.train.run import RunDir
+from torch import nn
 
 
 @dataclass

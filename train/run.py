@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from train.config import ConfigError
+from glimpse.train.config import ConfigError
 
 #: metrics.csv columns; the last three are timings (different in every run, even with the same seed)
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_score", "best",

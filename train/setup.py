@@ -12,13 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
-from store import Store, open_store
-from train.clips import Clip, Selection, select
-from train.config import ConfigError, TrainConfig, resolve
-from train.data import (
+from glimpse.store import Store, open_store
+from glimpse.train.clips import Clip, Selection, select
+from glimpse.train.config import ConfigError, TrainConfig, resolve
+from glimpse.train.data import (
     ClipDataset,
     EpochSampler,
     FeatureReader,
@@ -30,16 +27,18 @@ from train.data import (
     targets_for,
     unfit_videos,
 )
-from train.models import MODELS, build_model
-from train.models.base import make_config
+from glimpse.train.models import MODELS, build_model
+from glimpse.train.models.base import make_config
+from torch import nn
+from torch.utils.data import DataLoader
 
 log = logging.getLogger("train")
 
 #: stream -> what to extract to get it
 STREAM_HINTS = {
     "rgb": "extract the RGB cubes (every extraction writes them)",
-    "flow_cnn": "re-extract with optical flow: python -m extract ... --flow tvl1 (or farneback, raft), which adds "
-                "the 'flow' and 'flow_cnn' streams",
+    "flow_cnn": "re-extract with optical flow: python -m glimpse.extract ... --flow tvl1 (or farneback, raft), "
+                "which adds the 'flow' and 'flow_cnn' streams",
     "flow": "re-extract with --flow tvl1 (or farneback, raft)",
 }
 
@@ -141,8 +140,8 @@ def drop_unfit(store: Store, selection: Selection, streams: tuple[str, ...]) -> 
                                test=keep(selection.test))
     if not kept.train:
         raise ConfigError(f"{store.path}: no training video is left: every done one has arrays that do not match "
-                          f"the store's metadata (first: {next(iter(unfit.items()))}); run python -m store verify "
-                          f"{store.path}")
+                          f"the store's metadata (first: {next(iter(unfit.items()))}); run "
+                          f"python -m glimpse.store verify {store.path}")
     return kept, unfit
 
 

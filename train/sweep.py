@@ -1,6 +1,6 @@
 """Training as a service: one run per grid point, each a task on a Dask cluster, and the table of results.
 
-    python -m train sweep --store stores/ucf11 --model regattn --grid lambda=1e-6,1e-5,1e-4,1e-3 --grid blocks=2,4,6
+    python -m glimpse.train sweep --store stores/ucf11 --model regattn --grid lambda=1e-6,1e-5,1e-4 --grid blocks=2,4,6
 
 Each point trains into SWEEP/<point>/ (a normal run directory). A task whose worker dies is run again
 by the scheduler (Dask resubmits the tasks of a lost worker) and resumes from the run's last
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from train.config import parse_model_args
-from train.run import RunDir, atomic_write_text
+from glimpse.train.config import parse_model_args
+from glimpse.train.run import RunDir, atomic_write_text
 
 log = logging.getLogger("train")
 
@@ -77,8 +77,7 @@ def point_options(model: str, base: dict[str, Any], point: dict[str, str]) -> di
 def run_point(store: str, model: str, out: str, options: dict[str, Any], threads: int | None = None) -> dict:
     """One sweep task: train into ``out``, or resume the run already there; returns its result as a dict."""
     import torch
-
-    from train.loop import resume_run, train_model
+    from glimpse.train.loop import resume_run, train_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from extract.datasets import hmdb51, hollywood2, olympic, synthetic, ucf11, ucf101, ucfsports
-from extract.datasets.base import Dataset, DatasetError, read_boxes, resolve_inside
+from glimpse.extract.datasets import hmdb51, hollywood2, olympic, synthetic, ucf11, ucf101, ucfsports
+from glimpse.extract.datasets.base import Dataset, DatasetError, read_boxes, resolve_inside
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "ucf11": ucf11.load,

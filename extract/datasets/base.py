@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from store.schema import SPLIT_ROLES, VideoRecord
+from glimpse.store.schema import SPLIT_ROLES, VideoRecord
 
 log = logging.getLogger(__name__)
 

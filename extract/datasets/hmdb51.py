@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from extract.datasets.base import (
+from glimpse.extract.datasets.base import (
     Dataset,
     DatasetError,
     make_dataset,
@@ -25,7 +25,7 @@ from extract.datasets.base import (
     resolve_inside,
     video_id,
 )
-from store.schema import TEST, TRAIN, UNUSED, VideoRecord
+from glimpse.store.schema import TEST, TRAIN, UNUSED, VideoRecord
 
 SPLITS_DIR = "testTrainMulti_7030_splits"
 SPLITS = ("1", "2", "3")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract.datasets.base import (
+from glimpse.extract.datasets.base import (
     Dataset,
     DatasetError,
     make_dataset,
@@ -26,7 +26,7 @@ from extract.datasets.base import (
     resolve_inside,
     video_id,
 )
-from store.schema import TEST, TRAIN, VideoRecord
+from glimpse.store.schema import TEST, TRAIN, VideoRecord
 
 ACTIONS = ("AnswerPhone", "DriveCar", "Eat", "FightPerson", "GetOutCar", "HandShake", "HugPerson", "Kiss", "Run",
            "SitDown", "SitUp", "StandUp")

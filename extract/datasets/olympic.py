@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract.datasets.base import (
+from glimpse.extract.datasets.base import (
     VIDEO_SUFFIXES,
     Dataset,
     DatasetError,
@@ -32,7 +32,7 @@ from extract.datasets.base import (
     resolve_inside,
     video_id,
 )
-from store.schema import TEST, TRAIN, VideoRecord
+from glimpse.store.schema import TEST, TRAIN, VideoRecord
 
 SUFFIXES = (".avi", ".mp4", ".mkv")
 SEQ_SHOWN = 10

@@ -19,8 +19,8 @@ import json
 import logging
 from pathlib import Path
 
-from extract.datasets.base import Dataset, DatasetError, make_dataset, open_root, require_file
-from extract.datasets.ucf101 import read_ucf_layout
+from glimpse.extract.datasets.base import Dataset, DatasetError, make_dataset, open_root, require_file
+from glimpse.extract.datasets.ucf101 import read_ucf_layout
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from extract.datasets.base import (
+from glimpse.extract.datasets.base import (
     Dataset,
     DatasetError,
     make_dataset,
@@ -32,7 +32,7 @@ from extract.datasets.base import (
     resolve_inside,
     video_id,
 )
-from store.schema import TEST, TRAIN, UNUSED, VideoRecord
+from glimpse.store.schema import TEST, TRAIN, UNUSED, VideoRecord
 
 VIDEOS_DIR = "UCF-101"
 LISTS_DIR = "ucfTrainTestlist"

@@ -21,8 +21,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from extract.datasets.base import (
+from glimpse.extract.datasets.base import (
     Dataset,
     DatasetError,
     make_dataset,
@@ -32,7 +31,7 @@ from extract.datasets.base import (
     video_files,
     video_id,
 )
-from store.schema import TEST, TRAIN, VideoRecord
+from glimpse.store.schema import TEST, TRAIN, VideoRecord
 
 CLASSES = ("basketball", "biking", "diving", "golf_swing", "horse_riding", "soccer_juggling", "swing",
            "tennis_swing", "trampoline_jumping", "volleyball_spiking", "walking")

@@ -22,9 +22,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from extract.datasets.base import Dataset, make_dataset, open_root, require_dir, subfolders, video_files, video_id
-from store.schema import TEST, TRAIN, VideoRecord
+from glimpse.extract.datasets.base import (
+    Dataset,
+    make_dataset,
+    open_root,
+    require_dir,
+    subfolders,
+    video_files,
+    video_id,
+)
+from glimpse.store.schema import TEST, TRAIN, VideoRecord
 
 FOLDER_CLASSES = {
     "Diving-Side": "Diving", "Golf-Swing-Back": "Golf-Swing", "Golf-Swing-Front": "Golf-Swing",

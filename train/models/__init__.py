@@ -7,10 +7,9 @@ whole registry. Build one with :func:`build_model`; a checkpoint holds the name 
 
 from __future__ import annotations
 
+from glimpse.train.models import cham, convattn, han, regattn, softattn
+from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, make_config
 from torch import nn
-
-from train.models import cham, convattn, han, regattn, softattn
-from train.models.base import ModelConfig, ModelOutput, ModelSpec, make_config
 
 MODELS: dict[str, ModelSpec] = {
     "softmax": softattn.SOFTMAX,

@@ -68,7 +68,7 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: spec streams={self.streams} but config streams={defaults.streams}")
 
     def describe(self) -> str:
-        """Several lines for `python -m train models`: paper, equations, inputs, training and config defaults."""
+        """Several lines for `python -m glimpse.train models`: paper, equations, inputs, training, defaults."""
         defaults = ", ".join(f"{f.name}={getattr(self.config(), f.name)!r}" for f in dataclasses.fields(self.config))
         outputs = "per-step logits (B, T, classes)" if self.logits == "step" else "per-clip logits (B, 1, classes)"
         outputs += ", attention maps (B, T, K, K)" if self.attention else ", no attention maps"

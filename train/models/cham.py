@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from glimpse.train.models.base import ModelOutput, ModelSpec, check_streams
+from glimpse.train.models.convattn import CHAM_PAPER, ConvAttentionConfig, ConvAttentionLSTM, ConvLSTM
 from torch import Tensor, nn
-
-from train.models.base import ModelOutput, ModelSpec, check_streams
-from train.models.convattn import CHAM_PAPER, ConvAttentionConfig, ConvAttentionLSTM, ConvLSTM
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from glimpse.train.losses import block_layout, group_sparsity
+from glimpse.train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 from torch import Tensor, nn
-
-from train.losses import block_layout, group_sparsity
-from train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 
 PAPER = ("Quan, Chen, Xu & Ji 2019, Attention with structure regularization for action recognition "
          "(CVIU 187, doi:10.1016/j.cviu.2019.102794)")

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from glimpse.train.losses import doubly_stochastic
+from glimpse.train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 from torch import Tensor, nn
-
-from train.losses import doubly_stochastic
-from train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 
 PAPER = "Sharma, Kiros & Salakhutdinov 2015, Action Recognition using Visual Attention (arXiv:1511.04119)"
 

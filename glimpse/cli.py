@@ -11,12 +11,12 @@ import click
 
 #: sub-command name -> "module:attribute" of its click command
 COMMANDS = {
-    "synth": "extract.synth:main",
-    "extract": "extract.cli:main",
-    "store": "store.cli:main",
-    "train": "train.cli:main",
-    "evaluate": "evaluate.cli:main",
-    "demo": "glimpse:demo",
+    "synth": "glimpse.extract.synth:main",
+    "extract": "glimpse.extract.cli:main",
+    "store": "glimpse.store.cli:main",
+    "train": "glimpse.train.cli:main",
+    "evaluate": "glimpse.evaluate.cli:main",
+    "demo": "glimpse.cli:demo",
 }
 
 
@@ -68,10 +68,10 @@ def demo(out: str, workers: int | None) -> None:
     import logging
     from pathlib import Path
 
-    from evaluate.report import compare_runs, comparison_table, ensure_trained
-    from extract.cli import extract_dataset
-    from extract.synth import SynthConfig, make_synthetic
-    from train.models.regattn import RegAttentionConfig
+    from glimpse.evaluate.report import compare_runs, comparison_table, ensure_trained
+    from glimpse.extract.cli import extract_dataset
+    from glimpse.extract.synth import SynthConfig, make_synthetic
+    from glimpse.train.models.regattn import RegAttentionConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out_dir = Path(out)
