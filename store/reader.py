@@ -4,6 +4,7 @@
     s = open_store("stores/ucf11")
     s.videos                  # list[VideoEntry], every video of the dataset with its status
     s.read(video_id, "rgb")   # (frames, channels, K, K) float16
+    s.stream(video_id, "rgb").read(10, 40)   # many reads of one video: opened once, chunks read directly
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 import zarr
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
 from glimpse.store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
+from numcodecs import Blosc, Zstd
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.errors import GroupNotFoundError
 
 
@@ -159,6 +162,110 @@ class Store:
         if status != DONE:
             raise StoreError(f"{self.path}: video {video_id!r} is {status}, not done; nothing to read")
         return node[stream][frames if frames is not None else slice(None)]
+
+    def stream(self, video_id: str, stream: str = "rgb") -> StoredStream:
+        """One stream of one video opened for many reads of frame ranges (what training reads through).
+
+        The array's metadata is read once here; the video's status is not checked (the caller selected
+        done videos). Raises StoreError when the array is missing or is no array.
+        """
+        key = self._row(video_id)["key"]
+        where = f"{VIDEOS_GROUP}/{key}/{stream}"
+        try:
+            array = self._root[where]
+        except KeyError:
+            raise StoreError(f"{self.path}/{where}: array missing") from None
+        if not isinstance(array, zarr.Array):
+            raise StoreError(f"{self.path}/{where}: a group, not an array")
+        local = Path(self.path) / where if "://" not in self.path else None
+        return StoredStream(array, f"{self.path}/{where}", local)
+
+    def stream_problems(self, video_id: str, stream: str, n_frames: int) -> list[str]:
+        """Why one stream of a done video does not fit the store's metadata (empty when it does); no chunk is read.
+
+        The array must exist and be float16 (frames, ...) with the per-frame shape the store declares and
+        ``n_frames`` frames. Training checks every video it selects with this, before reading a batch.
+        """
+        where = f"{self.path}/{VIDEOS_GROUP}/{self._row(video_id)['key']}/{stream}"
+        try:
+            array = self.stream(video_id, stream)
+        except StoreError as err:
+            return [str(err)]
+        except Exception as exc:
+            return [f"{where}: array metadata unreadable ({type(exc).__name__}: {exc})"]
+        problems = []
+        if array.dtype != np.float16:
+            problems.append(f"{where}: dtype {array.dtype}, expected float16")
+        if len(array.shape) != 4:
+            problems.append(f"{where}: shape {array.shape} has {len(array.shape)} dimensions, expected 4")
+        declared = self.streams.get(stream, {}).get("frame_shape")
+        if declared is not None and tuple(array.shape[1:]) != tuple(declared):
+            problems.append(f"{where}: per-frame shape {tuple(array.shape[1:])} but the store declares "
+                            f"{tuple(declared)}")
+        stored = array.shape[0] if array.shape else 0
+        if stored != n_frames:
+            problems.append(f"{where}: {stored} frames stored but n_frames is {n_frames}")
+        return problems
+
+
+class StoredStream:
+    """One stored (frames, ...) array opened for repeated reads of frame ranges.
+
+    Zarr's own read path costs milliseconds per call (async machinery, selection planning), as much as
+    decoding a clip. When the array is in a local directory, chunked along frames only, with plain
+    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` opens
+    the chunk files itself and decodes them straight into the output; any other layout (sharding,
+    other codecs, remote stores) is read through zarr. Both follow the array's own metadata.
+    """
+
+    def __init__(self, array: zarr.Array, where: str, local: Path | None) -> None:
+        self.array, self.where = array, where
+        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+        self._decoder, self._direct = None, None
+        meta = array.metadata
+        chunks = tuple(array.chunks)
+        codecs = list(getattr(meta, "codecs", ()))
+        plain = (local is not None and array.shards is None and len(self.shape) >= 1
+                 and chunks[1:] == self.shape[1:] and codecs and isinstance(codecs[0], BytesCodec)
+                 and (self.dtype.itemsize == 1 or str(getattr(codecs[0].endian, "value", "")) == "little"))
+        if plain and len(codecs) == 1:
+            self._direct = local
+        elif plain and len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
+            self._direct, self._decoder = local, Zstd()
+        elif plain and len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
+            self._direct, self._decoder = local, Blosc()
+        self._per = chunks[0] if chunks else 1
+        self._fill = meta.fill_value
+        self._key = meta.chunk_key_encoding.encode_chunk_key if self._direct is not None else None
+
+    @property
+    def direct(self) -> bool:
+        """Whether reads bypass zarr (local chunk files decoded here)."""
+        return self._direct is not None
+
+    def read(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """(hi - lo, ...) the frames lo..hi-1 (clipped to the array), decoding only the chunks they touch."""
+        n = self.shape[0]
+        hi = n if hi is None else min(hi, n)
+        lo = max(0, min(lo, hi))
+        if self._direct is None:
+            return np.asarray(self.array[lo:hi])
+        first, last = lo // self._per, (hi - 1) // self._per if hi > lo else lo // self._per - 1
+        buffer = np.empty(((last - first + 1) * self._per, *self.shape[1:]), self.dtype)  # whole chunks
+        zeros = (0,) * (len(self.shape) - 1)
+        for c in range(first, last + 1):
+            part = buffer[(c - first) * self._per : (c - first + 1) * self._per].reshape(-1)
+            try:
+                with open(self._direct / self._key((c, *zeros)), "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:  # a chunk never written holds the fill value
+                part[:] = self._fill
+                continue
+            if self._decoder is None:
+                part.view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+            else:
+                self._decoder.decode(raw, out=part.view(np.uint8))
+        return buffer[lo - first * self._per : hi - first * self._per]
 
 
 def open_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> Store:

@@ -169,10 +169,11 @@ def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, 
     from glimpse.evaluate.metrics import prediction_metrics
     from glimpse.extract.cli import extract_dataset
     from glimpse.store import open_store
-    from glimpse.train.clips import Clip, Video
+    from glimpse.train.clips import Video
     from glimpse.train.data import FeatureReader, VideoDataset, targets_for
     from glimpse.train.models import build_model
     from glimpse.train.predict import predict_videos
+    from glimpse.train.sampling import Windows as Clip
 
     out = tmp_path / "store"
     extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",

@@ -12,8 +12,8 @@ from glimpse.evaluate.localization import (
     video_localization,
 )
 from glimpse.store.schema import DONE, VideoEntry
-from glimpse.train.clips import Clip
 from glimpse.train.predict import VideoPrediction
+from glimpse.train.sampling import Windows as Clip
 
 NAN_BOX = [np.nan] * 4
 

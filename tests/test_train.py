@@ -21,13 +21,14 @@ from glimpse.extract.cli import extract_dataset
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.layout import video_key
 from glimpse.train.cli import main
-from glimpse.train.clips import Clip, Video, epoch_plan, hold_out
+from glimpse.train.clips import Video, hold_out
 from glimpse.train.config import ConfigError, TrainConfig, parse_model_args, resolve
 from glimpse.train.data import parse_bytes
 from glimpse.train.loop import NonFiniteLossError, resume_run, train_model
 from glimpse.train.models import MODELS, build_model
 from glimpse.train.predict import aggregate, load_run, predict_run
 from glimpse.train.run import TIMING_COLUMNS, RunDir
+from glimpse.train.sampling import Segments
 from reliability_log import record
 
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
@@ -97,29 +98,6 @@ def same_metrics(a: Path, b: Path) -> None:
 # ---------------------------------------------------------------------------------------------- sampling
 
 
-def test_clips_pad_short_videos_and_cover_every_frame():
-    clip = Clip(frames=4, stride=2)
-    assert clip.span == 7 and clip.start_range(10) == 4 and clip.start_range(5) == 1
-    np.testing.assert_array_equal(clip.indices(10, 3), [3, 5, 7, 9])
-    np.testing.assert_array_equal(clip.indices(5, 0), [0, 2, 4, 4])  # padded with the last frame
-    assert clip.padded(5) and not clip.padded(7)
-    cover = clip.cover(13)  # (clips, T)
-    assert cover.shape[1] == 4 and set(cover.ravel()) == set(range(13))
-    assert all((np.diff(c) == 2).all() for c in cover)
-    blocks = Clip(frames=30).cover(75)  # Sharma: 30-step blocks over the whole video, the last one ending at its end
-    assert [b[0] for b in blocks] == [0, 30, 45] and blocks[-1][-1] == 74
-
-
-def test_epoch_plan_depends_only_on_seed_and_epoch():
-    videos = [Video(f"v{i}", f"v{i}", (i % 3,), 20 + i) for i in range(9)]
-    clip = Clip(6)
-    assert epoch_plan(videos, clip, 1, 0) == epoch_plan(videos, clip, 1, 0)
-    assert epoch_plan(videos, clip, 1, 0) != epoch_plan(videos, clip, 1, 1)
-    plan = epoch_plan(videos, clip, 1, 3)
-    assert sorted(i for i, _ in plan) == list(range(9))
-    assert all(0 <= start <= videos[i].n_frames - 6 for i, start in plan)
-
-
 def test_validation_is_held_out_by_group_and_keeps_every_class():
     videos = [Video(f"c{c}/g{g}/v{i}", "k", (c,), 10, f"c{c}/g{g}") for c in range(3) for g in range(4)
               for i in range(3)]
@@ -141,9 +119,9 @@ def test_config_resolves_each_papers_defaults_and_adapts_clips_to_short_stores()
 
     soft, notes = resolved("softattn")
     assert (soft.optimizer, soft.lr, soft.aggregation, soft.stride, soft.frames) == ("adam", 1e-4, "mean", 1, 12)
-    assert "adapted" in notes[0]
+    assert soft.sampling == "windows" and "adapted" in notes[0]
     reg, _ = resolved("regattn")
-    assert (reg.aggregation, reg.stride, reg.frames) == ("vote", 2, 6)
+    assert (reg.aggregation, reg.sampling, reg.stride, reg.frames) == ("vote", "segments", 2, 12)
     han, _ = resolved("han")
     assert (han.optimizer, han.lr) == ("adadelta", 1.0)
     cham, _ = resolve(TrainConfig(store="s", model="cham", out="o"), [100])
@@ -324,7 +302,7 @@ def test_the_paper_aggregations_mean_and_majority_vote():
 def test_load_run_rebuilds_the_best_model_and_predicts_like_the_run(tiny_store, tmp_path):
     train_model(tiny_store, "regattn", tmp_path / "run", **FAST, model_args={"hidden": 8, "blocks": 2})
     loaded = load_run(tmp_path / "run")
-    assert loaded.name == "regattn" and loaded.aggregation == "vote" and loaded.clip == Clip(3, 2)
+    assert loaded.name == "regattn" and loaded.aggregation == "vote" and loaded.clip == Segments(6, 2)
     preds = {p.id: p for p in predict_run(tmp_path / "run")}
     csv = (tmp_path / "run" / "test_predictions.csv").read_text().splitlines()[1:]
     classes = open_store(tiny_store).classes

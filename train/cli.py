@@ -76,8 +76,16 @@ def run_or_fail(function, *args, **kwargs):
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same metrics. [0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[auto]")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Any model setting, e.g. --set hidden=1024.")
-@click.option("--frames", type=click.IntRange(min=1), help="Clip length T in steps. [the model's paper]")
-@click.option("--stride", type=click.IntRange(min=1), help="Stored frames between two steps d. [the model's paper]")
+@click.option("--sampling", type=click.Choice(["windows", "segments", "random", "spread"]),
+              help="Clip policy: every window, Quan's segments, random windows, frames spread over the video. "
+                   "[the model's paper]")
+@click.option("--frames", type=click.IntRange(min=1), help="Clip length T in frames. [the model's paper]")
+@click.option("--stride", type=click.IntRange(min=1),
+              help="Frames between two clip starts: training stride s, segment spacing d. [the model's paper]")
+@click.option("--clips-per-video", type=click.IntRange(min=0),
+              help="Clips of a video per epoch: random windows drawn, or a random subset of the dense ones (0 all).")
+@click.option("--steps", type=click.IntRange(min=0), help="Iteration budget: sets --epochs (rounded up). [0: off]")
+@click.option("--shuffle-videos", type=click.IntRange(min=1), help="Videos whose clips are shuffled together. [8]")
 @click.option("--aggregation", type=click.Choice(["mean", "vote"]), help="Video score from clips. [the model's]")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="Held out by group. [0.15]")
 @click.option("--patience", type=click.IntRange(min=0), help="Early stopping after N epochs, 0 never. [5]")
@@ -85,6 +93,8 @@ def run_or_fail(function, *args, **kwargs):
 @click.option("--norm-videos", type=click.IntRange(min=1), help="Videos the statistics are taken on. [256]")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes (spawned). [2]")
 @click.option("--cache-ram", help="Hold the store in RAM if it fits this budget, e.g. 8GB.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Keep a decompressed copy of the run's videos here (a local disk), shared between runs.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), help="Also checkpoint every N steps. [0]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context

@@ -1,10 +1,4 @@
-"""Which videos a run uses and which frames of them: split roles, validation by group, clip sampling.
-
-A clip is T time steps taken every ``stride`` stored frames. Training takes one clip per video per
-epoch at a random start; evaluation covers the whole video with clips (Sharma's 30-step blocks,
-Quan's segments) whose scores are aggregated into one video score. A video shorter than a clip is
-padded by repeating its last frame.
-"""
+"""Which videos a run uses: split roles, validation held out by group (which frames of them: train/sampling.py)."""
 
 from __future__ import annotations
 
@@ -13,51 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from glimpse.store import Store
-from glimpse.store.schema import DONE, TEST, TRAIN
-
-
-@dataclass(frozen=True)
-class Clip:
-    """``frames`` time steps T, each ``stride`` stored frames after the previous one (d)."""
-
-    frames: int
-    stride: int = 1
-
-    @property
-    def span(self) -> int:
-        """Stored frames one clip covers, first to last."""
-        return (self.frames - 1) * self.stride + 1
-
-    def start_range(self, n_frames: int) -> int:
-        """How many start positions a video of ``n_frames`` frames offers (1 when it must be padded)."""
-        return max(n_frames - self.span, 0) + 1
-
-    def indices(self, n_frames: int, start: int) -> np.ndarray:
-        """(T,) stored frame indices of the clip starting at ``start``; past the end repeats the last frame."""
-        return np.minimum(start + self.stride * np.arange(self.frames), n_frames - 1)
-
-    def padded(self, n_frames: int) -> bool:
-        """Whether a video of ``n_frames`` frames is shorter than one clip."""
-        return n_frames < self.span
-
-    def cover(self, n_frames: int) -> np.ndarray:
-        """(clips, T) indices of clips that together cover every frame of the video, for evaluation.
-
-        For each offset 0..stride-1 the frames offset, offset + stride, ... are cut into consecutive
-        clips of T steps; the last clip of an offset ends at the video's end (overlapping the one
-        before it) rather than being padded, unless the video is shorter than one clip.
-        """
-        clips = []
-        for offset in range(min(self.stride, n_frames)):
-            steps = np.arange(offset, n_frames, self.stride)  # (frames at this offset,)
-            if len(steps) <= self.frames:
-                clips.append(np.concatenate([steps, np.full(self.frames - len(steps), steps[-1])]))
-                continue
-            starts = list(range(0, len(steps) - self.frames + 1, self.frames))
-            if starts[-1] + self.frames < len(steps):
-                starts.append(len(steps) - self.frames)
-            clips += [steps[s : s + self.frames] for s in starts]
-        return np.stack(clips)  # (clips, T)
+from glimpse.store.schema import DONE, TEST, TRAIN, VideoEntry
 
 
 @dataclass(frozen=True)
@@ -74,6 +24,18 @@ class Video:
     def label(self) -> int:
         """The primary (first) class index."""
         return self.labels[0]
+
+
+def training_video(entry: VideoEntry) -> Video | None:
+    """The Video training and prediction use for a store entry, or None when the entry is not done."""
+    if entry.status != DONE:
+        return None
+    return Video(entry.id, entry.key, tuple(entry.labels), entry.n_frames, entry.group)
+
+
+def role_videos(store: Store, split: str, role: str) -> list[Video]:
+    """The done videos of ``split`` whose role is ``role`` ("train", "test", "unused"), in manifest order."""
+    return [v for e in store.videos if e.splits.get(split) == role and (v := training_video(e)) is not None]
 
 
 @dataclass(frozen=True)
@@ -101,10 +63,10 @@ def split_videos(store: Store, split: str) -> tuple[list[Video], list[Video], in
         role = e.splits.get(split)
         if role not in (TRAIN, TEST):
             continue
-        if e.status != DONE:
+        video = training_video(e)
+        if video is None:
             not_done += 1
             continue
-        video = Video(e.id, e.key, tuple(e.labels), e.n_frames, e.group)
         (train if role == TRAIN else test).append(video)
     return train, test, not_done
 
@@ -155,14 +117,3 @@ def select(store: Store, split: str, val_fraction: float, seed: int) -> Selectio
         raise ValueError(f"{store.path}: split {split!r} has no done training videos")
     train, val, groups = hold_out(train, val_fraction, seed)
     return Selection(tuple(train), tuple(val), tuple(test), not_done, tuple(groups))
-
-
-def epoch_plan(videos: list[Video] | tuple[Video, ...], clip: Clip, seed: int, epoch: int) -> list[tuple[int, int]]:
-    """One epoch of training items: (video index, clip start) for every video once, shuffled.
-
-    Depends only on (seed, epoch), so a resumed run sees exactly the clips an uninterrupted one saw.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    starts = [int(rng.integers(clip.start_range(v.n_frames))) for v in videos]
-    order = rng.permutation(len(videos))
-    return [(int(i), starts[i]) for i in order]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glimpse.train.models import MODELS
+from glimpse.train.sampling import POLICIES, Policy, items_per_epoch, make_policy
 
 #: optimizer -> its learning rate when a model's paper used another optimizer
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}
@@ -23,14 +24,14 @@ DEVICES = ("auto", "cpu", "cuda")
 
 #: Training choices of the papers that the model registry does not carry: model name -> TrainConfig fields.
 #: CHAM trains on 60-frame clips and drops its learning rate to 1e-5 after 10,000 iterations (Yan et al.
-#: 2017); regattn trains on T = 30 frames taken every d = 2 stored frames (Quan et al. 2019, Sec. 4.2).
+#: 2017); regattn's segments of T = 30 consecutive frames start d = 2 frames apart (Quan et al. 2019, Sec. 3.4).
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "cham": {"frames": 60, "lr_drop_step": 10_000, "lr_drop_to": 1e-5},
     "regattn": {"stride": 2},
 }
 
 #: Fields that may change when a run is resumed: where and how it runs, and how long (never what it learns).
-RESUMABLE = ("epochs", "device", "workers", "cache_ram", "progress", "patience")
+RESUMABLE = ("epochs", "device", "workers", "cache_ram", "cache_dir", "progress", "patience")
 
 
 class ConfigError(ValueError):
@@ -41,12 +42,18 @@ class ConfigError(ValueError):
 class TrainConfig:
     """One training run. None means "the model's paper default" until :func:`resolve` fills it in.
 
-    ``frames`` is the clip length T in time steps, ``stride`` the stored frames between two steps
-    (d), ``aggregation`` how clip scores become a video score ("mean" or "vote"). ``model_args``
+    ``sampling`` is the clip policy (train/sampling.py: windows, segments, random, spread; the model's
+    paper by default), ``frames`` the clip length T, ``stride`` the frames between two clip starts
+    (Sharma's training stride s, Quan's segment spacing d), ``clips_per_video`` the clips of a video
+    per epoch (random: how many; dense policies: a random subset, 0 all), ``steps`` an iteration
+    budget (CHAM's count; it sets ``epochs``, rounded up to whole epochs; 0: use ``epochs``),
+    ``shuffle_videos`` the videos whose clips are shuffled together (the shuffle buffer),
+    ``aggregation`` how clip scores become a video score ("mean" or "vote"). ``model_args``
     overrides fields of the model's config (hidden, lam, blocks, ...). ``val_fraction`` of the
     training videos is held out by group for validation; ``patience`` epochs without a better
     validation score stop the run (0: never). ``cache_ram`` is a byte budget for holding every
-    video in memory (0: read from the store). ``checkpoint_every`` also writes last.pt every N steps.
+    video in memory (0: read from the store); ``cache_dir`` a folder for a decompressed copy of the run's
+    videos, shared between runs (train/cache.py). ``checkpoint_every`` also writes last.pt every N steps.
     """
 
     store: str
@@ -60,8 +67,12 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
+    sampling: str | None = None
     frames: int | None = None
     stride: int | None = None
+    clips_per_video: int | None = None
+    steps: int = 0
+    shuffle_videos: int = 8
     aggregation: str | None = None
     lr_drop_step: int | None = None
     lr_drop_to: float | None = None
@@ -72,6 +83,7 @@ class TrainConfig:
     norm_videos: int = 256
     workers: int = 2
     cache_ram: int = 0
+    cache_dir: str | None = None
     checkpoint_every: int = 0
     progress: bool = True
 
@@ -86,7 +98,9 @@ class TrainConfig:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.aggregation is not None and self.aggregation not in ("mean", "vote"):
             raise ConfigError(f"aggregation must be 'mean' or 'vote', got {self.aggregation!r}")
-        for name in ("epochs", "batch_size"):
+        if self.sampling is not None and self.sampling not in POLICIES:
+            raise ConfigError(f"sampling must be one of {tuple(POLICIES)}, got {self.sampling!r}")
+        for name in ("epochs", "batch_size", "shuffle_videos"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("frames", "stride"):
@@ -95,26 +109,33 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.workers < 0 or self.cache_ram < 0 or self.checkpoint_every < 0 or self.patience < 0:
-            raise ConfigError("workers, cache_ram, checkpoint_every and patience must be >= 0")
+        if min(self.workers, self.cache_ram, self.checkpoint_every, self.patience, self.steps,
+               self.clips_per_video or 0) < 0:
+            raise ConfigError("workers, cache_ram, checkpoint_every, patience, steps and clips_per_video must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (what config.json holds under "train")."""
         return dataclasses.asdict(self)
+
+    def policy(self) -> Policy:
+        """The clip policy of a resolved config (see train/sampling.py)."""
+        return make_policy(self.sampling, self.frames, self.stride, self.clips_per_video)
 
 
 def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[TrainConfig, list[str]]:
     """Fill every None field with the model's paper default; return the config and notes on what was adapted.
 
     ``n_frames`` (frames of every usable video) adapts a default clip that is longer than every video:
-    the clip becomes as long as the longest video allows at the default stride (``--frames`` is never
-    changed). Videos still shorter than the clip are padded when read.
+    the clip becomes as long as the longest video (``--frames`` is never changed); videos still shorter
+    than the clip are padded when read. With ``steps``, ``epochs`` becomes the epochs that many
+    batches take (rounded up) at the policy's clips per epoch of these videos.
     """
     spec = MODELS[config.model]
     paper = PAPER_DEFAULTS.get(config.model, {})
     filled = {
         "lr": spec.lr if config.optimizer in (None, spec.optimizer) else OPTIMIZERS[config.optimizer],
         "optimizer": spec.optimizer,
+        "sampling": spec.sampling,
         "frames": paper.get("frames", spec.frames),
         "stride": paper.get("stride", 1),
         "aggregation": spec.aggregation,
@@ -122,17 +143,20 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
         "lr_drop_to": paper.get("lr_drop_to", 0.0),
     }
     notes = []
-    if config.frames is None and n_frames:
-        stride = config.stride or filled["stride"]
+    sampling = config.sampling or filled["sampling"]
+    if config.frames is None and n_frames and sampling != "spread":
         longest = max(n_frames)
-        span = (filled["frames"] - 1) * stride + 1
-        if longest < span:
-            adapted = max(1, math.ceil(longest / stride))
-            notes.append(f"clip length adapted from the paper's {filled['frames']} to {adapted} steps: the longest "
-                         f"video has {longest} frames (stride {stride}); set --frames to choose")
-            filled["frames"] = adapted
+        if longest < filled["frames"]:
+            notes.append(f"clip length adapted from the paper's {filled['frames']} to {longest} frames: the longest "
+                         f"video has {longest} frames; set --frames to choose")
+            filled["frames"] = longest
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
-    return dataclasses.replace(config, **values), notes
+    resolved = dataclasses.replace(config, **values)
+    if config.steps and n_frames:
+        batches = math.ceil(items_per_epoch(n_frames, resolved.policy()) / config.batch_size)
+        resolved = dataclasses.replace(resolved, epochs=math.ceil(config.steps / batches))
+        notes.append(f"--steps {config.steps}: {resolved.epochs} epochs of {batches} batches")
+    return resolved, notes
 
 
 def parse_value(text: str, default: Any) -> Any:

@@ -1,14 +1,16 @@
-"""Reading clips from a store fast enough for training: one reader per process, an optional RAM cache,
-per-channel standardization, and the datasets and DataLoaders of a run.
+"""Reading clips from a store fast enough for training: a reader over the store (or a RAM or disk cache),
+per-channel standardization, and the video-major epoch loader of a run.
 
-Only the frames a clip needs are read (``frames=slice`` touches only their chunks). The Zarr arrays
-of each video are opened once per process and kept; DataLoader workers are started with "spawn"
-(fork can hang with some zarr and PyAV builds) and each opens the store itself.
+An epoch reads each video's frames once per stream (the range its clips of this epoch span, only the
+chunks it touches) and cuts all its clips from them (train/sampling.py plans which). The store's
+arrays are opened once in the main process and travel to the DataLoader workers open; workers are
+started with "spawn" (fork can hang with some zarr and PyAV builds).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from glimpse.store import Store, open_store
-from glimpse.store.layout import VIDEOS_GROUP
-from glimpse.store.verify import stream_array
-from glimpse.train.clips import Clip, Video, epoch_plan
+from glimpse.store.reader import StoredStream
+from glimpse.train.clips import Video
+from glimpse.train.sampling import Policy, epoch_plan, items_per_epoch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 log = logging.getLogger("train")
@@ -44,41 +46,56 @@ def stream_bytes(store: Store, videos: Sequence[Video], streams: Sequence[str]) 
 
 
 class FeatureReader:
-    """Reads frames of one video's streams; opens the store and each array once per process.
+    """Reads frame ranges of videos' streams: from RAM (``cache``), a --cache-dir file, or the store.
 
-    ``cache`` maps (video key, stream) to the whole float16 array, when the run holds the store in RAM.
-    Pickling (to a spawned worker) drops the open handles; the worker opens its own.
+    ``cache`` maps (video key, stream) to the whole float16 array, when the run holds the store in RAM;
+    ``disk`` is a :class:`train.cache.DiskCache`. Store streams are opened once (:meth:`open` opens a
+    run's videos up front) and travel to spawned DataLoader workers already open, so no worker reads
+    the store's metadata (its manifest) again.
     """
 
-    def __init__(self, path: str, cache: dict[tuple[str, str], np.ndarray] | None = None) -> None:
-        self.path = path
-        self.cache = cache
+    def __init__(self, path: str, cache: dict[tuple[str, str], np.ndarray] | None = None, disk=None) -> None:
+        self.path, self.cache, self.disk = path, cache, disk
         self._store: Store | None = None
-        self._arrays: dict[tuple[str, str], object] = {}
+        self._streams: dict[tuple[str, str], StoredStream] = {}
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "cache": self.cache, "_store": None, "_arrays": {}}
+        return {**self.__dict__, "_store": None}
 
-    def array(self, key: str, stream: str):
-        """The video's array of ``stream``: the cached numpy array or the Zarr array (opened once)."""
-        if self.cache is not None:
-            return self.cache[(key, stream)]
-        found = self._arrays.get((key, stream))
+    def store(self) -> Store:
+        """The store, opened on first use in this process."""
+        if self._store is None:
+            self._store = open_store(self.path)
+        return self._store
+
+    def open(self, videos: Sequence[Video], streams: Sequence[str]) -> FeatureReader:
+        """Open the store arrays of ``videos`` now (before workers are started); returns self."""
+        if self.cache is None and self.disk is None:
+            for v in videos:
+                for s in streams:
+                    self.stream(v, s)
+        return self
+
+    def stream(self, video: Video, stream: str) -> StoredStream:
+        """The video's stored stream, opened once per process."""
+        found = self._streams.get((video.key, stream))
         if found is None:
-            if self._store is None:
-                self._store = open_store(self.path)
-            found = self._store.root[f"{VIDEOS_GROUP}/{key}/{stream}"]
-            self._arrays[(key, stream)] = found
+            found = self._streams[(video.key, stream)] = self.store().stream(video.id, stream)
         return found
 
+    def frames(self, video: Video, stream: str, lo: int, hi: int) -> np.ndarray:
+        """(hi - lo, C, K, K) float16 frames lo..hi-1 of one stream (fewer when the stream is shorter)."""
+        if self.cache is not None:
+            return self.cache[(video.key, stream)][lo:hi]
+        if self.disk is not None:
+            return self.disk.frames(video.key, stream)[lo:hi]
+        return self.stream(video, stream).read(lo, hi)
+
     def read(self, video: Video, stream: str, indices: np.ndarray) -> np.ndarray:
-        """(len(indices), C, K, K) float16: the frames at ``indices`` (sorted, repeats allowed)."""
-        array = self.array(video.key, stream)
-        last = array.shape[0] - 1
-        indices = np.minimum(indices, last)  # a stream one frame shorter than n_frames repeats its last frame
+        """(len(indices), C, K, K) float16: the frames at ``indices`` (any order, repeats allowed), read in one call."""
         lo, hi = int(indices.min()), int(indices.max()) + 1
-        block = np.asarray(array[lo:hi])  # (hi - lo, C, K, K): only the chunks these frames are in
-        return block[indices - lo]
+        block = self.frames(video, stream, lo, hi)  # (<= hi - lo, C, K, K): only the chunks these frames are in
+        return block[np.minimum(indices - lo, len(block) - 1)]  # a stream one frame short repeats its last frame
 
 
 def unfit_videos(store: Store, videos: Sequence[Video], streams: Sequence[str]) -> dict[str, str]:
@@ -91,8 +108,7 @@ def unfit_videos(store: Store, videos: Sequence[Video], streams: Sequence[str]) 
     """
     unfit = {}
     for video in videos:
-        problems = [p for s in streams for p in stream_array(store.root, video.key, s, store.streams[s],
-                                                             video.n_frames)[1]]
+        problems = [p for s in streams for p in store.stream_problems(video.id, s, video.n_frames)]
         if problems:
             unfit[video.id] = "; ".join(problems)
             log.warning("skipped video %s: %s", video.id, unfit[video.id])
@@ -108,8 +124,7 @@ def load_cache(store: Store, videos: Sequence[Video], streams: Sequence[str], bu
         log.info("cache: the videos need %.2f GB, more than --cache-ram %.2f GB: reading from the store",
                  need / 2**30, budget / 2**30)
         return None
-    reader = FeatureReader(store.path)
-    cache = {(v.key, s): np.asarray(reader.array(v.key, s)[:]) for v in videos for s in streams}
+    cache = {(v.key, s): store.stream(v.id, s).read() for v in videos for s in streams}
     log.info("cache: %d videos (%.2f GB) held in RAM", len(videos), need / 2**30)
     return cache
 
@@ -150,7 +165,8 @@ def compute_normalization(reader: FeatureReader, videos: Sequence[Video], stream
     for stream in streams:
         total = total_sq = count = 0
         for i in pick:
-            cube = reader.array(videos[i].key, stream)[:].astype(np.float64)  # (T, C, K, K)
+            video = videos[i]
+            cube = reader.frames(video, stream, 0, video.n_frames).astype(np.float64)  # (T, C, K, K)
             total = total + cube.sum((0, 2, 3))
             total_sq = total_sq + np.square(cube).sum((0, 2, 3))
             count += cube.shape[0] * cube.shape[2] * cube.shape[3]
@@ -172,13 +188,13 @@ def targets_for(videos: Sequence[Video], classes: int, multi_label: bool) -> tor
 
 
 class ClipDataset(Dataset):
-    """Training clips: item (video index, start) -> (stream cubes, each (T, C, K, K) float16, target).
+    """What the batches of a run are made of: a reader, the videos, their streams, targets and standardization.
 
-    Batches stay float16 on their way from the workers (half the bytes to copy); :func:`model_inputs`
-    makes them float32 and standardizes them on the training device.
+    Batches stay float16 on their way from the reader (half the bytes to copy); :func:`model_inputs`
+    makes them float32 and standardizes them on the training device. ``clip`` is the run's policy.
     """
 
-    def __init__(self, reader: FeatureReader, videos: Sequence[Video], streams: Sequence[str], clip: Clip,
+    def __init__(self, reader: FeatureReader, videos: Sequence[Video], streams: Sequence[str], clip: Policy,
                  targets: torch.Tensor, normalization: Normalization | None) -> None:
         self.reader, self.videos, self.streams, self.clip = reader, list(videos), tuple(streams), clip
         self.targets, self.normalization = targets, normalization
@@ -187,13 +203,14 @@ class ClipDataset(Dataset):
         return len(self.videos)
 
     def cubes(self, video: Video, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """The streams of ``video`` at ``indices``, each (T, C, K, K) float16 as stored (see :func:`model_inputs`)."""
-        return tuple(torch.from_numpy(self.reader.read(video, s, indices)) for s in self.streams)
+        """The streams of ``video`` at ``indices``, each (len, C, K, K) float16 as stored (see :func:`model_inputs`)."""
+        return tuple(torch.from_numpy(np.ascontiguousarray(self.reader.read(video, s, indices)))
+                     for s in self.streams)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        index, start = item
-        video = self.videos[index]
-        return self.cubes(video, self.clip.indices(video.n_frames, start)), self.targets[index]
+    def __getitem__(self, ranges: tuple[tuple[int, int, int], ...]) -> tuple[list[torch.Tensor], ...]:
+        """One plan group's frames: per stream, per (video index, lo, hi) the frames lo..hi-1, each read once."""
+        return tuple([torch.from_numpy(np.ascontiguousarray(self.reader.frames(self.videos[i], s, lo, hi)))
+                      for i, lo, hi in ranges] for s in self.streams)
 
 
 class VideoDataset(ClipDataset):
@@ -216,29 +233,93 @@ def model_inputs(cubes: Sequence[torch.Tensor], dataset: ClipDataset, device: st
     return [norm.standardize(s, c) for s, c in zip(dataset.streams, moved, strict=True)]
 
 
-class EpochSampler(Sampler):
-    """Yields the (video index, start) items of one epoch's plan; :meth:`set_epoch` before each epoch.
+class GroupSampler(Sampler):
+    """Yields the frame ranges of the current epoch's plan groups (from the resume point) to the reader."""
 
-    ``skip`` leaves out the first items (those a resumed run already trained on in this epoch).
+    def __init__(self, loader: EpochLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, int, int], ...]]:
+        return iter([g.ranges for g, _ in self.loader.remaining()])
+
+    def __len__(self) -> int:
+        return len(self.loader.remaining())
+
+
+class EpochLoader:
+    """Training batches of one epoch at a time, video-major: each video's frames are read once per epoch
+    (one call per video and stream, in a worker when there are workers) and cut into all its clips.
+
+    Iterating yields (cubes, targets): cubes one (B, T, C, K, K) float16 tensor per stream. Call
+    :meth:`set_epoch` before each epoch; ``skip`` leaves out the first clips (those a resumed run
+    already trained on). ``pin`` builds batches in pinned memory, for non-blocking copies to a GPU.
     """
 
-    def __init__(self, videos: Sequence[Video], clip: Clip, seed: int) -> None:
-        self.videos, self.clip, self.seed = list(videos), clip, seed
+    def __init__(self, dataset: ClipDataset, policy: Policy, *, seed: int, batch_size: int, workers: int,
+                 group: int = 8, pin: bool = False) -> None:
+        self.dataset, self.policy, self.seed, self.batch_size = dataset, policy, seed, batch_size
+        self.group, self.pin = group, pin
+        self.n_frames = [v.n_frames for v in dataset.videos]
+        self.items = items_per_epoch(self.n_frames, policy)
         self.epoch, self.skip = 0, 0
+        self.reader = make_loader(dataset, batch_size=None, sampler=GroupSampler(self), workers=workers, prefetch=2)
+
+    @property
+    def batches(self) -> int:
+        """Batches in one whole epoch."""
+        return math.ceil(self.items / self.batch_size)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(epoch_plan(self.videos, self.clip, self.seed, self.epoch)[self.skip :])
+    def remaining(self) -> list[tuple[object, int]]:
+        """(plan group, clips of it to skip) for the groups of this epoch not yet trained on."""
+        left, out = self.skip, []
+        for g in epoch_plan(self.n_frames, self.policy, self.seed, self.epoch, self.group):
+            if left >= len(g.items):
+                left -= len(g.items)
+                continue
+            out.append((g, left))
+            left = 0
+        return out
 
     def __len__(self) -> int:
-        return max(len(self.videos) - self.skip, 0)
+        return max(math.ceil((self.items - self.skip) / self.batch_size), 0)
+
+    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        B, targets, streams = self.batch_size, self.dataset.targets, len(self.dataset.streams)
+        pending: list[tuple[list, int, np.ndarray, int]] = []  # (group frames per stream, video slot, clip, lo)
+        for (group, skip), frames in zip(self.remaining(), self.reader, strict=True):
+            slot = {i: j for j, (i, _, _) in enumerate(group.ranges)}
+            starts = {i: lo for i, lo, _ in group.ranges}
+            for video, clip in zip(group.items[skip:], group.clips[skip:], strict=True):
+                pending.append((frames, slot[int(video)], clip - starts[int(video)], int(video)))
+                if len(pending) == B:
+                    yield self.batch(pending, streams, targets)
+                    pending = []
+        if pending:
+            yield self.batch(pending, streams, targets)
+
+    def batch(self, pending: list, streams: int, targets: torch.Tensor
+              ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Gather the clips of ``pending`` into one (B, T, C, K, K) tensor per stream."""
+        out = []
+        for s in range(streams):
+            first = pending[0][0][s][pending[0][1]]  # (frames, C, K, K)
+            cube = torch.empty((len(pending), len(pending[0][2]), *first.shape[1:]), dtype=first.dtype,
+                               pin_memory=self.pin)  # (B, T, C, K, K)
+            for j, (frames, slot, index, _) in enumerate(pending):
+                source = frames[s][slot]  # (frames, C, K, K)
+                torch.index_select(source, 0, torch.from_numpy(np.minimum(index, len(source) - 1)), out=cube[j])
+            out.append(cube)
+        return tuple(out), targets[[video for *_, video in pending]]
 
 
-def make_loader(dataset: Dataset, *, batch_size: int | None, sampler: Sampler | None, workers: int) -> DataLoader:
+def make_loader(dataset: Dataset, *, batch_size: int | None, sampler: Sampler | None, workers: int,
+                prefetch: int = 4) -> DataLoader:
     """A DataLoader whose workers (if any) are spawned and kept for the whole run."""
-    extra = {"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": 4} if workers else {}
+    extra = ({"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": prefetch}
+             if workers else {})
     # its own generator: creating an iterator must not draw from the global torch RNG (dropout's), or a
     # run resumed inside an epoch would see other dropout masks than the uninterrupted one
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,

@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import io
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +180,7 @@ def save(setup: Setup, run: RunDir, state: dict[str, Any], *which: str) -> None:
 def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
     """Train epochs state["epoch"] .. config.epochs - 1, validating and checkpointing after each."""
     config, model, optimizer = setup.config, setup.model, setup.optimizer
-    B, n_train = config.batch_size, len(setup.selection.train)
-    batches = math.ceil(n_train / B)
+    B, batches = config.batch_size, setup.sampler.batches
     tensorboard = TensorBoard(run, purge_step=state["epoch"] + 1)
     try:
         while state["epoch"] < config.epochs:

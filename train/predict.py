@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from glimpse.store import open_store
-from glimpse.train.clips import Clip, Video
+from glimpse.train.clips import role_videos
 from glimpse.train.data import (
     FeatureReader,
     Normalization,
@@ -29,6 +29,7 @@ from glimpse.train.data import (
 )
 from glimpse.train.models import build_model
 from glimpse.train.run import RunDir
+from glimpse.train.sampling import Policy, Windows
 from torch import nn
 
 
@@ -121,7 +122,7 @@ class LoadedRun:
     model: nn.Module
     name: str
     store: str
-    clip: Clip
+    clip: Policy
     aggregation: str
     normalization: Normalization | None
     multi_label: bool
@@ -140,7 +141,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> L
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     train = config["train"]
-    return LoadedRun(model, ckpt["model"], train["store"], Clip(train["frames"], train["stride"]),
+    sampling = config["data"].get("sampling")  # runs from before clip policies tested on T-frame blocks
+    clip = Policy.from_dict(sampling) if sampling else Windows(train["frames"])
+    return LoadedRun(model, ckpt["model"], train["store"], clip,
                      train["aggregation"], Normalization.from_state(ckpt.get("normalization")),
                      config["data"]["multi_label"], tuple(config["store"]["classes"]),
                      tuple(config["data"]["streams"]), ckpt, train["split"])
@@ -154,11 +157,10 @@ def predict_run(run_dir: str | Path, role: str = "test", which: str = "best", de
     """
     loaded = loaded or load_run(run_dir, which, device)
     s = open_store(store or loaded.store)
-    videos = [Video(e.id, e.key, tuple(e.labels), e.n_frames, e.group) for e in s.videos
-              if e.status == "done" and e.splits.get(loaded.split) == role]
+    videos = role_videos(s, loaded.split, role)
     unfit = unfit_videos(s, videos, loaded.streams)  # each logged there
     videos = [v for v in videos if v.id not in unfit]
-    dataset = VideoDataset(FeatureReader(s.path), videos, loaded.streams, loaded.clip,
+    dataset = VideoDataset(FeatureReader(s.path).open(videos, loaded.streams), videos, loaded.streams, loaded.clip,
                            targets_for(videos, len(loaded.classes), loaded.multi_label), loaded.normalization)
     yield from predict_videos(loaded.model, dataset, aggregation=loaded.aggregation,
                               multi_label=loaded.multi_label, device=device)

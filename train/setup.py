@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 from glimpse.store import Store, open_store
-from glimpse.train.clips import Clip, Selection, select
+from glimpse.train.cache import DiskCache
+from glimpse.train.clips import Selection, select
 from glimpse.train.config import ConfigError, TrainConfig, resolve
 from glimpse.train.data import (
     ClipDataset,
-    EpochSampler,
+    EpochLoader,
     FeatureReader,
     Normalization,
     VideoDataset,
@@ -29,6 +30,7 @@ from glimpse.train.data import (
 )
 from glimpse.train.models import MODELS, build_model
 from glimpse.train.models.base import make_config
+from glimpse.train.sampling import Policy
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -51,7 +53,7 @@ class Setup:
     store: Store
     selection: Selection
     streams: tuple[str, ...]
-    clip: Clip
+    clip: Policy
     multi_label: bool
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -59,8 +61,8 @@ class Setup:
     train_dataset: ClipDataset
     val_dataset: VideoDataset
     test_dataset: VideoDataset
-    sampler: EpochSampler
-    train_loader: DataLoader
+    sampler: EpochLoader
+    train_loader: EpochLoader
     val_loader: DataLoader | None
     notes: list[str]
     unfit: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -78,7 +80,8 @@ class Setup:
                      "skipped_not_done": sel.not_done, "skipped_unfit": sorted(self.unfit),
                      "val_groups": list(sel.val_groups),
                      "padded_videos": sum(self.clip.padded(v.n_frames) for v in sel.train + sel.val + sel.test),
-                     "clip": {"frames": self.clip.frames, "stride": self.clip.stride, "span": self.clip.span}},
+                     "sampling": self.clip.to_dict(), "clips_per_epoch": self.sampler.items,
+                     "batches_per_epoch": self.sampler.batches},
             "notes": self.notes,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
         }
@@ -178,7 +181,7 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
         log.info("%s", note)
     every = selection.train + selection.val + selection.test
     multi_label = any(len(v.labels) > 1 for v in every)
-    clip = Clip(config.frames, config.stride)
+    clip = config.policy()
     device = pick_device(config.device)
 
     torch.manual_seed(config.seed)
@@ -194,7 +197,8 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     optimizer = make_optimizer(config, model)
 
     cache = load_cache(store, every, streams, config.cache_ram)
-    reader = FeatureReader(store.path, cache)
+    disk = DiskCache.build(store, every, streams, config.cache_dir) if config.cache_dir and cache is None else None
+    reader = FeatureReader(store.path, cache, disk).open(every, streams)
     if normalization_state is not None:
         normalization = Normalization.from_state(normalization_state)
     elif config.normalize:
@@ -202,7 +206,7 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     else:
         normalization = None
     classes = len(store.classes)
-    workers = 0 if cache is not None else config.workers  # cached clips are a memory copy away: no workers
+    workers = config.workers if cache is None and disk is None else 0  # cached clips are a memory copy away
 
     def dataset(kind, videos):
         return kind(reader, videos, streams, clip, targets_for(videos, classes, multi_label), normalization)
@@ -210,9 +214,9 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     train_dataset = dataset(ClipDataset, selection.train)
     val_dataset = dataset(VideoDataset, selection.val)
     test_dataset = dataset(VideoDataset, selection.test)
-    sampler = EpochSampler(selection.train, clip, config.seed)
-    train_loader = make_loader(train_dataset, batch_size=config.batch_size, sampler=sampler, workers=workers)
+    sampler = EpochLoader(train_dataset, clip, seed=config.seed, batch_size=config.batch_size, workers=workers,
+                          group=config.shuffle_videos, pin=device == "cuda")
     val_loader = (make_loader(val_dataset, batch_size=None, sampler=None, workers=min(workers, len(selection.val)))
                   if selection.val else None)
     return Setup(config, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
-                 val_dataset, test_dataset, sampler, train_loader, val_loader, notes, unfit)
+                 val_dataset, test_dataset, sampler, sampler, val_loader, notes, unfit)

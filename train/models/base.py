@@ -37,7 +37,8 @@ class ModelSpec:
     temporal skip k of the hierarchical models (every k-th first-layer output feeds the second layer).
     ``aggregation`` says how clip scores become a video score ("mean" over time and clips, "vote" over
     segments). ``logits`` is "step" for (B, T, classes) or "clip" for (B, 1, classes); ``attention``
-    says whether the model returns attention maps.
+    says whether the model returns attention maps. ``sampling`` names its paper's clip policy
+    (train/sampling.py: windows, segments, random, spread).
     """
 
     name: str
@@ -53,6 +54,7 @@ class ModelSpec:
     lr: float = 1e-4
     logits: str = "step"
     attention: bool = False
+    sampling: str = "windows"
 
     def __post_init__(self) -> None:
         if not (dataclasses.is_dataclass(self.config) and issubclass(self.config, ModelConfig)):
@@ -77,7 +79,8 @@ class ModelSpec:
             f"  paper:     {self.paper}",
             f"  equations: {self.equations}",
             f"  inputs:    streams={','.join(self.streams)} frames={self.frames} skip={self.skip} -> {outputs}",
-            f"  training:  optimizer={self.optimizer} lr={self.lr:g} aggregation={self.aggregation}",
+            f"  training:  optimizer={self.optimizer} lr={self.lr:g} aggregation={self.aggregation} "
+            f"sampling={self.sampling}",
             f"  defaults:  {defaults}",
         ])
 

@@ -52,4 +52,4 @@ CHAM_SPEC = ModelSpec(
     "cham", CHAM, CHAMConfig, CHAM_PAPER,
     "layer 1: Conv-Attention LSTM on every frame (Eq. 7-8); layer 2: ConvLSTM on every k-th layer-1 output; "
     "y = softmax(mean_t W [H1_t; H2_t]) with dropout 0.5 before W; cross-entropy per clip",
-    skip=2, logits="clip", attention=True)
+    skip=2, logits="clip", attention=True, sampling="random")

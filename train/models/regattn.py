@@ -77,4 +77,4 @@ REGATTN = ModelSpec(
     "two-level LSTM (Eq. 2-6); a_1 = 1/K^2, a_t = softmax(W h2_{t-1}) (Eq. 8); x_t = X_t a_t (Eq. 9); "
     "y_t = softmax(tanh(B h2_t)) (Eq. 7); loss = sum_t CE + gamma ||theta||^2 + lam sum_t sum_r ||a_t[S_r]||_2 "
     "over N x N blocks of side floor(K/N) (Eq. 10-11), or overlapping blocks with a stride (Table 4)",
-    aggregation="vote", attention=True)
+    aggregation="vote", attention=True, sampling="segments")

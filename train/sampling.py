@@ -1,0 +1,219 @@
+"""Which frames a run trains and tests on: one small, explicit clip policy per model, and epoch plans.
+
+A policy says which T-frame clips of a video one training epoch uses and which clips cover the video
+at test time (their scores are aggregated into one video score):
+
+=============  ==========================================================  ===============================
+policy         training epoch                                              test
+=============  ==========================================================  ===============================
+``windows``    every T-frame window, starts ``stride`` (s) apart (Sharma)  consecutive T-frame blocks
+``segments``   T consecutive frames, starts ``stride`` (d) apart (Quan)    the same segments (vote)
+``random``     ``clips_per_video`` random T-frame windows (CHAM, sparse)   consecutive T-frame blocks
+``spread``     T frames equally spaced over the video, random phase (HAN)  T frames equally spaced
+=============  ==========================================================  ===============================
+
+``clips_per_video`` caps the dense policies too (a seeded random subset of the windows each epoch).
+A video shorter than T frames gives one clip padded by repeating its last frame.
+
+An epoch plan is video-major: videos are visited in a seeded random order, ``group`` at a time, and
+the clips of a group's videos are shuffled together (the shuffle buffer). Each video's frames are
+read once per epoch and cut into its clips. The plan depends only on (seed, epoch), so a run
+resumed inside an epoch sees exactly the clips an uninterrupted one saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Policy:
+    """T = ``frames`` per clip; ``stride`` the spacing of clip starts; ``clips_per_video`` a cap (0: all)."""
+
+    frames: int
+    stride: int = 1
+    clips_per_video: int = 0
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.stride < 1 or self.clips_per_video < 0:
+            raise ValueError(f"{self.name}: frames and stride must be >= 1 and clips_per_video >= 0, got {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON fields, with the policy's name (what config.json records under data.sampling)."""
+        return {"name": self.name, **asdict(self)}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Policy:
+        """The inverse of :meth:`to_dict`."""
+        fields = dict(data)
+        name = fields.pop("name")
+        if name not in POLICIES:
+            raise ValueError(f"unknown clip policy {name!r}; policies: {', '.join(POLICIES)}")
+        return POLICIES[name](**fields)
+
+    @property
+    def span(self) -> int:
+        """Stored frames one clip covers, first to last (the whole video for ``spread``)."""
+        return self.frames
+
+    def padded(self, n_frames: int) -> bool:
+        """Whether a video of ``n_frames`` frames is shorter than one clip."""
+        return n_frames < self.span
+
+    def window(self, n_frames: int, start: int) -> np.ndarray:
+        """(T,) indices of the T consecutive frames from ``start``; past the end repeats the last frame."""
+        return np.minimum(start + np.arange(self.frames), n_frames - 1)
+
+    def starts(self, n_frames: int) -> np.ndarray:
+        """Every start ``stride`` apart whose window fits (just 0 for a video shorter than T)."""
+        return np.arange(0, max(n_frames - self.frames, 0) + 1, self.stride)
+
+    def dense(self, n_frames: int) -> np.ndarray:
+        """(windows, T) every window of :meth:`starts`."""
+        return np.stack([self.window(n_frames, int(s)) for s in self.starts(n_frames)])
+
+    def blocks(self, n_frames: int) -> np.ndarray:
+        """(blocks, T) consecutive T-frame blocks covering every frame, the last one ending at the video's end."""
+        starts = list(range(0, max(n_frames - self.frames, 0) + 1, self.frames))
+        if starts[-1] + self.frames < n_frames:
+            starts.append(n_frames - self.frames)
+        return np.stack([self.window(n_frames, s) for s in starts])
+
+    def candidates(self, n_frames: int) -> int:
+        """How many clips one epoch of a video of ``n_frames`` frames offers before the cap."""
+        return len(self.starts(n_frames))
+
+    def count(self, n_frames: int) -> int:
+        """Clips of one video in one training epoch."""
+        n = self.candidates(n_frames)
+        return min(n, self.clips_per_video) if self.clips_per_video else n
+
+    def train(self, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """(clips, T) the training clips of one video in one epoch, drawn from ``rng``."""
+        clips = self.dense(n_frames)
+        if self.clips_per_video and self.clips_per_video < len(clips):
+            clips = clips[np.sort(rng.choice(len(clips), self.clips_per_video, replace=False))]
+        return clips
+
+    def cover(self, n_frames: int) -> np.ndarray:
+        """(clips, T) the clips a video is tested on (scores aggregated into the video's)."""
+        return self.blocks(n_frames)
+
+
+@dataclass(frozen=True)
+class Windows(Policy):
+    """Sharma et al.: every T-frame window at training stride s; at test 30-step blocks, averaged."""
+
+    name: ClassVar[str] = "windows"
+
+
+@dataclass(frozen=True)
+class Segments(Policy):
+    """Quan et al. (Sec. 3.4, Eq. 13-15): segments of T consecutive frames, starts d = ``stride`` apart,
+    in training and at test, where the video takes the majority vote of all its segments."""
+
+    stride: int = 2
+    name: ClassVar[str] = "segments"
+
+    def cover(self, n_frames: int) -> np.ndarray:
+        return self.dense(n_frames)
+
+
+@dataclass(frozen=True)
+class RandomWindows(Policy):
+    """Random T-frame windows, ``clips_per_video`` per video per epoch (Yan et al.'s CHAM counts
+    iterations, ``--steps``; one per video is the sparse epoch); at test consecutive blocks."""
+
+    clips_per_video: int = 1
+    name: ClassVar[str] = "random"
+
+    def candidates(self, n_frames: int) -> int:
+        return max(self.clips_per_video, 1)
+
+    def count(self, n_frames: int) -> int:
+        return self.candidates(n_frames)
+
+    def train(self, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+        starts = rng.integers(0, max(n_frames - self.frames, 0) + 1, size=self.count(n_frames))
+        return np.stack([self.window(n_frames, int(s)) for s in starts])
+
+
+@dataclass(frozen=True)
+class Spread(Policy):
+    """Wang et al.'s HAN: T frames equally spaced over the whole video; in training at a random phase."""
+
+    name: ClassVar[str] = "spread"
+
+    @property
+    def span(self) -> int:
+        return 1
+
+    def spaced(self, n_frames: int, phase: float) -> np.ndarray:
+        """(T,) frames floor((i + phase) * n / T), phase in [0, 1)."""
+        return np.minimum(((np.arange(self.frames) + phase) * n_frames / self.frames).astype(int), n_frames - 1)
+
+    def candidates(self, n_frames: int) -> int:
+        return max(self.clips_per_video, 1)
+
+    def count(self, n_frames: int) -> int:
+        return self.candidates(n_frames)
+
+    def train(self, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+        return np.stack([self.spaced(n_frames, float(p)) for p in rng.random(self.count(n_frames))])
+
+    def cover(self, n_frames: int) -> np.ndarray:
+        return self.spaced(n_frames, 0.5)[None]
+
+
+#: policy name -> class (what --sampling takes and a ModelSpec's ``sampling`` names)
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Windows, Segments, RandomWindows, Spread)}
+
+
+def make_policy(name: str, frames: int, stride: int | None = None, clips_per_video: int | None = None) -> Policy:
+    """Policy ``name`` with T = ``frames``; None leaves a field at the policy's default."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown clip policy {name!r}; policies: {', '.join(POLICIES)}")
+    given = {"stride": stride, "clips_per_video": clips_per_video}
+    return POLICIES[name](frames, **{k: v for k, v in given.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Group:
+    """One shuffle buffer of a plan: its videos, the frame range read from each, and its clips in order.
+
+    ``ranges`` are (video index, first frame, end frame) per video; ``items`` (clips,) video indices
+    and ``clips`` (clips, T) stored frame indices, in the order training sees them.
+    """
+
+    ranges: tuple[tuple[int, int, int], ...]
+    items: np.ndarray
+    clips: np.ndarray
+
+
+def epoch_plan(n_frames: Sequence[int], policy: Policy, seed: int, epoch: int, group: int = 8) -> list[Group]:
+    """One training epoch over videos of ``n_frames`` frames, video-major (see the module docstring).
+
+    Depends only on (seed, epoch): a resumed run sees exactly the clips an uninterrupted one saw.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(n_frames))
+    clips = {int(i): policy.train(int(n_frames[i]), rng) for i in order}
+    plan = []
+    for lo in range(0, len(order), max(group, 1)):
+        members = [int(i) for i in order[lo : lo + max(group, 1)]]
+        items = np.concatenate([np.full(len(clips[i]), i) for i in members])
+        frames = np.concatenate([clips[i] for i in members])  # (clips, T)
+        shuffle = rng.permutation(len(items))
+        ranges = tuple((i, int(clips[i].min()), int(clips[i].max()) + 1) for i in members)
+        plan.append(Group(ranges, items[shuffle], frames[shuffle]))
+    return plan
+
+
+def items_per_epoch(n_frames: Sequence[int], policy: Policy) -> int:
+    """Training clips in one epoch (the same every epoch)."""
+    return sum(policy.count(int(n)) for n in n_frames)
