@@ -1,0 +1,204 @@
+"""Clip policies, video-major epochs, the store's direct read path and --cache-dir, on stores written here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from glimpse.store import VideoRecord, create_store, open_store
+from glimpse.store.layout import video_key
+from glimpse.train.cache import DiskCache
+from glimpse.train.clips import Video, role_videos
+from glimpse.train.config import TrainConfig, resolve
+from glimpse.train.data import ClipDataset, EpochLoader, FeatureReader, targets_for
+from glimpse.train.loop import train_model
+from glimpse.train.predict import predict_run
+from glimpse.train.run import TIMING_COLUMNS, RunDir
+from glimpse.train.sampling import POLICIES, Policy, RandomWindows, Segments, Spread, Windows, epoch_plan
+
+LENGTHS = (5, 9, 12, 17)  # frames of the videos of each class, in order
+FAST = {"batch_size": 3, "workers": 0, "progress": False, "lr": 1e-3, "val_fraction": 0}
+
+
+def lengths_store(path: Path, frame_shape=(4, 2, 2)) -> Path:
+    """Two classes, each with one video of every length in LENGTHS (the first two of a class are test).
+
+    Frame t of a video holds the value t + 100 * video number everywhere (exact in float16), so a batch says which
+    frames it was cut from.
+    """
+    records = [VideoRecord(id=f"{c}/v{i}", path=f"/v/{c}{i}.avi", labels=(k,),
+                           splits={"1": "test" if i < 2 else "train"}, group=f"{c}/g{i}")
+               for k, c in enumerate("ab") for i in range(len(LENGTHS))]
+    writer = create_store(path, dataset="lengths", classes=("a", "b"), records=records, config={"lengths": 1},
+                          streams={"rgb": {"frame_shape": list(frame_shape)}})
+    for n, r in enumerate(records):
+        frames = LENGTHS[n % len(LENGTHS)]
+        cube = np.broadcast_to((np.arange(frames) + 100 * n)[:, None, None, None],
+                               (frames, *frame_shape)).astype(np.float32)  # (T, C, K, K)
+        writer.write_video(video_key(r.id), {"rgb": cube}, {"n_frames": frames, "frame_indices": list(range(frames))})
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return lengths_store(tmp_path_factory.mktemp("lengths") / "store")
+
+
+def test_each_policy_cuts_the_clips_its_paper_describes():
+    windows = Windows(4, stride=3)
+    assert windows.dense(11).tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]  # starts s apart, all fit
+    assert windows.cover(11).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [7, 8, 9, 10]]  # blocks, the last at the end
+    assert Windows(4).dense(3).tolist() == [[0, 1, 2, 2]]  # a short video: one clip, padded
+    segments = Segments(3, stride=2)  # Quan: T consecutive frames, starts d apart, train and test alike
+    assert segments.cover(8).tolist() == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
+    assert (segments.train(8, np.random.default_rng(0)) == segments.cover(8)).all()
+    assert all((np.diff(c) == 1).all() for c in segments.cover(40))  # never every 2nd frame inside a segment
+    rng = np.random.default_rng(0)
+    random = RandomWindows(3, clips_per_video=5).train(10, rng)  # (5, 3)
+    assert random.shape == (5, 3) and (np.diff(random, axis=1) == 1).all() and random.max() <= 9
+    spread = Spread(4)
+    assert spread.cover(20).tolist() == [[2, 7, 12, 17]]  # equally spaced over the whole video
+    assert (np.diff(spread.train(20, rng)[0]) == 5).all()
+    capped = Windows(2, clips_per_video=2).train(10, rng)  # a random subset of the dense windows
+    assert capped.shape == (2, 2) and (np.diff(capped, axis=1) == 1).all()
+    for policy in (windows, segments, RandomWindows(3, clips_per_video=2), spread):
+        assert Policy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
+    assert set(POLICIES) == {"windows", "segments", "random", "spread"}
+
+
+def test_an_epoch_plan_is_video_major_seeded_and_resumable():
+    lengths = [7, 30, 12, 9, 41, 5, 18]
+    policy = Windows(5)
+    plan = epoch_plan(lengths, policy, seed=1, epoch=2, group=3)
+    seen = [i for g in plan for i, _, _ in g.ranges]
+    assert sorted(seen) == list(range(len(lengths)))  # each video read once: one range per video per epoch
+    items = np.concatenate([g.items for g in plan])
+    assert len(items) == sum(policy.count(n) for n in lengths)
+    for g in plan:  # every clip of a group lies inside the range read for its video
+        lo = {i: (a, b) for i, a, b in g.ranges}
+        assert all(lo[int(v)][0] <= c.min() and c.max() < lo[int(v)][1] for v, c in zip(g.items, g.clips, strict=True))
+        if len(g.ranges) > 1:  # the clips of a group's videos are shuffled together, not one video after another
+            assert (np.diff(g.items) != 0).sum() > len(g.ranges) - 1
+    again = epoch_plan(lengths, policy, seed=1, epoch=2, group=3)
+    assert all((a.clips == b.clips).all() and (a.items == b.items).all() for a, b in zip(plan, again, strict=True))
+    other = epoch_plan(lengths, policy, seed=1, epoch=3, group=3)
+    assert not np.array_equal(np.concatenate([g.items for g in other]), items)
+
+
+def test_the_loader_cuts_each_clip_from_the_frames_it_names_and_resumes_mid_epoch(store):
+    s = open_store(store)
+    videos = role_videos(s, "1", "train")
+    reader = FeatureReader(str(store)).open(videos, ["rgb"])
+    dataset = ClipDataset(reader, videos, ["rgb"], Windows(4), targets_for(videos, 2, False), None)
+    loader = EpochLoader(dataset, Windows(4), seed=0, batch_size=3, workers=0, group=2)
+    loader.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == loader.batches == -(-loader.items // 3)
+    assert loader.items == sum(Windows(4).count(v.n_frames) for v in videos)
+    clips = torch.cat([b[0][0] for b in batches])  # (items, T, C, K, K)
+    steps = clips[:, :, 0, 0, 0].double()  # (items, T): frame + 100 * video number
+    assert (torch.diff(steps, dim=1) == 1).all()  # T consecutive frames of one video
+    numbers = {v.id: 100 * [r["id"] for r in s.manifest].index(v.id) for v in videos}
+    labels = torch.cat([b[1] for b in batches])
+    by_number = {n: v for v, n in numbers.items()}
+    for row, label in zip(steps, labels, strict=True):
+        video = next(v for v in videos if v.id == by_number[int(row[0]) // 100 * 100])
+        assert label == video.label and row[-1] - numbers[video.id] < video.n_frames
+    loader.set_epoch(1, skip=4)  # a run resumed after 4 clips of this epoch sees the same rest
+    assert torch.equal(torch.cat([b[0][0] for b in loader]), clips[4:])
+
+
+def test_regattn_votes_over_every_segment_of_every_test_video(store, tmp_path):
+    result = train_model(store, "regattn", tmp_path / "run", epochs=1, frames=4, stride=3,
+                         model_args={"hidden": 8, "blocks": 1}, **FAST)
+    assert 0 <= result.test_accuracy <= 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["sampling"] == {"name": "segments", "frames": 4, "stride": 3, "clips_per_video": 0}
+    # training: floor((n - T) / d) + 1 segments of every training video per epoch
+    assert config["data"]["clips_per_epoch"] == 2 * sum((n - 4) // 3 + 1 for n in LENGTHS[2:])
+    predictions = {p.id: p for p in predict_run(tmp_path / "run")}
+    for video in role_videos(open_store(store), "1", "test"):
+        assert predictions[video.id].clip_logits.shape[0] == (video.n_frames - 4) // 3 + 1  # every segment votes
+
+
+def test_steps_set_the_epochs_of_an_iteration_budget():
+    config, notes = resolve(TrainConfig(store="s", model="cham", out="o", steps=10, batch_size=4,
+                                        clips_per_video=2), [60, 70, 80])
+    assert config.sampling == "random" and config.policy() == RandomWindows(60, 1, 2)
+    assert config.epochs == 5 and "--steps 10" in notes[0]  # 6 clips per epoch, 2 batches of 4
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc", "none"])
+def test_the_direct_read_path_returns_what_zarr_returns(codec, tmp_path):
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    compressors = {"zstd": ZstdCodec(level=3), "blosc": BloscCodec(cname="lz4", shuffle="shuffle"), "none": None}
+    path = lengths_store(tmp_path / "store")
+    s = open_store(path)
+    video = s.videos[3]
+    where = path / "videos" / video.key / "rgb"
+    data = np.random.default_rng(0).standard_normal((video.n_frames, 4, 2, 2)).astype(np.float16)
+    zarr.create_array(str(where), data=data, chunks=(5, 4, 2, 2), compressors=compressors[codec], overwrite=True)
+    stream = s.stream(video.id, "rgb")
+    assert stream.direct
+    for lo, hi in [(0, 17), (3, 4), (4, 11), (15, 17), (10, 99), (5, 5)]:
+        np.testing.assert_array_equal(stream.read(lo, hi), data[lo:hi])
+    (where / "c" / "1" / "0" / "0" / "0").unlink()  # a chunk never written reads as the fill value
+    np.testing.assert_array_equal(stream.read(4, 11), zarr.open_array(str(where), mode="r")[4:11])
+
+
+def test_a_changed_store_gets_a_new_cache_file(tmp_path):
+    path = lengths_store(tmp_path / "store")
+    s = open_store(path)
+    videos = role_videos(s, "1", "train")
+    first = DiskCache.build(s, videos, ["rgb"], tmp_path / "cache")
+    np.testing.assert_array_equal(first.frames(videos[0].key, "rgb"), s.read(videos[0].id, "rgb"))
+    assert DiskCache.build(s, videos, ["rgb"], tmp_path / "cache").path == first.path  # found, not rewritten
+    changed = np.full((videos[0].n_frames, 4, 2, 2), 7.0, np.float32)
+    create_store(path, dataset="lengths", classes=("a", "b"), records=[], config={"lengths": 1}, streams={})
+    from glimpse.store import StoreWriter
+
+    StoreWriter(path).write_video(videos[0].key, {"rgb": changed}, {"n_frames": videos[0].n_frames})
+    s = open_store(path)
+    second = DiskCache.build(s, videos, ["rgb"], tmp_path / "cache")
+    assert second.path != first.path
+    np.testing.assert_array_equal(second.frames(videos[0].key, "rgb"), changed.astype(np.float16))
+
+
+def run_cli(store: Path, out: Path, cache: Path | None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "glimpse.train", "--store", str(store), "--model", "avgpool_lstm", "--out",
+            str(out), "--epochs", "2", "--batch-size", "3", "--workers", "0", "--quiet", "--val-fraction", "0",
+            "--set", "hidden=8", "--frames", "4", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(args + (["--cache-dir", str(cache)] if cache else []), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_a_cache_dir_at_once_end_like_one_alone_without_it(store, tmp_path):
+    alone = run_cli(store, tmp_path / "alone", None)
+    assert alone.wait(300) == 0, alone.stdout.read()
+    both = [run_cli(store, tmp_path / f"run{i}", tmp_path / "cache") for i in range(2)]
+    for p in both:
+        assert p.wait(300) == 0, p.stdout.read()
+    assert len(list((tmp_path / "cache").glob("*.f16"))) == 1 and not list((tmp_path / "cache").glob(".*"))
+    expected = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in RunDir(tmp_path / "alone").metrics()]
+    for i in range(2):
+        rows = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in RunDir(tmp_path / f"run{i}").metrics()]
+        assert rows == expected
+        assert json.loads((tmp_path / f"run{i}" / "result.json").read_text())["test"] == \
+            json.loads((tmp_path / "alone" / "result.json").read_text())["test"]
+
+
+def test_video_from_entry_is_the_one_training_and_prediction_use(store):
+    s = open_store(store)
+    test = role_videos(s, "1", "test")
+    assert [v.id for v in test] == ["a/v0", "a/v1", "b/v0", "b/v1"] and all(isinstance(v, Video) for v in test)
+    assert [v.n_frames for v in test] == [5, 9, 5, 9]
