@@ -310,7 +310,11 @@ class EpochLoader:
                                pin_memory=self.pin)  # (B, T, C, K, K)
             for j, (frames, slot, index, _) in enumerate(pending):
                 source = frames[s][slot]  # (frames, C, K, K)
-                torch.index_select(source, 0, torch.from_numpy(np.minimum(index, len(source) - 1)), out=cube[j])
+                lo, hi = int(index[0]), int(index[-1]) + 1
+                if hi <= len(source) and hi - lo == len(index) and (np.diff(index) == 1).all():
+                    cube[j].copy_(source[lo:hi])  # T consecutive frames: one memory copy
+                else:
+                    torch.index_select(source, 0, torch.from_numpy(np.minimum(index, len(source) - 1)), out=cube[j])
             out.append(cube)
         return tuple(out), targets[[video for *_, video in pending]]
 
