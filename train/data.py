@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -262,6 +263,7 @@ class EpochLoader:
         self.n_frames = [v.n_frames for v in dataset.videos]
         self.items = items_per_epoch(self.n_frames, policy)
         self.epoch, self.skip = 0, 0
+        self._ring: dict[tuple, list[torch.Tensor]] = {}
         self.reader = make_loader(dataset, batch_size=None, sampler=GroupSampler(self), workers=workers, prefetch=2)
 
     @property
@@ -288,7 +290,7 @@ class EpochLoader:
 
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         B, targets, streams = self.batch_size, self.dataset.targets, len(self.dataset.streams)
-        pending: list[tuple[list, int, np.ndarray, int]] = []  # (group frames per stream, video slot, clip, lo)
+        pending: list[tuple[list, int, np.ndarray, int]] = []  # (group frames, video slot, clip in its range, video)
         for (group, skip), frames in zip(self.remaining(), self.reader, strict=True):
             slot = {i: j for j, (i, _, _) in enumerate(group.ranges)}
             starts = {i: lo for i, lo, _ in group.ranges}
@@ -306,17 +308,32 @@ class EpochLoader:
         out = []
         for s in range(streams):
             first = pending[0][0][s][pending[0][1]]  # (frames, C, K, K)
-            cube = torch.empty((len(pending), len(pending[0][2]), *first.shape[1:]), dtype=first.dtype,
-                               pin_memory=self.pin)  # (B, T, C, K, K)
+            cube = self.buffer(s, (len(pending), len(pending[0][2]), *first.shape[1:]), first.dtype)  # (B, T, C, K, K)
+            target = cube.numpy()  # numpy copies float16 ~10x faster than Tensor.copy_ on CPU
             for j, (frames, slot, index, _) in enumerate(pending):
-                source = frames[s][slot]  # (frames, C, K, K)
+                source = frames[s][slot].numpy()  # (frames, C, K, K)
                 lo, hi = int(index[0]), int(index[-1]) + 1
                 if hi <= len(source) and hi - lo == len(index) and (np.diff(index) == 1).all():
-                    cube[j].copy_(source[lo:hi])  # T consecutive frames: one memory copy
+                    np.copyto(target[j], source[lo:hi])  # T consecutive frames: one memory copy
                 else:
-                    torch.index_select(source, 0, torch.from_numpy(np.minimum(index, len(source) - 1)), out=cube[j])
+                    np.take(source, np.minimum(index, len(source) - 1), axis=0, out=target[j])
             out.append(cube)
         return tuple(out), targets[[video for *_, video in pending]]
+
+
+    def buffer(self, stream: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An empty batch tensor: pinned (torch caches those), or on the CPU one of two reused buffers that
+        nobody holds any more (a fresh 50 MB tensor costs more in page faults than filling it)."""
+        if self.pin:
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        ring = self._ring.setdefault((stream, shape, dtype), [])
+        for tensor in ring:
+            if sys.getrefcount(tensor) <= 3:  # the ring, this loop and getrefcount's argument: free again
+                return tensor
+        tensor = torch.empty(shape, dtype=dtype)
+        if len(ring) < 2:
+            ring.append(tensor)
+        return tensor
 
 
 def make_loader(dataset: Dataset, *, batch_size: int | None, sampler: Sampler | None, workers: int,
