@@ -12,6 +12,7 @@ time is the best of a few rounds taken in turn, because the machines these run o
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import tempfile
 import time
@@ -32,7 +33,7 @@ from glimpse.train.sampling import RandomWindows, Windows
 from zarr.codecs import BloscCodec, ZstdCodec
 
 FULL = {"videos": 24, "frames": 90, "channels": 1024, "size": 7, "clip": 30, "batch": 16, "clips": 64,
-        "workers": 2, "rounds": 3, "hidden": 512, "codec_videos": 6}
+        "workers": 2, "rounds": 3, "hidden": 128, "codec_videos": 6}
 QUICK = {"videos": 8, "frames": 12, "channels": 16, "size": 4, "clip": 6, "batch": 4, "clips": 8,
          "workers": 1, "rounds": 1, "hidden": 8, "codec_videos": 2}
 CLASSES = ("a", "b", "c", "d")
@@ -144,7 +145,8 @@ def run(quick: bool = False) -> str:
         for k, fn in random.items():
             random_ms[k] = 1e3 * best(shape["rounds"], fn) / len(picks)
         store_bpv = on_disk(store_path / "videos") / sum(v.n_frames * np.prod(frame) for v in store.videos)
-        h5_bpv = h5_path.stat().st_size / (sum(v.n_frames for v in videos) * np.prod(frame))
+        exported = sum(int(np.sum(h5[f"{role}/framenum"][:])) for role in ("train", "test") if role in h5)
+        h5_bpv = h5_path.stat().st_size / (exported * np.prod(frame))
 
         # a dense epoch: every T-frame window at stride 1, batches of B
         dense = Windows(T)
@@ -246,7 +248,7 @@ def report(shape, n_videos, codecs, random_ms, store_bpv, h5_bpv, dense_s, n_win
         f"{n_videos} training videos of {shape['frames']} frames of {dims} float16 (ReLU-like, half zeros), clips of "
         f"{shape['clip']} frames, batches of {shape['batch']}; raw float16 reads (standardization happens on the "
         f"training device); best of {shape['rounds']} rounds. No GPU was lent: these are CPU numbers, on a machine "
-        "shared with other jobs.",
+        f"shared with other jobs (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end).",
         "",
         "**Codec and chunk candidates** (each video read whole, and random clips, through the store's direct read "
         "path):",

@@ -43,7 +43,7 @@ def frame_size(entry: Any) -> tuple[int, int]:
 def frame_attention(attention: np.ndarray, clip: Any, n_frames: int) -> np.ndarray:
     """Per stored frame attention (n_frames, K, K) from a video's clip maps (clips, T, K, K).
 
-    The clips are those ``clip.cover(n_frames)`` (``train.clips.Clip``) gave evaluation. A frame seen
+    The clips are those ``clip.cover(n_frames)`` (``train.sampling.Policy``) gave evaluation. A frame seen
     by several clip steps (overlapping last clip, padding, several stride offsets) gets the mean of
     their maps, which still sums to one.
     """
@@ -126,7 +126,7 @@ def localization_scores(predictions: Iterable[Any], entries: Mapping[str, Any] |
 
     ``predictions``: ``train.predict.VideoPrediction`` s (``id``, ``attention`` (clips, T, K, K));
     ``entries``: the store's ``VideoEntry`` s (a list, or a dict by id) with ``boxes``, ``n_frames``
-    and ``source``; ``clip``: the run's ``train.clips.Clip``. Returns {"videos": with boxes,
+    and ``source``; ``clip``: the run's ``train.sampling.Policy``. Returns {"videos": with boxes,
     "frames": boxed frames, "videos_without_boxes", "mass", "hit_rate", "uniform_mass",
     "uniform_hit_rate" (means over videos), "per_video": [{"id", ...}]}; the means are None when no
     video has a box.
