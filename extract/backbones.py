@@ -32,6 +32,8 @@ from torchvision.models import get_model, get_model_weights
 from torchvision.models._api import WeightsEnum
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from glimpse.errors import GlimpseError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -82,7 +84,7 @@ HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
 CALIBRATION_FRAMES = 64
 
 
-class WeightsNotAvailable(RuntimeError):
+class WeightsNotAvailable(GlimpseError, RuntimeError):
     """Pretrained weights are not in torch's hub cache and this tool never downloads them."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from glimpse.errors import Command
+
 log = logging.getLogger("extract")
 
 #: Frames of the first video that random-init batch norm is calibrated on (see extract.backbones).
@@ -80,7 +82,7 @@ class Progress:
             self.bar.close()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--dataset", required=True, help="Dataset adapter name (see extract.datasets.DATASETS).")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's root folder.")
 @click.option("--out", type=click.Path(), help="The store to write (created, or resumed).")

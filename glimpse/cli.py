@@ -9,6 +9,8 @@ import importlib
 
 import click
 
+from glimpse.errors import Group
+
 #: sub-command name -> "module:attribute" of its click command
 COMMANDS = {
     "synth": "glimpse.extract.synth:main",
@@ -20,7 +22,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A click group whose sub-commands are imported only when invoked."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -18,7 +18,13 @@ from glimpse.store.layout import VIDEOS_GROUP
 from glimpse.store.reader import Store, StoreError, open_store
 from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
 
-#: Status of a video whose own metadata (videos/<key>/zarr.json) cannot be read.
+#: The environment variable every command that finds stores by dataset reads (default: stores/).
+STORE_ROOT_ENV = "STORE_ROOT"
+
+
+def default_root() -> str:
+    """Where commands look for stores when no root is given: $STORE_ROOT, else stores/."""
+    return os.environ.get(STORE_ROOT_ENV) or "stores/"
 
 
 def find_stores(root: str | Path) -> list[Path]:

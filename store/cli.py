@@ -14,14 +14,14 @@ Nothing here imports torch; h5py and tqdm are imported only by the commands that
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
-from glimpse.store.reader import StoreError
+
+from glimpse.errors import Group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The store stage: list, describe, verify, export, import, clean and repair feature stores."""
 
@@ -31,13 +31,10 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
 def ls(root: str | None, as_json: bool) -> None:
     """List every store under ROOT (default: $STORE_ROOT, else stores/)."""
-    from glimpse.store.catalog import format_listing, list_stores
+    from glimpse.store.catalog import default_root, format_listing, list_stores
 
-    root = root or os.environ.get("STORE_ROOT") or "stores/"
-    try:
-        rows = list_stores(root)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    root = root or default_root()
+    rows = list_stores(root)
     click.echo(json.dumps(rows, indent=2) if as_json else format_listing(rows, root))
 
 
@@ -48,10 +45,7 @@ def info(path: str, as_json: bool) -> None:
     """Print the full provenance of the store at PATH: config, versions, weights, streams, counts, failures."""
     from glimpse.store.catalog import format_info, store_info
 
-    try:
-        described = store_info(path)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    described = store_info(path)
     click.echo(json.dumps(described, indent=2) if as_json else format_info(described))
 
 
@@ -64,10 +58,7 @@ def verify(path: str) -> None:
     """
     from glimpse.store.verify import run_verify
 
-    try:
-        result = run_verify(path, progress=True)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = run_verify(path, progress=True)
     click.echo(result.report(), err=not result.ok)
     if not result.ok:
         sys.exit(1)
@@ -85,10 +76,7 @@ def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype:
     """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it."""
     from glimpse.store.hdf5 import export_hdf5
 
-    try:
-        summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
     roles = ", ".join(f"{role} {r['videos']} videos / {r['frames']} frames" for role, r in summary["roles"].items())
     click.echo(f"{out}: split {summary['split']}, {roles}; {len(summary['left_out'])} videos not done left out")
 
@@ -103,10 +91,7 @@ def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite:
     """Build a new store at OUT from an HDF5 file written by 'export' (and its side text files)."""
     from glimpse.store.hdf5 import import_hdf5
 
-    try:
-        counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
     click.echo(f"{out}: imported " + ", ".join(f"{role} {n} videos" for role, n in counts.items()))
 
 
@@ -119,10 +104,7 @@ def gc(path: str) -> None:
     """
     from glimpse.store.maintenance import collect_garbage
 
-    try:
-        click.echo(collect_garbage(path).report())
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    click.echo(collect_garbage(path).report())
 
 
 @main.command("repair")
@@ -137,12 +119,9 @@ def repair(path: str, root: str | None, weights: str | None, dry_run: bool) -> N
     from glimpse.store.maintenance import extraction_command, reset_videos, videos_to_repair
     from glimpse.store.verify import verify_store
 
-    try:
-        command = extraction_command(path, root, weights)
-        bad = verify_store(path)
-        todo = videos_to_repair(path, bad)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    command = extraction_command(path, root, weights)
+    bad = verify_store(path)
+    todo = videos_to_repair(path, bad)
     click.echo(f"{path}: {len(bad)} bad and {len(todo) - len(bad)} failed videos to redo")
     click.echo("extraction: " + " ".join(command))
     if dry_run or not todo:

@@ -19,8 +19,10 @@ from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
 from glimpse.store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
 from zarr.errors import GroupNotFoundError
 
+from glimpse.errors import GlimpseError
 
-class StoreError(RuntimeError):
+
+class StoreError(GlimpseError, RuntimeError):
     """A path that is no store, a store of another schema, or a read of something not there."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from glimpse.errors import GlimpseError
+
 SCHEMA_VERSION = 1
 
 #: Streams a store may hold, each only if it was extracted.
@@ -20,7 +22,7 @@ TRAIN, TEST, UNUSED = "train", "test", "unused"
 SPLIT_ROLES = (TRAIN, TEST, UNUSED)
 
 
-class SchemaError(ValueError):
+class SchemaError(GlimpseError, ValueError):
     """A record or store does not follow the schema; the message says which field and why."""
 
 

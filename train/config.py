@@ -17,6 +17,8 @@ from typing import Any
 
 from glimpse.train.models import MODELS
 
+from glimpse.errors import GlimpseError
+
 #: optimizer -> its learning rate when a model's paper used another optimizer
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}
 DEVICES = ("auto", "cpu", "cuda")
@@ -33,7 +35,7 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
 RESUMABLE = ("epochs", "device", "workers", "cache_ram", "progress", "patience")
 
 
-class ConfigError(ValueError):
+class ConfigError(GlimpseError, ValueError):
     """An option that does not fit the model or the store; the message says which and why."""
 
 

@@ -33,10 +33,12 @@ from glimpse.train.run import RunDir, RunFileError, TensorBoard, atomic_write_te
 from glimpse.train.setup import Setup, prepare
 from tqdm import tqdm
 
+from glimpse.errors import GlimpseError
+
 log = logging.getLogger("train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(GlimpseError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 

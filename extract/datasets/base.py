@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from glimpse.store.schema import SPLIT_ROLES, VideoRecord
 
+from glimpse.errors import GlimpseError
+
 log = logging.getLogger(__name__)
 
 #: file suffixes (lower case) that adapters accept as videos
@@ -31,7 +33,7 @@ WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 MISSING_SHOWN = 5
 
 
-class DatasetError(Exception):
+class DatasetError(GlimpseError):
     """A dataset tree does not follow its official layout; the message names the expected path and why."""
 
 
