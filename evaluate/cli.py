@@ -12,9 +12,8 @@ import os
 from typing import Any
 
 import click
-from glimpse.store.catalog import default_root
-
 from glimpse.errors import Group
+from glimpse.store.catalog import default_root
 
 
 def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:

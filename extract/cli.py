@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from glimpse.errors import Command
 
 log = logging.getLogger("extract")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 
 import click
-
 from glimpse.errors import Group
 
 #: sub-command name -> "module:attribute" of its click command

@@ -36,7 +36,7 @@ def find_stores(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise StoreError(f"{root}: no such directory to list stores in")
+        raise StoreError(f"{root}: no such directory to list stores in (give another root, or set ${STORE_ROOT_ENV})")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

@@ -17,7 +17,6 @@ import json
 import sys
 
 import click
-
 from glimpse.errors import Group
 
 

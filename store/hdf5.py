@@ -202,7 +202,11 @@ def import_hdf5(h5_path: str | Path, out: str | Path, *, dataset: str, stream: s
     h5_path = Path(h5_path)
     if not h5_path.is_file():
         raise StoreError(f"{h5_path}: no such file")
-    with h5py.File(h5_path, "r") as f:
+    try:
+        f = h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise StoreError(f"{h5_path}: not an HDF5 file ({exc})") from None
+    with f:
         for needed in ("frame_shape", "classes"):
             if needed not in f.attrs:
                 raise StoreError(f"{h5_path}: no {needed!r} attribute; import needs (C, K, K) and the class names "

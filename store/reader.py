@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import zarr
+from glimpse.errors import GlimpseError
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
 from glimpse.store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
 from zarr.errors import GroupNotFoundError
-
-from glimpse.errors import GlimpseError
 
 
 class StoreError(GlimpseError, RuntimeError):

@@ -13,9 +13,8 @@ import logging
 from pathlib import Path
 
 import click
-from glimpse.store.catalog import default_root
-
 from glimpse.errors import Group
+from glimpse.store.catalog import default_root
 
 
 def find_store(dataset: str, root: str) -> str:

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from glimpse.train.models import MODELS
-
 from glimpse.errors import GlimpseError
+from glimpse.train.models import MODELS
 
 #: optimizer -> its learning rate when a model's paper used another optimizer
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}

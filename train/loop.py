@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from glimpse.errors import GlimpseError
 from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
 from glimpse.train.data import model_inputs
 from glimpse.train.losses import model_loss
@@ -32,8 +33,6 @@ from glimpse.train.predict import clip_loss, predict_videos, score
 from glimpse.train.run import RunDir, RunFileError, TensorBoard, atomic_write_text, rng_state, set_rng_state
 from glimpse.train.setup import Setup, prepare
 from tqdm import tqdm
-
-from glimpse.errors import GlimpseError
 
 log = logging.getLogger("train")
 

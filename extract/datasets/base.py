@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from glimpse.store.schema import SPLIT_ROLES, VideoRecord
-
 from glimpse.errors import GlimpseError
+from glimpse.store.schema import SPLIT_ROLES, VideoRecord
 
 log = logging.getLogger(__name__)
 
