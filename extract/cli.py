@@ -146,6 +146,7 @@ def extract_dataset(
     from glimpse.extract.backbones import BACKBONES, weights_identity
     from glimpse.extract.datasets import DATASETS, load_dataset
     from glimpse.extract.pipeline import ExtractConfig, Runtime, run_extraction
+    from glimpse.store.catalog import is_store
 
     if backbone not in BACKBONES:
         raise click.BadParameter(f"unknown {backbone!r}; choose from {sorted(BACKBONES)}", param_hint="backbone")
@@ -169,7 +170,7 @@ def extract_dataset(
         raise click.UsageError("give exactly one of --out STORE and --lab ROOT")
     if lab is not None:
         out = str(lab_store_path(lab, config))
-        status = "exists: finishing what is missing" if (Path(out) / "zarr.json").exists() else "new"
+        status = "exists: finishing what is missing" if is_store(out) else "new"
         log.info("store for this config: %s (%s)", out, status)
     source = {"root": str(Path(root).resolve()), "weights": weights, "flow_weights": flow_weights,
               "raft_weights": raft_weights if flow == "raft" else None, "seed": seed if seeded else None}

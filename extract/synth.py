@@ -6,7 +6,7 @@ By default the distractors are decoys: each acts out another class of the datase
 shape on that class's kind of trajectory), so the whole frame holds several classes' patterns and
 only the red one says which class the clip is: a model has to find the target to classify, which
 is what attention is for. Written in the UCF-101 layout with a per-frame box file beside every
-video, encoded by the project's one encoder (:func:`extract.encode.write_video`).
+video, encoded by the project's one encoder (:func:`glimpse.media.encode.write_video`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
-from glimpse.extract.encode import write_video
+from glimpse.media.encode import write_video
 from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------

@@ -47,6 +47,12 @@ def find_stores(root: str | Path) -> list[Path]:
     return found
 
 
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` holds a glimpse store (a local folder; its metadata is not validated here)."""
+    metadata = Path(path) / "zarr.json"
+    return metadata.is_file() and _is_store_metadata(metadata)
+
+
 def _is_store_metadata(path: Path) -> bool:
     try:
         meta = json.loads(path.read_text())
