@@ -6,9 +6,9 @@
     python -m glimpse.store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
     python -m glimpse.store import IN.h5 OUT_STORE --dataset NAME
     python -m glimpse.store gc PATH                      remove what crashed writers left (safe during extractions)
-    python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos through the extraction stage
+    python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos and extract them again
 
-Nothing here imports torch; h5py and tqdm are imported only by the commands that use them.
+Nothing here imports torch (but repair, which runs the extraction); h5py and tqdm only where used.
 """
 
 from __future__ import annotations
@@ -110,22 +110,29 @@ def gc(path: str) -> None:
 @click.argument("path")
 @click.option("--root", default=None, help="The dataset root, if it moved since extraction.")
 @click.option("--weights", default=None, help="The weights file, if the store used one (recorded as sha256).")
-@click.option("--dry-run", is_flag=True, help="Show what would be re-queued and the command, change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be re-queued and the extraction, change nothing.")
 def repair(path: str, root: str | None, weights: str | None, dry_run: bool) -> None:
-    """Re-queue every bad (per verify) and failed video of PATH through the extraction stage."""
-    import subprocess
+    """Re-queue every bad (per verify) and failed video of PATH and extract them again with the store's own config.
 
-    from glimpse.store.maintenance import extraction_command, reset_videos, videos_to_repair
+    The store's part (verify, reset) is store.maintenance; the extraction is the extraction stage's API, the one
+    place where this command line hands over to another stage.
+    """
+    from glimpse.store.maintenance import extraction_options, reset_videos, videos_to_repair
     from glimpse.store.verify import verify_store
 
-    command = extraction_command(path, root, weights)
+    options = extraction_options(path, root, weights)
     bad = verify_store(path)
     todo = videos_to_repair(path, bad)
     click.echo(f"{path}: {len(bad)} bad and {len(todo) - len(bad)} failed videos to redo")
-    click.echo("extraction: " + " ".join(command))
+    click.echo("extraction: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     if dry_run or not todo:
         return
     reset, busy = reset_videos(path, todo)
     if busy:
         click.echo(f"{len(busy)} videos are being written by a live run, left to it: {', '.join(busy[:5])}")
-    sys.exit(subprocess.run(command).returncode)
+    from glimpse.extract.cli import extract_dataset  # the extraction stage's API (boundary exemption, see tests)
+
+    summary = extract_dataset(**options, quiet=False)
+    click.echo(summary.report(), err=bool(summary.failed))
+    if summary.failed:
+        sys.exit(1)

@@ -6,10 +6,10 @@ while extractions are going on: a video being written by a live run is left alon
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glimpse.store.claims import claim_video
 from glimpse.store.layout import VIDEOS_GROUP, video_key
@@ -84,11 +84,12 @@ def reset_videos(path: str | Path, video_ids: Iterable[str]) -> tuple[list[str],
     return reset, busy
 
 
-def extraction_command(path: str | Path, root: str | None = None, weights: str | None = None) -> list[str]:
-    """The ``python -m glimpse.extract`` command that (re)fills the store at ``path`` with its own config.
+def extraction_options(path: str | Path, root: str | None = None, weights: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of the extraction stage's API (``glimpse.extract.cli.extract_dataset``) that (re)fill the
+    store at ``path`` with its own config: what ``store repair`` runs.
 
-    The dataset root and the weights file come from what the store recorded at creation, unless
-    given here (a store moved to another machine, or one imported from HDF5).
+    The dataset root and the weights file come from what the store recorded at creation, unless given here (a
+    store moved to another machine, or one imported from HDF5).
     """
     store = open_store(path)
     config, source = store.config, dict(store.meta.get("source", {}))
@@ -98,16 +99,11 @@ def extraction_command(path: str | Path, root: str | None = None, weights: str |
         raise StoreError(f"{path}: the store does not record its dataset root; pass --root")
     if not weights or weights.startswith("sha256:"):
         raise StoreError(f"{path}: the store does not record which weights file it used; pass --weights PATH")
-    command = [sys.executable, "-m", "glimpse.extract", "--dataset", store.dataset, "--root", root, "--out", str(path),
-               "--backbone", config["backbone"], "--weights", weights, "--size", str(config["size"]),
-               "--flow", config.get("flow", "none")]
-    for option in ("frames", "fps", "max_frames", "flow_size"):
-        if config.get(option) is not None:
-            command += [f"--{option.replace('_', '-')}", str(config[option])]
-    for option in ("flow_weights", "raft_weights", "seed"):
-        if source.get(option) is not None:
-            command += [f"--{option.replace('_', '-')}", str(source[option])]
-    return command
+    options: dict[str, Any] = {"dataset": store.dataset, "root": root, "out": str(path), "backbone": config["backbone"],
+                               "weights": weights, "size": config["size"], "flow": config.get("flow", "none")}
+    options.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size") if config.get(k) is not None})
+    options.update({k: source[k] for k in ("flow_weights", "raft_weights", "seed") if source.get(k) is not None})
+    return options
 
 
 def videos_to_repair(path: str | Path, bad: Iterable[tuple[str, str]]) -> list[str]:

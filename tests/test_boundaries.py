@@ -22,6 +22,10 @@ FORBIDDEN_IMPORTS = {
     "glimpse/media": ("extract", "store", "train", "evaluate"),
 }
 
+#: (file, module) imports that cross a boundary on purpose: the store CLI's repair hands the videos it reset to the
+#: extraction stage's API (store's library modules import no stage).
+EXEMPT = {("store/cli.py", "glimpse.extract.cli")}
+
 #: What naming a store's insides looks like: its layout constants, its metadata files, raw Zarr group access.
 ZARR_PATHS = re.compile(r"VIDEOS_GROUP|VIDEO_ATTR|ROOT_ATTR|zarr\.json|[\"']videos/|zarr\.open|open_group")
 
@@ -51,7 +55,8 @@ def test_a_stage_imports_only_what_the_design_allows(folder):
     banned = FORBIDDEN_IMPORTS[folder]
     offenders = [f"{path.relative_to(REPO)} imports {module}" for path in _sources(folder)
                  for module in _imports(path)
-                 if any(module == f"glimpse.{stage}" or module.startswith(f"glimpse.{stage}.") for stage in banned)]
+                 if any(module == f"glimpse.{stage}" or module.startswith(f"glimpse.{stage}.") for stage in banned)
+                 and (str(path.relative_to(REPO)), module) not in EXEMPT]
     assert not offenders, "\n".join(offenders)
 
 
