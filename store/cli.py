@@ -5,6 +5,7 @@
     python -m glimpse.store verify PATH                  read every done video back and check it; exit 1 if any is bad
     python -m glimpse.store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
     python -m glimpse.store import IN.h5 OUT_STORE --dataset NAME
+    python -m glimpse.store upgrade PATH                 bring a store of an older schema version up to date
     python -m glimpse.store gc PATH                      remove what crashed writers left (safe during extractions)
     python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos and extract them again
 
@@ -104,6 +105,18 @@ def gc(path: str) -> None:
     from glimpse.store.maintenance import collect_garbage
 
     click.echo(collect_garbage(path).report())
+
+
+@main.command("upgrade")
+@click.argument("path")
+def upgrade(path: str) -> None:
+    """Bring the store at PATH to this glimpse's schema version in place (only its root metadata changes)."""
+    from glimpse.store.maintenance import upgrade_store
+    from glimpse.store.schema import SCHEMA_VERSION
+
+    old = upgrade_store(path)
+    click.echo(f"{path}: schema version {SCHEMA_VERSION}" + (" already" if old == SCHEMA_VERSION else
+                                                             f" (was {old})"))
 
 
 @main.command("repair")

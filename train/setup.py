@@ -177,7 +177,7 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     for note in notes:
         log.info("%s", note)
     every = selection.train + selection.val + selection.test
-    multi_label = any(len(v.labels) > 1 for v in every)
+    multi_label = store.multi_label  # declared by the dataset adapter, stored at extraction
     clip = Clip(config.frames, config.stride)
     device = pick_device(config.device)
 
