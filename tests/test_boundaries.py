@@ -73,3 +73,23 @@ def test_the_checks_see_a_violation(tmp_path):
     bad.write_text("def f():\n    from glimpse.extract.decode import decode_video\n    return root['videos/' + k]\n")
     assert "glimpse.extract.decode" in _imports(bad)
     assert ZARR_PATHS.search(bad.read_text())
+
+
+def test_one_atomic_write():
+    """Files that must never be seen half-written go through glimpse.files (temporary file, fsync, rename)."""
+    renames = re.compile(r"os\.replace|\.rename\(")
+    offenders = [f"{path.relative_to(REPO)}:{n}" for folder in ("extract", "store", "train", "evaluate", "glimpse")
+                 for path in _sources(folder) if path != REPO / "glimpse" / "files.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if renames.search(line)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    from glimpse.files import atomic_write_bytes, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "deep" / "result.json", "old\n")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")  # fails while writing the temporary file
+    assert target.read_text() == "old\n" and sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n" and len(list(target.parent.iterdir())) == 1
