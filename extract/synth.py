@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+from glimpse.errors import Command
 from glimpse.media.encode import write_video
 from tqdm import tqdm
 
@@ -357,7 +358,7 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-@click.command("synth", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("synth", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="data/synthetic", show_default=True, type=click.Path(), help="Dataset folder.")
 @click.option("--classes", default=SynthConfig.classes, show_default=True, help="Number of classes (first K).")
 @click.option("--per-class", default=SynthConfig.per_class, show_default=True, help="Videos per class.")

@@ -125,3 +125,16 @@ def test_each_entry_point_exits_cleanly_in_a_real_process(places, args, named):
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and _fill(named, places) in lines[0], proc.stderr
+
+
+def test_set_means_a_model_setting_in_evaluate_as_in_train():
+    """``evaluate table --set hidden=8`` sets the model field on every model that has it (softmax has no hidden
+    size), typed by the model's config as ``train --set`` does; a setting no model has is refused."""
+    from glimpse.evaluate.cli import _model_settings
+    from glimpse.train.cli import training_options
+
+    per_model = _model_settings(["softmax", "softattn"], ("hidden=8", "dropout=0.25"))
+    assert per_model == {"softmax": {"model_args": {"dropout": 0.25}},
+                         "softattn": {"model_args": {"hidden": 8, "dropout": 0.25}}}
+    trained = training_options("softattn", None, None, ("hidden=8", "dropout=0.25"), True, None, True)
+    assert trained["model_args"] == per_model["softattn"]["model_args"]
