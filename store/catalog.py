@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from glimpse.store.layout import VIDEOS_GROUP
+from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP
 from glimpse.store.reader import Store, StoreError, open_store
 from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
 
@@ -58,7 +58,7 @@ def _is_store_metadata(path: Path) -> bool:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return True  # a broken root is listed with its error, not silently skipped
-    return isinstance(meta, dict) and meta.get("node_type") == "group" and "glimpse" in meta.get("attributes", {})
+    return isinstance(meta, dict) and meta.get("node_type") == "group" and ROOT_ATTR in meta.get("attributes", {})
 
 
 def sampling_text(config: dict[str, Any]) -> str:

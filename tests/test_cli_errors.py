@@ -138,3 +138,14 @@ def test_set_means_a_model_setting_in_evaluate_as_in_train():
                          "softattn": {"model_args": {"hidden": 8, "dropout": 0.25}}}
     trained = training_options("softattn", None, None, ("hidden=8", "dropout=0.25"), True, None, True)
     assert trained["model_args"] == per_model["softattn"]["model_args"]
+
+
+@pytest.mark.parametrize("command", [train_main, evaluate_main], ids=["train", "evaluate"])
+def test_store_root_is_honoured_by_every_command_that_finds_stores(places, command):
+    args = (["--dataset", "tiny", "--model", "softattn", "--set", "bogus=1"] if command is train_main
+            else ["table", "--dataset", "tiny"])
+    result = CliRunner().invoke(command, args, env={"STORE_ROOT": str(places["missing"])})
+    assert result.exit_code != 0 and str(places["missing"]) in result.output, result.output
+    if command is train_main:  # found through $STORE_ROOT, the run then stops at the bad --set before training
+        found = CliRunner().invoke(command, args, env={"STORE_ROOT": str(places["root"])})
+        assert found.exit_code == 2 and "no setting 'bogus'" in found.output, found.output
