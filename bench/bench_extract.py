@@ -32,8 +32,8 @@ def _clock(fn, repeat: int = 3) -> float:
 
 
 def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, Path]:
-    from glimpse.extract.encode import write_video
     from glimpse.extract.synth import render_clip
+    from glimpse.media.encode import write_video
 
     width, height = size
     clip, _ = render_clip("SquareRight", height, frames, seed=0)  # (T, H, H, 3)
@@ -46,7 +46,7 @@ def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, 
 
 def decode_section(folder: Path, quick: bool) -> list[str]:
     import av
-    from glimpse.extract.decode import Sampling, decode_video
+    from glimpse.media.decode import Sampling, decode_video
 
     frames = 60 if quick else 750
     rows = ["| file | ffmpeg null decode | PyAV full decode to RGB | full / ffmpeg | 30 sampled | 30 sampled / full |",
@@ -78,9 +78,9 @@ def pipeline_section(folder: Path, quick: bool) -> list[str]:
     import torch
     from glimpse.extract.backbones import build_backbone
     from glimpse.extract.datasets import load_dataset
-    from glimpse.extract.decode import Sampling, decode_video
     from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_video, prepare_store
     from glimpse.extract.synth import SynthConfig, make_synthetic
+    from glimpse.media.decode import Sampling, decode_video
 
     size, per_class, batch = (64, 2, 8) if quick else (224, 4, 32)
     data = make_synthetic(folder / "data", SynthConfig(classes=2, per_class=per_class, frames=24, size=112))

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import click
+from glimpse.errors import Group
+from glimpse.store.catalog import default_root
 
 
 def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:
@@ -33,9 +34,10 @@ def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:
 STORE_OPTIONS = [
     click.option("--store", default=None, help="The feature store."),
     click.option("--dataset", default=None, help="Pick the store of this dataset under --store-root."),
-    click.option("--store-root", default=lambda: os.environ.get("STORE_ROOT", "stores/"), show_default="stores/"),
+    click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/"),
     click.option("--epochs", default=None, type=int, help="Epochs for runs trained here. [the training default]"),
-    click.option("--set", "assignments", multiple=True, help="Training option NAME=VALUE for runs trained here."),
+    click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+                 help="A model setting for runs trained here, as in train (e.g. --set hidden=64)."),
 ]
 
 
@@ -45,18 +47,30 @@ def store_options(command):
     return command
 
 
-def _train_options(epochs: int | None, assignments: tuple[str, ...]) -> dict[str, Any]:
-    options: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
+def _model_settings(models: list[str], assignments: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """--set as in train: model name -> {"model_args": ...} for each model, each setting applied where the
+    model has it; a usage error for a model that is not registered or a setting that no model has."""
+    from glimpse.train.config import ConfigError, parse_model_args
+    from glimpse.train.models import MODELS
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise click.BadParameter(f"unknown model {unknown[0]!r}; registered models: {', '.join(MODELS)}",
+                                 param_hint="--models/--model")
+    per_model: dict[str, dict[str, Any]] = {m: {"model_args": {}} for m in models}
     for assignment in assignments:
-        name, _, value = assignment.partition("=")
-        try:
-            options[name] = json.loads(value)
-        except json.JSONDecodeError:
-            options[name] = value
-    return options
+        errors = []
+        for model in models:
+            try:
+                per_model[model]["model_args"].update(parse_model_args(model, [assignment]))
+            except ConfigError as err:
+                errors.append(str(err))
+        if len(errors) == len(models):
+            raise click.BadParameter(errors[0] if errors else "no model to set it on", param_hint=f"--set {assignment}")
+    return per_model
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="The run directory to evaluate.")
 @click.option("--split", "role", default="test", show_default=True, help="Which videos of the run's split.")
 @click.option("--figures", default=4, show_default=True, help="Videos to draw attention strips and GIFs for.")
@@ -96,11 +110,13 @@ def table(store: str | None, dataset: str | None, store_root: str, epochs: int |
           run_root: str, models: str | None, no_train: bool) -> None:
     """Collect (or train) every registered model on one store and write the comparison table."""
     from glimpse.evaluate.report import comparison_table
+    from glimpse.train.models import MODELS
 
-    path = _store_path(store, dataset, store_root)
     chosen = [m.strip() for m in models.split(",")] if models else None
-    click.echo(comparison_table(path, run_root, chosen, train_missing=not no_train,
-                                **_train_options(epochs, assignments)))
+    per_model = _model_settings(chosen or list(MODELS), assignments)
+    path = _store_path(store, dataset, store_root)
+    click.echo(comparison_table(path, run_root, chosen, train_missing=not no_train, per_model=per_model,
+                                **({} if epochs is None else {"epochs": epochs})))
 
 
 @main.command("protocol")
@@ -113,9 +129,12 @@ def protocol(store: str | None, dataset: str | None, store_root: str, epochs: in
     from glimpse.evaluate.report import protocol_text, run_protocol
     from glimpse.store import open_store
 
+    settings = _model_settings([model], assignments)[model]
+    if epochs is not None:
+        settings["epochs"] = epochs
     path = _store_path(store, dataset, store_root)
     out = out or os.path.join("runs", f"protocol-{open_store(path).dataset}-{model}")
-    click.echo(protocol_text(run_protocol(path, model, out, **_train_options(epochs, assignments))))
+    click.echo(protocol_text(run_protocol(path, model, out, **settings)))
 
 
 @main.command("compare")

@@ -1,6 +1,7 @@
 """Video-level classification metrics: top-1/top-5, per-class accuracy, per-class AP and mAP, confusion.
 
-AP and the confusion matrix come from scikit-learn. Every result is plain JSON (floats, ints, lists,
+AP comes from :func:`glimpse.train.metrics.average_precisions` (the one AP, shared with training's model
+selection) and the confusion matrix from scikit-learn. Every result is plain JSON (floats, ints, lists,
 None), so a run's evaluation can be written with :func:`save_json` and read back anywhere.
 
 Protocols: single-label datasets (UCF-11/101, HMDB-51, Olympic Sports' mAP over its one-vs-rest
@@ -13,21 +14,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, confusion_matrix
+from glimpse.files import atomic_write_text
+from glimpse.train.metrics import average_precisions, multi_hot
+from sklearn.metrics import confusion_matrix
 
-
-def multi_hot(labels: Sequence[Sequence[int]], classes: int) -> np.ndarray:
-    """(N, classes) 0/1 int targets from each video's label tuple."""
-    hot = np.zeros((len(labels), classes), dtype=np.int64)
-    for i, labs in enumerate(labels):
-        hot[i, list(labs)] = 1
-    return hot
+__all__ = ["classification_metrics", "multi_hot", "prediction_metrics", "save_json", "save_metrics", "top_k_hits"]
 
 
 def _label_tuples(labels: Sequence[Sequence[int]] | Sequence[int] | np.ndarray, n: int, classes: int) -> list[tuple]:
@@ -55,12 +51,12 @@ def classification_metrics(
     scores: np.ndarray,
     labels: Sequence[Sequence[int]] | Sequence[int] | np.ndarray,
     classes: Sequence[str],
-    multi_label: bool | None = None,
+    multi_label: bool,
 ) -> dict[str, Any]:
     """Every video-level metric of the papers from ``scores`` (N, C) and each video's label(s).
 
-    ``labels``: (N,) class indices, or one tuple of class indices per video. ``multi_label`` defaults
-    to whether any video has several labels (pass it for Hollywood2 subsets that happen to have one).
+    ``labels``: (N,) class indices, or one tuple of class indices per video. ``multi_label`` is the
+    store's (``Store.multi_label``, declared by the dataset adapter at extraction), never guessed here.
 
     Returns a JSON-ready dict:
       - ``top1``, ``top5``: share of videos with a true class among the 1 / min(5, C) best scores
@@ -83,25 +79,18 @@ def classification_metrics(
         raise ValueError(f"scores hold {int((~np.isfinite(scores)).sum())} non-finite values")
     n, c = scores.shape
     rows = _label_tuples(labels, n, c)
-    if multi_label is None:
-        multi_label = any(len(r) > 1 for r in rows)
     if not multi_label and any(len(r) > 1 for r in rows):
         raise ValueError("multi_label=False but some videos have several labels")
 
     k = min(5, c)
     top1 = top_k_hits(scores, rows, 1)  # (N,)
     truth = multi_hot(rows, c)  # (N, C)
+    aps, mean_ap = average_precisions(truth, scores)  # (C,) APs, None where a class has no positive video
     per_class: dict[str, dict[str, Any]] = {}
-    aps, without = [], []
     for j, name in enumerate(names):
         mine = truth[:, j] == 1  # (N,)
         count = int(mine.sum())
-        ap = float(average_precision_score(truth[:, j], scores[:, j])) if count else None
-        if ap is None:
-            without.append(name)
-        else:
-            aps.append(ap)
-        per_class[name] = {"accuracy": float(top1[mine].mean()) if count else None, "count": count, "ap": ap}
+        per_class[name] = {"accuracy": float(top1[mine].mean()) if count else None, "count": count, "ap": aps[j]}
     accuracies = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
     confusion = None
     if not multi_label:
@@ -115,8 +104,8 @@ def classification_metrics(
         "top5": float(top_k_hits(scores, rows, k).mean()),
         "top5_k": k,
         "mean_class_accuracy": float(np.mean(accuracies)),
-        "map": float(np.mean(aps)) if aps else None,
-        "classes_without_positives": without,
+        "map": mean_ap,
+        "classes_without_positives": [name for name, ap in zip(names, aps, strict=True) if ap is None],
         "per_class": per_class,
         "confusion": confusion,
     }
@@ -132,14 +121,6 @@ def prediction_metrics(predictions: Sequence[Any], classes: Sequence[str], multi
     return result
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_json(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write a metrics dict as indented JSON (NaN refused: JSON has none; use None)."""
     path = Path(path)
@@ -147,7 +128,7 @@ def save_json(data: Mapping[str, Any], path: str | Path) -> Path:
         text = json.dumps(data, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: results are not plain JSON ({exc})") from exc
-    _write_atomic(path, text + "\n")
+    atomic_write_text(path, text + "\n")
     return path
 
 
@@ -164,7 +145,7 @@ def save_confusion(matrix: np.ndarray | Sequence[Sequence[int]], classes: Sequen
     writer.writerow(["true \\ predicted", *classes])
     for name, row in zip(classes, matrix.tolist(), strict=True):
         writer.writerow([name, *row])
-    _write_atomic(csv_path, out.getvalue())
+    atomic_write_text(csv_path, out.getvalue())
     if png_path is not None:
         from glimpse.evaluate.figures import confusion_png
 

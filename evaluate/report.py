@@ -17,6 +17,7 @@ import numpy as np
 from glimpse.evaluate.figures import video_attention_figures
 from glimpse.evaluate.localization import frame_attention, localization_scores
 from glimpse.evaluate.metrics import prediction_metrics, save_json, save_metrics
+from glimpse.files import atomic_write_text
 from glimpse.store import open_store
 from glimpse.train.models import MODELS
 from glimpse.train.predict import load_run, predict_run
@@ -180,8 +181,7 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
     notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)
     text = format_table(rows, f"{store.dataset}: test split, store {Path(store_path).name}") + notes + "\n"
     out = Path(run_root) / f"table-{store.dataset}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)
     return text
 
 

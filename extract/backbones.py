@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import torch.nn.functional as F
+from glimpse.errors import GlimpseError
 from torch import Tensor, nn
 from torchvision.models import get_model, get_model_weights
 from torchvision.models._api import WeightsEnum
@@ -82,7 +83,7 @@ HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
 CALIBRATION_FRAMES = 64
 
 
-class WeightsNotAvailable(RuntimeError):
+class WeightsNotAvailable(GlimpseError, RuntimeError):
     """Pretrained weights are not in torch's hub cache and this tool never downloads them."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from glimpse.errors import Command
 
 log = logging.getLogger("extract")
 
@@ -80,7 +81,7 @@ class Progress:
             self.bar.close()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--dataset", required=True, help="Dataset adapter name (see extract.datasets.DATASETS).")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="The dataset's root folder.")
 @click.option("--out", type=click.Path(), help="The store to write (created, or resumed).")
@@ -145,6 +146,7 @@ def extract_dataset(
     from glimpse.extract.backbones import BACKBONES, weights_identity
     from glimpse.extract.datasets import DATASETS, load_dataset
     from glimpse.extract.pipeline import ExtractConfig, Runtime, run_extraction
+    from glimpse.store.catalog import is_store
 
     if backbone not in BACKBONES:
         raise click.BadParameter(f"unknown {backbone!r}; choose from {sorted(BACKBONES)}", param_hint="backbone")
@@ -168,7 +170,7 @@ def extract_dataset(
         raise click.UsageError("give exactly one of --out STORE and --lab ROOT")
     if lab is not None:
         out = str(lab_store_path(lab, config))
-        status = "exists: finishing what is missing" if (Path(out) / "zarr.json").exists() else "new"
+        status = "exists: finishing what is missing" if is_store(out) else "new"
         log.info("store for this config: %s (%s)", out, status)
     source = {"root": str(Path(root).resolve()), "weights": weights, "flow_weights": flow_weights,
               "raft_weights": raft_weights if flow == "raft" else None, "seed": seed if seeded else None}

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from glimpse.extract.decode import DecodeError, Sampling, decode_video
+from glimpse.media.decode import DecodeError, Sampling, decode_video
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
 from glimpse.store.claims import claim_video, is_claimed
 from glimpse.store.layout import video_key

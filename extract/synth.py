@@ -6,7 +6,7 @@ By default the distractors are decoys: each acts out another class of the datase
 shape on that class's kind of trajectory), so the whole frame holds several classes' patterns and
 only the red one says which class the clip is: a model has to find the target to classify, which
 is what attention is for. Written in the UCF-101 layout with a per-frame box file beside every
-video, encoded by the project's one encoder (:func:`extract.encode.write_video`).
+video, encoded by the project's one encoder (:func:`glimpse.media.encode.write_video`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
-from glimpse.extract.encode import write_video
+from glimpse.errors import Command
+from glimpse.media.encode import write_video
 from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-@click.command("synth", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("synth", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="data/synthetic", show_default=True, type=click.Path(), help="Dataset folder.")
 @click.option("--classes", default=SynthConfig.classes, show_default=True, help="Number of classes (first K).")
 @click.option("--per-class", default=SynthConfig.per_class, show_default=True, help="Videos per class.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 import click
+from glimpse.errors import Group
 
 #: sub-command name -> "module:attribute" of its click command
 COMMANDS = {
@@ -20,7 +21,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A click group whose sub-commands are imported only when invoked."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from glimpse.store.layout import VIDEOS_GROUP
+from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP
 from glimpse.store.reader import Store, StoreError, open_store
 from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
 
-#: Status of a video whose own metadata (videos/<key>/zarr.json) cannot be read.
+#: The environment variable every command that finds stores by dataset reads (default: stores/).
+STORE_ROOT_ENV = "STORE_ROOT"
+
+
+def default_root() -> str:
+    """Where commands look for stores when no root is given: $STORE_ROOT, else stores/."""
+    return os.environ.get(STORE_ROOT_ENV) or "stores/"
 
 
 def find_stores(root: str | Path) -> list[Path]:
@@ -30,7 +36,7 @@ def find_stores(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise StoreError(f"{root}: no such directory to list stores in")
+        raise StoreError(f"{root}: no such directory to list stores in (give another root, or set ${STORE_ROOT_ENV})")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -41,12 +47,18 @@ def find_stores(root: str | Path) -> list[Path]:
     return found
 
 
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` holds a glimpse store (a local folder; its metadata is not validated here)."""
+    metadata = Path(path) / "zarr.json"
+    return metadata.is_file() and _is_store_metadata(metadata)
+
+
 def _is_store_metadata(path: Path) -> bool:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return True  # a broken root is listed with its error, not silently skipped
-    return isinstance(meta, dict) and meta.get("node_type") == "group" and "glimpse" in meta.get("attributes", {})
+    return isinstance(meta, dict) and meta.get("node_type") == "group" and ROOT_ATTR in meta.get("attributes", {})
 
 
 def sampling_text(config: dict[str, Any]) -> str:
@@ -87,8 +99,8 @@ def stored_shape(store: Store, entry: VideoEntry, stream: str) -> tuple[int, ...
 def raw_bytes(store: Store, entries: list[VideoEntry]) -> int:
     """Uncompressed float16 bytes of every done video's streams (declared frame shapes, else array metadata)."""
     total = 0
-    for name, desc in store.streams.items():
-        declared = desc.get("frame_shape")
+    for name, desc in store.stream_info.items():
+        declared = desc.frame_shape
         for entry in entries:
             if entry.status != DONE:
                 continue
@@ -102,16 +114,16 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     store = open_store(path)
     entries = store.videos
     status = Counter(e.status for e in entries)
-    config, meta = store.config, store.meta
+    config, meta = store.config, store.metadata
     raw, disk = raw_bytes(store, entries), disk_bytes(path)
     return {
         "path": str(path),
         "dataset": store.dataset,
-        "backbone": meta.get("backbone", config.get("backbone")),
-        "layer": meta.get("layer"),
+        "backbone": meta.backbone or config.get("backbone"),
+        "layer": meta.layer,
         "sampling": sampling_text(config),
         "flow": _flow_method(store),
-        "weights": meta.get("weights", config.get("weights")),
+        "weights": meta.weights or config.get("weights"),
         "streams": sorted(store.streams),
         "done": status[DONE],
         "failed": status[FAILED] + status[UNREADABLE],
@@ -119,8 +131,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "disk_bytes": disk,
         "raw_bytes": raw,
         "compression": raw / disk if disk else None,
-        "created": meta.get("created"),
-        "created_by": meta.get("created_by"),
+        "created": meta.created,
+        "created_by": meta.created_by,
         "config_hash": store.config_hash,
     }
 
@@ -129,7 +141,8 @@ def _flow_method(store: Store) -> str:
     """The flow method of the flow the store holds ("none" when it holds no flow stream, e.g. an import)."""
     if "flow" not in store.streams and "flow_cnn" not in store.streams:
         return "none"
-    return str(store.streams.get("flow", {}).get("method") or store.config.get("flow") or "unknown")
+    flow = store.stream_info.get("flow")
+    return str((flow.method if flow else None) or store.config.get("flow") or "unknown")
 
 
 def list_stores(root: str | Path) -> list[dict[str, Any]]:
@@ -151,9 +164,9 @@ def matching_stores(root: str | Path, dataset: str, backbone: str | None = None)
             store = open_store(path)
         except StoreError:
             continue
-        if store.dataset == dataset and backbone in (None, store.meta.get("backbone")):
+        if store.dataset == dataset and backbone in (None, store.metadata.backbone):
             found.append(store)
-    return sorted(found, key=lambda s: s.meta.get("created", ""), reverse=True)
+    return sorted(found, key=lambda s: s.metadata.created or "", reverse=True)
 
 
 def resolve_store(root: str | Path, dataset: str, backbone: str | None = None) -> Store:
@@ -165,8 +178,8 @@ def resolve_store(root: str | Path, dataset: str, backbone: str | None = None) -
         have = sorted({row.get("dataset", "?") for row in list_stores(root) if "error" not in row})
         raise StoreError(f"no store of dataset {dataset!r} under {root} (stores there: {have or 'none'}); "
                          f"extract one with: make extract DATASET={dataset}")
-    listing = "\n".join(f"  {s.path}  ({s.meta.get('backbone')}, {sampling_text(s.config)}, created "
-                        f"{s.meta.get('created')})" for s in found)
+    listing = "\n".join(f"  {s.path}  ({s.metadata.backbone}, {sampling_text(s.config)}, created "
+                        f"{s.metadata.created})" for s in found)
     raise StoreError(f"{len(found)} stores of dataset {dataset!r} under {root}; choose one with --store:\n{listing}")
 
 
@@ -246,19 +259,20 @@ def store_info(path: str | Path) -> dict[str, Any]:
             if e.status == DONE
         )
         streams[name] = {**desc, "stored_frame_shapes": dict(shapes)}
-    meta = store.meta
+    meta = store.metadata
     return {
         "path": str(path),
         "dataset": store.dataset,
-        "schema_version": meta.get("schema_version"),
-        "created": meta.get("created"),
-        "created_by": meta.get("created_by"),
+        "schema_version": meta.schema_version,
+        "multi_label": meta.multi_label,
+        "created": meta.created,
+        "created_by": meta.created_by,
         "config_hash": store.config_hash,
         "config": store.config,
-        "backbone": meta.get("backbone"),
-        "layer": meta.get("layer"),
-        "weights": meta.get("weights"),
-        "versions": meta.get("versions", {}),
+        "backbone": meta.backbone,
+        "layer": meta.layer,
+        "weights": meta.weights,
+        "versions": dict(meta.versions),
         "streams": streams,
         "videos": {"total": len(entries), **Counter(e.status for e in entries)},
         "frames": sum(e.n_frames for e in entries if e.status == DONE),
@@ -279,7 +293,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"{videos['total'] - videos.get(DONE, 0) - videos.get(FAILED, 0) - videos.get(UNREADABLE, 0)} pending), "
         f"{info['frames']} frames",
         f"created      {info['created'] or '-'} by {info['created_by'] or '-'}",
-        f"schema       version {info['schema_version']}",
+        f"schema       version {info['schema_version']}, {'multi' if info['multi_label'] else 'single'}-label",
         f"config hash  {info['config_hash']}",
         f"backbone     {info['backbone']} / {info['layer']}",
         f"weights      {info['weights']}",

@@ -5,23 +5,23 @@
     python -m glimpse.store verify PATH                  read every done video back and check it; exit 1 if any is bad
     python -m glimpse.store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
     python -m glimpse.store import IN.h5 OUT_STORE --dataset NAME
+    python -m glimpse.store upgrade PATH                 bring a store of an older schema version up to date
     python -m glimpse.store gc PATH                      remove what crashed writers left (safe during extractions)
-    python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos through the extraction stage
+    python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos and extract them again
 
-Nothing here imports torch; h5py and tqdm are imported only by the commands that use them.
+Nothing here imports torch (but repair, which runs the extraction); h5py and tqdm only where used.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
-from glimpse.store.reader import StoreError
+from glimpse.errors import Group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The store stage: list, describe, verify, export, import, clean and repair feature stores."""
 
@@ -31,13 +31,10 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
 def ls(root: str | None, as_json: bool) -> None:
     """List every store under ROOT (default: $STORE_ROOT, else stores/)."""
-    from glimpse.store.catalog import format_listing, list_stores
+    from glimpse.store.catalog import default_root, format_listing, list_stores
 
-    root = root or os.environ.get("STORE_ROOT") or "stores/"
-    try:
-        rows = list_stores(root)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    root = root or default_root()
+    rows = list_stores(root)
     click.echo(json.dumps(rows, indent=2) if as_json else format_listing(rows, root))
 
 
@@ -48,10 +45,7 @@ def info(path: str, as_json: bool) -> None:
     """Print the full provenance of the store at PATH: config, versions, weights, streams, counts, failures."""
     from glimpse.store.catalog import format_info, store_info
 
-    try:
-        described = store_info(path)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    described = store_info(path)
     click.echo(json.dumps(described, indent=2) if as_json else format_info(described))
 
 
@@ -64,10 +58,7 @@ def verify(path: str) -> None:
     """
     from glimpse.store.verify import run_verify
 
-    try:
-        result = run_verify(path, progress=True)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = run_verify(path, progress=True)
     click.echo(result.report(), err=not result.ok)
     if not result.ok:
         sys.exit(1)
@@ -85,10 +76,7 @@ def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype:
     """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it."""
     from glimpse.store.hdf5 import export_hdf5
 
-    try:
-        summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
     roles = ", ".join(f"{role} {r['videos']} videos / {r['frames']} frames" for role, r in summary["roles"].items())
     click.echo(f"{out}: split {summary['split']}, {roles}; {len(summary['left_out'])} videos not done left out")
 
@@ -103,10 +91,7 @@ def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite:
     """Build a new store at OUT from an HDF5 file written by 'export' (and its side text files)."""
     from glimpse.store.hdf5 import import_hdf5
 
-    try:
-        counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
     click.echo(f"{out}: imported " + ", ".join(f"{role} {n} videos" for role, n in counts.items()))
 
 
@@ -119,35 +104,48 @@ def gc(path: str) -> None:
     """
     from glimpse.store.maintenance import collect_garbage
 
-    try:
-        click.echo(collect_garbage(path).report())
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    click.echo(collect_garbage(path).report())
+
+
+@main.command("upgrade")
+@click.argument("path")
+def upgrade(path: str) -> None:
+    """Bring the store at PATH to this glimpse's schema version in place (only its root metadata changes)."""
+    from glimpse.store.maintenance import upgrade_store
+    from glimpse.store.schema import SCHEMA_VERSION
+
+    old = upgrade_store(path)
+    click.echo(f"{path}: schema version {SCHEMA_VERSION}" + (" already" if old == SCHEMA_VERSION else
+                                                             f" (was {old})"))
 
 
 @main.command("repair")
 @click.argument("path")
 @click.option("--root", default=None, help="The dataset root, if it moved since extraction.")
 @click.option("--weights", default=None, help="The weights file, if the store used one (recorded as sha256).")
-@click.option("--dry-run", is_flag=True, help="Show what would be re-queued and the command, change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be re-queued and the extraction, change nothing.")
 def repair(path: str, root: str | None, weights: str | None, dry_run: bool) -> None:
-    """Re-queue every bad (per verify) and failed video of PATH through the extraction stage."""
-    import subprocess
+    """Re-queue every bad (per verify) and failed video of PATH and extract them again with the store's own config.
 
-    from glimpse.store.maintenance import extraction_command, reset_videos, videos_to_repair
+    The store's part (verify, reset) is store.maintenance; the extraction is the extraction stage's API, the one
+    place where this command line hands over to another stage.
+    """
+    from glimpse.store.maintenance import extraction_options, reset_videos, videos_to_repair
     from glimpse.store.verify import verify_store
 
-    try:
-        command = extraction_command(path, root, weights)
-        bad = verify_store(path)
-        todo = videos_to_repair(path, bad)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    options = extraction_options(path, root, weights)
+    bad = verify_store(path)
+    todo = videos_to_repair(path, bad)
     click.echo(f"{path}: {len(bad)} bad and {len(todo) - len(bad)} failed videos to redo")
-    click.echo("extraction: " + " ".join(command))
+    click.echo("extraction: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     if dry_run or not todo:
         return
     reset, busy = reset_videos(path, todo)
     if busy:
         click.echo(f"{len(busy)} videos are being written by a live run, left to it: {', '.join(busy[:5])}")
-    sys.exit(subprocess.run(command).returncode)
+    from glimpse.extract.cli import extract_dataset  # the extraction stage's API (boundary exemption, see tests)
+
+    summary = extract_dataset(**options, quiet=False)
+    click.echo(summary.report(), err=bool(summary.failed))
+    if summary.failed:
+        sys.exit(1)

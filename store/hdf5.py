@@ -6,7 +6,7 @@ all videos of that role one after another, plus three text files. ``export`` wri
 
     OUT.h5                          attributes: format, frame_shape [C, K, K], classes (names, in label
                                     order), config_hash and config (JSON) of the source store, dataset,
-                                    stream, split, dtype, backbone, layer, weights
+                                    stream, split, dtype, backbone, layer, weights, multi_label (0 or 1)
     OUT.h5:/<role>/features         (total frames, C*K*K) float32 (default) or float16; videos in
                                     <role>_filename.txt order, each video's frames in time order; a row
                                     is one frame's cube flattened channel-major, ``cube.reshape(T, -1)``
@@ -111,28 +111,28 @@ def export_hdf5(store_path: str | Path, out: str | Path, *, stream: str = "rgb",
     if not any(split in v.splits for v in videos):
         have = sorted({s for v in videos for s in v.splits})
         raise StoreError(f"{store_path}: no split {split!r} (this store has splits {have})")
-    multi_label = any(len(v.labels) != 1 for v in videos)
+    multi_label = store.multi_label
     n_classes = len(store.classes)
     left_out = {v.id: v.status for v in videos if v.splits.get(split) in (TRAIN, TEST) and v.status != DONE}
     by_role = {role: [v for v in videos if v.status == DONE and v.splits.get(split) == role] for role in (TRAIN, TEST)}
     by_role = {role: members for role, members in by_role.items() if members}
     if not by_role:
         raise StoreError(f"{store_path}: split {split!r} has no done train or test video to export")
-    frame_shape = store.streams[stream].get("frame_shape")
+    frame_shape = store.stream_info[stream].frame_shape
     if frame_shape is None:  # e.g. raw flow: the stored arrays must agree among themselves
         first = next(iter(by_role.values()))[0]
         frame_shape = list(store.root[f"videos/{first.key}/{stream}"].shape[1:])
     width = int(np.prod(frame_shape))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = store.meta
+    meta = store.metadata
     summary: dict[str, Any] = {"split": split, "roles": {}, "left_out": left_out}
     bar = _progress(sum(len(m) for m in by_role.values()), "export", progress)
     with h5py.File(out, "w") as f:
         attrs = {"format": FORMAT, "frame_shape": list(frame_shape), "config_hash": store.config_hash,
                  "config": json.dumps(store.config, sort_keys=True), "dataset": store.dataset, "stream": stream,
-                 "split": split, "dtype": dtype, "backbone": meta.get("backbone"), "layer": meta.get("layer"),
-                 "weights": meta.get("weights")}
+                 "split": split, "dtype": dtype, "backbone": meta.backbone, "layer": meta.layer,
+                 "weights": meta.weights, "multi_label": int(multi_label)}
         f.attrs.update({k: v for k, v in attrs.items() if v is not None})
         f.attrs["classes"] = np.array(store.classes, dtype=h5py.string_dtype())
         for role, members in by_role.items():
@@ -202,7 +202,11 @@ def import_hdf5(h5_path: str | Path, out: str | Path, *, dataset: str, stream: s
     h5_path = Path(h5_path)
     if not h5_path.is_file():
         raise StoreError(f"{h5_path}: no such file")
-    with h5py.File(h5_path, "r") as f:
+    try:
+        f = h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise StoreError(f"{h5_path}: not an HDF5 file ({exc})") from None
+    with f:
         for needed in ("frame_shape", "classes"):
             if needed not in f.attrs:
                 raise StoreError(f"{h5_path}: no {needed!r} attribute; import needs (C, K, K) and the class names "
@@ -226,8 +230,9 @@ def import_hdf5(h5_path: str | Path, out: str | Path, *, dataset: str, stream: s
         config = {**source_config, "dataset": dataset, "imported_from": h5_path.name,
                   "source_config_hash": _text_attr(f.attrs.get("config_hash", "")) or None, "stream": stream}
         desc = {"frame_shape": frame_shape, **{k: v for k, v in info.items() if k in ("backbone", "layer")}}
+        multi_label = bool(f.attrs["multi_label"]) if "multi_label" in f.attrs else None  # None: from the labels
         writer = create_store(out, dataset=dataset, classes=classes, records=[p[0] for p in plan], config=config,
-                              streams={stream: desc}, overwrite=overwrite,
+                              streams={stream: desc}, overwrite=overwrite, multi_label=multi_label,
                               info={**info, "versions": {"h5py": h5py.__version__}, "imported_from": str(h5_path)})
         counts = dict.fromkeys(roles, 0)
         for record, role, start, n, indices, timestamps in plan:

@@ -6,15 +6,15 @@ while extractions are going on: a video being written by a live run is left alon
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glimpse.store.claims import claim_video
-from glimpse.store.layout import VIDEOS_GROUP, video_key
-from glimpse.store.reader import StoreError, open_store
-from glimpse.store.schema import DONE, FAILED
+from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP, video_key
+from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict
+from glimpse.store.schema import DONE, FAILED, SCHEMA_VERSION
 from glimpse.store.writer import StoreWriter
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
@@ -45,21 +45,21 @@ def collect_garbage(path: str | Path) -> Cleanup:
     path = Path(path)
     writer = StoreWriter(path)
     cleanup = Cleanup()
-    for row in writer.meta["videos"]:
-        key = row["key"]
+    for row in writer.metadata.videos:
+        key = row.key
         folder = path / VIDEOS_GROUP / key
         if not folder.exists():
             continue
         with claim_video(path, key, note="store gc") as held:
             if not held:
-                cleanup.busy.append(row["id"])
+                cleanup.busy.append(row.id)
                 continue
             for partial in folder.rglob(f"*{PARTIAL_SUFFIX}"):
                 partial.unlink()
                 cleanup.partial_files += 1
             if writer.status(key) not in (DONE, FAILED):
                 writer.reset(key)
-                cleanup.groups.append(row["id"])
+                cleanup.groups.append(row.id)
     for partial in list(path.glob(f"*{PARTIAL_SUFFIX}")) + list((path / VIDEOS_GROUP).glob(f"*{PARTIAL_SUFFIX}")):
         partial.unlink()
         cleanup.partial_files += 1
@@ -84,30 +84,26 @@ def reset_videos(path: str | Path, video_ids: Iterable[str]) -> tuple[list[str],
     return reset, busy
 
 
-def extraction_command(path: str | Path, root: str | None = None, weights: str | None = None) -> list[str]:
-    """The ``python -m glimpse.extract`` command that (re)fills the store at ``path`` with its own config.
+def extraction_options(path: str | Path, root: str | None = None, weights: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of the extraction stage's API (``glimpse.extract.cli.extract_dataset``) that (re)fill the
+    store at ``path`` with its own config: what ``store repair`` runs.
 
-    The dataset root and the weights file come from what the store recorded at creation, unless
-    given here (a store moved to another machine, or one imported from HDF5).
+    The dataset root and the weights file come from what the store recorded at creation, unless given here (a
+    store moved to another machine, or one imported from HDF5).
     """
     store = open_store(path)
-    config, source = store.config, dict(store.meta.get("source", {}))
+    config, source = store.config, dict(store.metadata.source)
     root = root or source.get("root")
     weights = weights or source.get("weights") or config.get("weights")
     if not root:
         raise StoreError(f"{path}: the store does not record its dataset root; pass --root")
     if not weights or weights.startswith("sha256:"):
         raise StoreError(f"{path}: the store does not record which weights file it used; pass --weights PATH")
-    command = [sys.executable, "-m", "glimpse.extract", "--dataset", store.dataset, "--root", root, "--out", str(path),
-               "--backbone", config["backbone"], "--weights", weights, "--size", str(config["size"]),
-               "--flow", config.get("flow", "none")]
-    for option in ("frames", "fps", "max_frames", "flow_size"):
-        if config.get(option) is not None:
-            command += [f"--{option.replace('_', '-')}", str(config[option])]
-    for option in ("flow_weights", "raft_weights", "seed"):
-        if source.get(option) is not None:
-            command += [f"--{option.replace('_', '-')}", str(source[option])]
-    return command
+    options: dict[str, Any] = {"dataset": store.dataset, "root": root, "out": str(path), "backbone": config["backbone"],
+                               "weights": weights, "size": config["size"], "flow": config.get("flow", "none")}
+    options.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size") if config.get(k) is not None})
+    options.update({k: source[k] for k in ("flow_weights", "raft_weights", "seed") if source.get(k) is not None})
+    return options
 
 
 def videos_to_repair(path: str | Path, bad: Iterable[tuple[str, str]]) -> list[str]:
@@ -115,3 +111,24 @@ def videos_to_repair(path: str | Path, bad: Iterable[tuple[str, str]]) -> list[s
     wanted = {vid for vid, _reason in bad}
     return [v.id for v in open_store(path).videos if v.id in wanted or v.status == FAILED]
 
+
+
+def upgrade_store(path: str | Path) -> int:
+    """Bring the store at ``path`` to the current schema version in place; returns the version it had.
+
+    Version 1 to 2 adds ``multi_label`` to the root metadata: whether any video of the manifest has several
+    labels (what version 1 readers guessed each time). Only the root metadata changes; no video is touched.
+    """
+    root = _open_root(path, "r+", any_version=True)
+    meta = dict(root.attrs[ROOT_ATTR])
+    version = meta.get("schema_version")
+    if version == SCHEMA_VERSION:
+        return version
+    if version not in UPGRADABLE:
+        raise StoreError(f"{path}: store schema version {version}; this glimpse upgrades versions {UPGRADABLE} "
+                         f"to {SCHEMA_VERSION}, re-extract it instead")
+    meta["multi_label"] = any(len(row["labels"]) > 1 for row in meta["videos"])
+    meta["schema_version"] = SCHEMA_VERSION
+    upgraded = read_meta_dict(meta, str(path))
+    root.attrs[ROOT_ATTR] = upgraded.to_dict()
+    return version

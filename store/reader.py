@@ -5,6 +5,7 @@
     s.videos                  # list[VideoEntry], every video of the dataset with its status
     s.read(video_id, "rgb")   # (frames, channels, K, K) float16
     s.stream(video_id, "rgb").read(10, 40)   # many reads of one video: opened once, chunks read directly
+    s.metadata                # StoreMeta: dataset, classes, multi_label, streams, config, ...
 """
 
 from __future__ import annotations
@@ -16,18 +17,38 @@ from typing import Any
 
 import numpy as np
 import zarr
+from glimpse.errors import GlimpseError
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
-from glimpse.store.schema import DONE, PENDING, SCHEMA_VERSION, STREAMS, UNREADABLE, VideoEntry
+from glimpse.store.schema import (
+    DONE,
+    PENDING,
+    SCHEMA_VERSION,
+    STREAMS,
+    UNREADABLE,
+    ManifestRow,
+    SchemaError,
+    StoreMeta,
+    StreamInfo,
+    VideoEntry,
+    VideoResult,
+)
 from numcodecs import Blosc, Zstd
 from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.errors import GroupNotFoundError
 
 
-class StoreError(RuntimeError):
+class StoreError(GlimpseError, RuntimeError):
     """A path that is no store, a store of another schema, or a read of something not there."""
 
 
-def _open_root(path: str | Path, mode: str = "r", storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+#: Older schema versions that ``python -m glimpse.store upgrade`` brings to SCHEMA_VERSION.
+UPGRADABLE = (1,)
+
+
+def _open_root(path: str | Path, mode: str = "r", storage_options: Mapping[str, Any] | None = None,
+               any_version: bool = False) -> zarr.Group:
+    """The root group of the glimpse store at ``path``; a StoreError naming the path when it is none (or, unless
+    ``any_version``, one of another schema version)."""
     location = str(path)
     if "://" not in location and not Path(location).exists():
         raise StoreError(f"{location}: no such store (the path does not exist)")
@@ -39,34 +60,26 @@ def _open_root(path: str | Path, mode: str = "r", storage_options: Mapping[str, 
     if not isinstance(meta, dict):
         raise StoreError(f"{location}: a Zarr group, but not a glimpse store (no '{ROOT_ATTR}' attribute)")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and not any_version:
+        upgrade = f"upgrade it with 'python -m glimpse.store upgrade {location}', " if version in UPGRADABLE else ""
         raise StoreError(
             f"{location}: store schema version {version}, this glimpse reads version {SCHEMA_VERSION}; "
-            "re-extract it, or use the glimpse release that wrote it"
+            f"{upgrade}re-extract it, or use the glimpse release that wrote it"
         )
     return root
 
 
-def entry_from(manifest_row: Mapping[str, Any], result: Mapping[str, Any] | None) -> VideoEntry:
-    """Merge a manifest row (written at creation) with a video's result attributes (written last)."""
-    result = dict(result or {})
-    boxes = result.get("boxes")
-    return VideoEntry(
-        id=manifest_row["id"],
-        key=manifest_row["key"],
-        path=manifest_row["path"],
-        labels=tuple(manifest_row["labels"]),
-        splits=dict(manifest_row["splits"]),
-        group=manifest_row.get("group"),
-        status=result.get("status", PENDING),
-        error=result.get("error"),
-        n_frames=int(result.get("n_frames", 0)),
-        frame_indices=tuple(result.get("frame_indices", ())),
-        timestamps=tuple(result.get("timestamps", ())),
-        boxes=None if boxes is None else tuple(tuple(float("nan") if v is None else v for v in b) for b in boxes),
-        source=dict(result.get("source", {})),
-        checksums=dict(result.get("checksums", {})),
-    )
+def read_meta(root: zarr.Group, location: str) -> StoreMeta:
+    """The typed root metadata of an opened store; a StoreError naming the store when it breaks the schema."""
+    return read_meta_dict(root.attrs[ROOT_ATTR], location)
+
+
+def read_meta_dict(meta: Mapping[str, Any], location: str) -> StoreMeta:
+    """:func:`read_meta` of root metadata already read as a dict."""
+    try:
+        return StoreMeta.from_dict(meta)
+    except (SchemaError, TypeError, KeyError, ValueError) as exc:
+        raise StoreError(f"{location}: root metadata ({ROOT_ATTR!r} attribute) breaks the schema: {exc}") from None
 
 
 class Store:
@@ -75,7 +88,7 @@ class Store:
     def __init__(self, path: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
         self.path = str(path)
         self._root = _open_root(path, "r", storage_options)
-        self.meta: dict[str, Any] = dict(self._root.attrs[ROOT_ATTR])
+        self.metadata: StoreMeta = read_meta(self._root, self.path)
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, dataset={self.dataset!r}, videos={len(self.manifest)})"
@@ -86,62 +99,78 @@ class Store:
         return self._root
 
     @property
+    def meta(self) -> dict[str, Any]:
+        """The root metadata as plain JSON (for printing and scripts; code reads :attr:`metadata`)."""
+        return self.metadata.to_dict()
+
+    @property
     def config(self) -> dict[str, Any]:
         """The full extraction config the store was made with."""
-        return dict(self.meta["config"])
+        return dict(self.metadata.config)
 
     @property
     def config_hash(self) -> str:
-        return self.meta["config_hash"]
+        return self.metadata.config_hash
 
     @property
     def dataset(self) -> str:
-        return self.meta["dataset"]
+        return self.metadata.dataset
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.meta["classes"])
+        return self.metadata.classes
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether a video may have several classes (as the dataset adapter declared it at extraction)."""
+        return self.metadata.multi_label
 
     @property
     def streams(self) -> dict[str, dict[str, Any]]:
-        """Stream name -> description (dims, per-frame shape, backbone / flow method)."""
-        return dict(self.meta["streams"])
+        """Stream name -> description as plain JSON (dims, frame_shape, backbone / flow method)."""
+        return {name: info.to_dict() for name, info in self.metadata.streams.items()}
 
     @property
-    def manifest(self) -> list[dict[str, Any]]:
-        return list(self.meta["videos"])
+    def stream_info(self) -> dict[str, StreamInfo]:
+        """Stream name -> its typed description."""
+        return dict(self.metadata.streams)
 
-    def _node(self, row: Mapping[str, Any]) -> tuple[zarr.Group | None, Mapping[str, Any] | None]:
-        """A video's group and result attributes: (None, None) while nothing is written, and an
-        "unreadable" result when its metadata is broken."""
-        node_path = f"{VIDEOS_GROUP}/{row['key']}"
+    @property
+    def manifest(self) -> tuple[ManifestRow, ...]:
+        return self.metadata.videos
+
+    def _node(self, row: ManifestRow) -> tuple[zarr.Group | None, VideoResult | None]:
+        """A video's group and result: (None, None) while nothing is written, and an "unreadable" result when its
+        metadata is broken."""
+        node_path = f"{VIDEOS_GROUP}/{row.key}"
         try:
             node = self._root[node_path]
-            return node, node.attrs.get(VIDEO_ATTR)
+            attrs = node.attrs.get(VIDEO_ATTR)
+            return node, None if attrs is None else VideoResult.from_dict(attrs)
         except KeyError:
             return None, None
         except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
             reason = f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"
-            return None, {"status": UNREADABLE, "error": reason}
+            return None, VideoResult(status=UNREADABLE, error=reason)
 
-    def _result(self, row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def _result(self, row: ManifestRow) -> VideoResult | None:
         return self._node(row)[1]
 
     @property
     def videos(self) -> list[VideoEntry]:
         """Every video of the dataset in manifest order, with its current status (read fresh each call)."""
-        return [entry_from(row, self._result(row)) for row in self.manifest]
+        return [VideoEntry.of(row, self._result(row)) for row in self.manifest]
 
     @cached_property
-    def _by_id(self) -> dict[str, dict[str, Any]]:
-        return {row["id"]: row for row in self.manifest}
+    def _by_id(self) -> dict[str, ManifestRow]:
+        return {row.id: row for row in self.manifest}
 
     def video(self, video_id: str) -> VideoEntry:
         """The entry of one video, read fresh."""
         row = self._row(video_id)
-        return entry_from(row, self._result(row))
+        return VideoEntry.of(row, self._result(row))
 
-    def _row(self, video_id: str) -> dict[str, Any]:
+    def _row(self, video_id: str) -> ManifestRow:
         try:
             return self._by_id[video_id]
         except KeyError:
@@ -153,12 +182,12 @@ class Store:
         ``frames`` reads only a slice of frames (only the chunks it touches are fetched).
         """
         if stream not in STREAMS:
-            raise StoreError(f"unknown stream {stream!r}; streams are {STREAMS}")
-        if stream not in self.streams:
-            have = sorted(self.streams)
+            raise StoreError(f"unknown stream {stream!r}; streams are {sorted(STREAMS)}")
+        if stream not in self.metadata.streams:
+            have = sorted(self.metadata.streams)
             raise StoreError(f"{self.path}: stream {stream!r} was not extracted (this store has {have})")
         node, result = self._node(self._row(video_id))
-        status = (result or {}).get("status", PENDING)
+        status = result.status if result is not None else PENDING
         if status != DONE:
             raise StoreError(f"{self.path}: video {video_id!r} is {status}, not done; nothing to read")
         return node[stream][frames if frames is not None else slice(None)]

@@ -1,27 +1,47 @@
-"""The one place where glimpse's store schema is defined.
+"""The one place where glimpse's store schema is defined: the contract between the stages.
 
-Everything that crosses the boundary between the stages is described here as frozen
-dataclasses: a dataset adapter produces :class:`VideoRecord` s, the extraction stage writes
-them (plus features) into a store, and training / evaluation read them back.
+Everything that crosses the boundary between the stages is described here as frozen dataclasses with
+``to_dict`` / ``from_dict`` (what is stored is their JSON form):
+
+- :class:`VideoRecord`  one video of a dataset, as its adapter reads it (the input of extraction);
+- :class:`StreamSpec`   a kind of stream glimpse knows (name, dims, dtype, the extraction code that computes it),
+                        kept in the :data:`STREAMS` registry: adding a stream is one :func:`register_stream` entry
+                        plus the function that computes it;
+- :class:`StreamInfo`   one stream as a store holds it (dims, per-frame shape, backbone / flow method);
+- :class:`StoreMeta`    the root metadata of a store (schema version, dataset, classes, multi_label, config, ...);
+- :class:`ManifestRow`  a video's row of the manifest, fixed at store creation;
+- :class:`VideoResult`  what extraction made of one video (status, frames, timestamps, boxes, flow pairs, ...);
+- :class:`VideoEntry`   a manifest row and its result together: what training and evaluation read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-SCHEMA_VERSION = 1
+from glimpse.errors import GlimpseError
 
-#: Streams a store may hold, each only if it was extracted.
-STREAMS = ("rgb", "flow", "flow_cnn")
+#: Version 2 added ``multi_label`` to the root metadata (``python -m glimpse.store upgrade`` brings a version 1
+#: store up to date) and reads back ``flow_pairs`` / ``flow_computed_at`` of each video.
+SCHEMA_VERSION = 2
 
 #: Membership of a video in one split of its dataset.
 TRAIN, TEST, UNUSED = "train", "test", "unused"
 SPLIT_ROLES = (TRAIN, TEST, UNUSED)
 
 
-class SchemaError(ValueError):
+class SchemaError(GlimpseError, ValueError):
     """A record or store does not follow the schema; the message says which field and why."""
+
+
+def _known(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of ``cls``; a SchemaError naming the first unknown or missing one."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SchemaError(f"{what}: unknown field {unknown[0]!r} (fields are {sorted(names)})")
+    return dict(data)
 
 
 @dataclass(frozen=True)
@@ -61,12 +81,217 @@ class VideoRecord:
 #: Status of a video inside a store ("unreadable": its own metadata is broken, see store verify).
 PENDING, WRITING, DONE, FAILED, UNREADABLE = "pending", "writing", "done", "failed", "unreadable"
 
-#: Dimension names of each stream's per-video array, written into the array metadata.
-STREAM_DIMS = {
-    "rgb": ("frame", "channel", "y", "x"),
-    "flow": ("frame", "component", "y", "x"),
-    "flow_cnn": ("frame", "channel", "y", "x"),
-}
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A kind of stream: its per-video array is (frames, ...) with these ``dims``, stored as ``dtype``.
+
+    ``computed_by`` is the extraction code that makes it, as "module:attribute" (the store never imports it).
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    computed_by: str
+    description: str = ""
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise SchemaError(f"stream name {self.name!r} must be a non-empty name without '/'")
+        if not self.dims or self.dims[0] != "frame":
+            raise SchemaError(f"stream {self.name!r}: dims {self.dims} must start with 'frame'")
+        if self.dtype != "float16":
+            raise SchemaError(f"stream {self.name!r}: dtype {self.dtype!r}; stores hold float16 only")
+
+
+#: Every stream a store may hold (each only if it was extracted), by name.
+STREAMS: dict[str, StreamSpec] = {}
+
+
+def register_stream(spec: StreamSpec) -> StreamSpec:
+    """Add ``spec`` to :data:`STREAMS` (a second spec of the same name is refused); returns it."""
+    if spec.name in STREAMS and STREAMS[spec.name] != spec:
+        raise SchemaError(f"stream {spec.name!r} is already registered as {STREAMS[spec.name]}")
+    STREAMS[spec.name] = spec
+    return spec
+
+
+def stream_spec(name: str) -> StreamSpec:
+    """The registered stream ``name``, or a SchemaError naming the registered ones."""
+    try:
+        return STREAMS[name]
+    except KeyError:
+        raise SchemaError(f"unknown stream {name!r}; streams are {sorted(STREAMS)}") from None
+
+
+register_stream(StreamSpec("rgb", ("frame", "channel", "y", "x"), "glimpse.extract.pipeline:Extractor",
+                           "CNN conv feature cubes of the decoded frames (C, K, K)"))
+register_stream(StreamSpec("flow", ("frame", "component", "y", "x"), "glimpse.extract.flow:FlowEstimator",
+                           "optical flow to the next frame (2, H, W): x (right), y (down), in pixels"))
+register_stream(StreamSpec("flow_cnn", ("frame", "channel", "y", "x"), "glimpse.extract.pipeline:Extractor",
+                           "CNN conv feature cubes of the flow rendered as an image (C, K, K)"))
+
+
+def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One stream as a store holds it: ``dims`` from the registry, the per-frame shape where every video shares it
+    (CNN cubes; raw flow varies with the video's size), and what made it (backbone and layer, or flow method)."""
+
+    dims: tuple[str, ...]
+    frame_shape: tuple[int, ...] | None = None
+    backbone: str | None = None
+    layer: str | None = None
+    method: str | None = None
+    size: int | None = None
+    units: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
+        out["dims"] = list(self.dims)
+        if self.frame_shape is not None:
+            out["frame_shape"] = list(self.frame_shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StreamInfo:
+        data = _known(cls, data, "stream description")
+        shape = data.get("frame_shape")
+        return cls(**{**data, "dims": tuple(data["dims"]),
+                      "frame_shape": None if shape is None else tuple(int(x) for x in shape)})
+
+    @classmethod
+    def of(cls, name: str, **described: Any) -> StreamInfo:
+        """The description of registered stream ``name`` with the given fields (dims from the registry)."""
+        return cls.from_dict({**described, "dims": stream_spec(name).dims})
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """A video's row of the manifest: the part of its description fixed at store creation."""
+
+    id: str
+    key: str
+    path: str
+    labels: tuple[int, ...]
+    splits: Mapping[str, str]
+    group: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "key": self.key, "path": self.path, "labels": list(self.labels),
+                "splits": dict(self.splits), "group": self.group}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ManifestRow:
+        data = _known(cls, data, "manifest row")
+        return cls(**{**data, "labels": tuple(int(x) for x in data["labels"]), "splits": dict(data["splits"])})
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """The root metadata of a store (``attributes["glimpse"]`` of its root group).
+
+    ``multi_label`` says whether a video may have several classes (Hollywood2), as the dataset adapter declared
+    it at extraction. ``source`` records where the dataset root and weights files were (not part of the config
+    hash) so that ``store repair`` can extract again.
+    """
+
+    dataset: str
+    classes: tuple[str, ...]
+    config: Mapping[str, Any]
+    config_hash: str
+    streams: Mapping[str, StreamInfo]
+    videos: tuple[ManifestRow, ...]
+    multi_label: bool = False
+    schema_version: int = SCHEMA_VERSION
+    created: str | None = None
+    created_by: str | None = None
+    backbone: str | None = None
+    layer: str | None = None
+    weights: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    source: Mapping[str, Any] = field(default_factory=dict)
+    imported_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(classes=list(self.classes), config=dict(self.config), versions=dict(self.versions),
+                   source=dict(self.source), streams={n: s.to_dict() for n, s in self.streams.items()},
+                   videos=[row.to_dict() for row in self.videos])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StoreMeta:
+        data = _known(cls, data, "store metadata")
+        required = ("dataset", "classes", "config", "config_hash", "streams", "videos")
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise SchemaError(f"store metadata: field {missing[0]!r} is missing")
+        return cls(**{**data, "classes": tuple(data["classes"]),
+                      "streams": {n: StreamInfo.from_dict(s) for n, s in data["streams"].items()},
+                      "videos": tuple(ManifestRow.from_dict(row) for row in data["videos"]),
+                      "multi_label": bool(data.get("multi_label", False))})
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What extraction made of one video (``attributes["video"]`` of its group, written after its arrays).
+
+    ``frame_indices`` are source frame numbers (0-based, decode order) of the stored frames, ``timestamps`` their
+    presentation times in seconds (None where unknown, e.g. an HDF5 import). ``boxes`` holds one
+    ``[x0, y0, x1, y1]`` source-pixel box per stored frame where the dataset has ground truth (NaN where a frame
+    has none). ``checksums`` maps each stream to the sha256 of its float16 bytes. ``flow_pairs`` are the two source
+    frames each stored flow goes from and to, and ``flow_computed_at`` the (H, W) it was computed at.
+    """
+
+    status: str = PENDING
+    error: str | None = None
+    n_frames: int = 0
+    frame_indices: tuple[int, ...] = ()
+    timestamps: tuple[float | None, ...] = ()
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    source: Mapping[str, Any] = field(default_factory=dict)
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    flow_pairs: tuple[tuple[int, int], ...] | None = None
+    flow_computed_at: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: tuples become lists, NaN becomes null (JSON has no NaN)."""
+        return {f.name: _json_safe(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VideoResult:
+        data = _known(cls, data, "video result")
+        boxes, pairs, at = data.get("boxes"), data.get("flow_pairs"), data.get("flow_computed_at")
+        nan = float("nan")
+        return cls(**{
+            **data,
+            "n_frames": int(data.get("n_frames", 0)),
+            "frame_indices": tuple(int(i) for i in data.get("frame_indices", ())),
+            "timestamps": tuple(None if t is None else float(t) for t in data.get("timestamps", ())),
+            "boxes": None if boxes is None else tuple(tuple(nan if v is None else float(v) for v in b) for b in boxes),
+            "source": dict(data.get("source") or {}),
+            "checksums": dict(data.get("checksums") or {}),
+            "flow_pairs": None if pairs is None else tuple((int(a), int(b)) for a, b in pairs),
+            "flow_computed_at": None if at is None else (int(at[0]), int(at[1])),
+        })
+
+
+def _json_safe(value: Any) -> Any:
+    """Attributes are JSON: numpy arrays and scalars become Python lists and numbers, NaN becomes null."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -93,8 +318,17 @@ class VideoEntry:
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
     source: Mapping[str, object] = field(default_factory=dict)
     checksums: Mapping[str, str] = field(default_factory=dict)
+    flow_pairs: tuple[tuple[int, int], ...] | None = None
+    flow_computed_at: tuple[int, int] | None = None
 
     @property
     def label(self) -> int:
         """The primary (first) class index."""
         return self.labels[0]
+
+    @classmethod
+    def of(cls, row: ManifestRow, result: VideoResult | None) -> VideoEntry:
+        """A manifest row and its result (None: nothing written yet, pending) as one entry."""
+        result = result or VideoResult()
+        return cls(id=row.id, key=row.key, path=row.path, labels=row.labels, splits=dict(row.splits), group=row.group,
+                   **{f.name: getattr(result, f.name) for f in fields(VideoResult)})

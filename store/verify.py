@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from glimpse.store.layout import VIDEOS_GROUP, array_checksum
 from glimpse.store.reader import Store, open_store
-from glimpse.store.schema import DONE, UNREADABLE, VideoEntry
+from glimpse.store.schema import DONE, UNREADABLE, StreamInfo, VideoEntry
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Verification:
         return "\n".join(lines)
 
 
-def stream_array(root: zarr.Group, key: str, name: str, desc: Mapping[str, Any],
+def stream_array(root: zarr.Group, key: str, name: str, desc: StreamInfo | Mapping[str, Any],
                  n_frames: int) -> tuple[zarr.Array | None, list[str]]:
     """Stream ``name`` of video ``key`` of the store whose root group is ``root``, and why its metadata does not
     fit the store (no chunk is read).
@@ -72,7 +72,7 @@ def stream_array(root: zarr.Group, key: str, name: str, desc: Mapping[str, Any],
         problems.append(f"{where}: dtype {array.dtype}, expected float16")
     if array.ndim != 4:
         problems.append(f"{where}: shape {array.shape} has {array.ndim} dimensions, expected 4")
-    declared = desc.get("frame_shape")
+    declared = desc.frame_shape if isinstance(desc, StreamInfo) else desc.get("frame_shape")
     if declared is not None and tuple(array.shape[1:]) != tuple(declared):
         problems.append(f"{where}: per-frame shape {tuple(array.shape[1:])} but the store declares {tuple(declared)}")
     stored = array.shape[0] if array.ndim else 0
@@ -81,7 +81,7 @@ def stream_array(root: zarr.Group, key: str, name: str, desc: Mapping[str, Any],
     return (None if problems else array), problems
 
 
-def check_stream(root: zarr.Group, name: str, desc: Mapping[str, Any], entry: VideoEntry) -> list[str]:
+def check_stream(root: zarr.Group, name: str, desc: StreamInfo | Mapping[str, Any], entry: VideoEntry) -> list[str]:
     """Reasons why stream ``name`` of a done video of the store at ``root`` is bad (empty when it is good)."""
     array, problems = stream_array(root, entry.key, name, desc, entry.n_frames)
     if array is None:
@@ -106,10 +106,12 @@ def check_video(store: Store, entry: VideoEntry) -> list[str]:
     """Reasons why a done video is bad (empty when it is good)."""
     counts = {"n_frames": entry.n_frames, "frame_indices": len(entry.frame_indices),
               "timestamps": len(entry.timestamps)}
+    if entry.flow_pairs is not None:
+        counts["flow_pairs"] = len(entry.flow_pairs)
     problems = []
     if len(set(counts.values())) != 1:
         problems.append("frame counts disagree: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for name, desc in store.streams.items():
+    for name, desc in store.stream_info.items():
         problems += check_stream(store.root, name, desc, entry)
     return problems
 

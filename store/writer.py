@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,19 @@ from glimpse.store.layout import (
     frames_per_chunk,
     video_key,
 )
-from glimpse.store.reader import StoreError, _open_root
-from glimpse.store.schema import DONE, FAILED, PENDING, SCHEMA_VERSION, STREAM_DIMS, WRITING, VideoRecord
+from glimpse.store.reader import StoreError, _open_root, read_meta
+from glimpse.store.schema import (
+    DONE,
+    FAILED,
+    PENDING,
+    WRITING,
+    ManifestRow,
+    SchemaError,
+    StoreMeta,
+    StreamInfo,
+    VideoRecord,
+    VideoResult,
+)
 from zarr.codecs import ZstdCodec
 
 #: float16 values compressed with zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit
@@ -41,16 +53,10 @@ class StoreExistsError(StoreError):
     """The target path holds a store made with another config (or something that is not a store)."""
 
 
-def manifest_row(record: VideoRecord) -> dict[str, Any]:
+def manifest_row(record: VideoRecord) -> ManifestRow:
     """The part of a video's description fixed at store creation."""
-    return {
-        "id": record.id,
-        "key": video_key(record.id),
-        "path": record.path,
-        "labels": list(record.labels),
-        "splits": dict(record.splits),
-        "group": record.group,
-    }
+    return ManifestRow(id=record.id, key=video_key(record.id), path=record.path, labels=tuple(record.labels),
+                       splits=dict(record.splits), group=record.group)
 
 
 def create_store(
@@ -60,15 +66,19 @@ def create_store(
     classes: Sequence[str],
     records: Sequence[VideoRecord],
     config: Mapping[str, Any],
-    streams: Mapping[str, Mapping[str, Any]],
+    streams: Mapping[str, Mapping[str, Any] | StreamInfo],
     info: Mapping[str, Any] | None = None,
+    multi_label: bool | None = None,
     overwrite: bool = False,
 ) -> StoreWriter:
     """Create the store at ``path``, or reopen it when it holds the same config (a resume).
 
-    A store made with a different config is refused with :class:`StoreExistsError` unless
-    ``overwrite``; a non-empty directory that is not a store is always refused (nothing is deleted
-    that glimpse did not write).
+    ``streams`` describes each stream (a :class:`StreamInfo`, or its fields without ``dims``, which come from the
+    stream registry); ``info`` fills the other :class:`StoreMeta` fields (backbone, layer, weights, versions,
+    source, ...). ``multi_label`` is the dataset adapter's declaration (None: whether any record has several
+    labels). A store made with a different config is refused with :class:`StoreExistsError` unless
+    ``overwrite``; a non-empty directory that is not a store is always refused (nothing is deleted that glimpse
+    did not write).
     """
     path = Path(path)
     if path.is_dir() and any(p.name != CLAIMS_DIR for p in path.iterdir()):
@@ -76,48 +86,43 @@ def create_store(
             _open_root(path, "r")
         except StoreError as exc:  # checked before the claims folder is made: a wrong --out is left untouched
             raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
-    with creation_lock(path):  # two runs started together: the second sees the first's store
-        return _create_or_reopen(path, dataset, classes, records, dict(config), streams, info, overwrite)
-
-
-def _create_or_reopen(path, dataset, classes, records, config, streams, info, overwrite) -> StoreWriter:
-    digest = config_hash(config)
-    contents = [p for p in path.iterdir() if p.name != CLAIMS_DIR]
-    if contents:
-        try:
-            existing = _open_root(path, "r")
-        except StoreError as exc:
-            raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
-        old = existing.attrs[ROOT_ATTR]
-        if old.get("config_hash") == digest and not overwrite:
-            return StoreWriter(path)
-        if not overwrite:
-            raise StoreExistsError(
-                f"{path}: holds a store made with another config (hash {old.get('config_hash')}, "
-                f"this run {digest}); pass --overwrite to replace it, or choose another --out"
-            )
-        for item in contents:  # the claims folder stays: its locks may be held right now
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
     keys = [video_key(r.id) for r in records]
     if len(set(keys)) != len(keys):
         raise StoreError(f"{path}: dataset {dataset!r} has duplicate video ids")
-    for name in streams:
-        if name not in STREAM_DIMS:
-            raise StoreError(f"unknown stream {name!r}; streams are {sorted(STREAM_DIMS)}")
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": dataset,
-        "classes": list(classes),
-        "config": config,
-        "config_hash": digest,
-        "streams": {name: {"dims": list(STREAM_DIMS[name]), **dict(desc)} for name, desc in streams.items()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "created_by": getpass.getuser(),
-        **dict(info or {}),
-        "videos": [manifest_row(r) for r in records],
-    }
+    try:
+        meta = StoreMeta.from_dict({
+            "dataset": dataset, "classes": list(classes), "config": dict(config), "config_hash": config_hash(config),
+            "streams": {name: (desc if isinstance(desc, StreamInfo) else StreamInfo.of(name, **desc)).to_dict()
+                        for name, desc in streams.items()},
+            "videos": [manifest_row(r).to_dict() for r in records],
+            "multi_label": any(len(r.labels) > 1 for r in records) if multi_label is None else multi_label,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "created_by": getpass.getuser(),
+            **dict(info or {}),
+        })
+    except SchemaError as exc:
+        raise StoreError(f"{path}: cannot create the store: {exc}") from None
+    with creation_lock(path):  # two runs started together: the second sees the first's store
+        return _create_or_reopen(path, meta, overwrite)
+
+
+def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool) -> StoreWriter:
+    contents = [p for p in path.iterdir() if p.name != CLAIMS_DIR]
+    if contents:
+        try:
+            old = read_meta(_open_root(path, "r"), str(path))
+        except StoreError as exc:
+            raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
+        if old.config_hash == meta.config_hash and not overwrite:
+            return StoreWriter(path)
+        if not overwrite:
+            raise StoreExistsError(
+                f"{path}: holds a store made with another config (hash {old.config_hash}, "
+                f"this run {meta.config_hash}); pass --overwrite to replace it, or choose another --out"
+            )
+        for item in contents:  # the claims folder stays: its locks may be held right now
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
     # under the creation lock with nothing but the claims folder here: "a" creates the group, touching no lock
-    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta})
+    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.to_dict()})
     root.create_group(VIDEOS_GROUP)
     return StoreWriter(path)
 
@@ -128,8 +133,8 @@ class StoreWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._root = _open_root(self.path, "r+")
-        self.meta = self._root.attrs[ROOT_ATTR]
-        self.keys = frozenset(row["key"] for row in self.meta["videos"])
+        self.metadata: StoreMeta = read_meta(self._root, str(self.path))
+        self.keys = frozenset(row.key for row in self.metadata.videos)
 
     def status(self, key: str) -> str:
         """The video's status as stored right now (pending when nothing is written yet)."""
@@ -149,15 +154,19 @@ class StoreWriter:
     def _fresh_group(self, key: str) -> zarr.Group:
         """The video's group, emptied of whatever an earlier, interrupted attempt left."""
         self.reset(key)
-        return self._root.create_group(f"{VIDEOS_GROUP}/{key}", attributes={VIDEO_ATTR: {"status": WRITING}})
+        writing = VideoResult(status=WRITING).to_dict()
+        return self._root.create_group(f"{VIDEOS_GROUP}/{key}", attributes={VIDEO_ATTR: writing})
 
-    def write_video(self, key: str, arrays: Mapping[str, np.ndarray], result: Mapping[str, Any]) -> dict[str, Any]:
+    def write_video(self, key: str, arrays: Mapping[str, np.ndarray],
+                    result: VideoResult | Mapping[str, Any]) -> VideoResult:
         """Write a finished video's arrays (cast to float16), then mark it done. Returns the result written.
 
-        Raises ValueError, before anything is marked done, when a stream is missing, unexpected, or
-        holds values that are not finite in float16.
+        ``result`` is a :class:`VideoResult` (or its fields as a mapping); its status, error and checksums are set
+        here. Raises ValueError, before anything is marked done, when a stream is missing, unexpected, or holds
+        values that are not finite in float16, and SchemaError when ``result`` has a field the schema lacks.
         """
-        expected = set(self.meta["streams"])
+        result = result if isinstance(result, VideoResult) else VideoResult.from_dict(result)
+        expected = set(self.metadata.streams)
         if set(arrays) != expected:
             raise ValueError(f"video {key}: streams {sorted(arrays)} given, the store holds {sorted(expected)}")
         cast = {}
@@ -173,29 +182,17 @@ class StoreWriter:
                 data=half,
                 chunks=(min(len(half), frames_per_chunk(half.shape[1:])), *half.shape[1:]),
                 compressors=COMPRESSOR,
-                dimension_names=STREAM_DIMS[name],
+                dimension_names=self.metadata.streams[name].dims,
             )
         checksums = {n: array_checksum(a) for n, a in cast.items()}
-        done = {**dict(result), "status": DONE, "error": None, "checksums": checksums}
-        group.attrs[VIDEO_ATTR] = _json_safe(done)
+        done = replace(result, status=DONE, error=None, checksums=checksums)
+        group.attrs[VIDEO_ATTR] = done.to_dict()
         return done
 
-    def write_failure(self, key: str, error: str, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def write_failure(self, key: str, error: str, result: VideoResult | Mapping[str, Any] | None = None) -> VideoResult:
         """Record that a video failed, with the reason; any partial data of it is removed."""
+        result = result if isinstance(result, VideoResult) else VideoResult.from_dict(result or {})
         group = self._fresh_group(key)
-        failed = {**dict(result or {}), "status": FAILED, "error": error}
-        group.attrs[VIDEO_ATTR] = _json_safe(failed)
+        failed = replace(result, status=FAILED, error=error)
+        group.attrs[VIDEO_ATTR] = failed.to_dict()
         return failed
-
-
-def _json_safe(value: Any) -> Any:
-    """Attributes are JSON: numpy scalars become Python numbers and NaN becomes null."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value

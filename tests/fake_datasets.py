@@ -1,6 +1,6 @@
 """Builders of small fake dataset trees in the official layouts, holding tiny real encoded videos.
 
-Every video is the same 64x64, 4-frame clip encoded once per container by ``extract.encode.write_video``
+Every video is the same 64x64, 4-frame clip encoded once per container by ``glimpse.media.encode.write_video``
 and copied, so a tree of hundreds of videos costs milliseconds. ``SMALL_TREES`` holds one builder
 per dataset of the registry, each writing a loadable tree with every listed video present.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from glimpse.extract.datasets import hollywood2, ucf11, ucfsports
-from glimpse.extract.encode import write_video
+from glimpse.media.encode import write_video
 
 N_FRAMES, SIZE = 4, 64
 

@@ -16,7 +16,7 @@ from glimpse.extract.backbones import (
     output_grid,
     weights_identity,
 )
-from glimpse.extract.encode import write_video
+from glimpse.media.encode import write_video
 from torchvision.transforms.v2 import functional as TF
 
 #: small input sides that keep CPU tests fast (Inception v3 needs >= 75 px; 112 gives a 2x2 grid)

@@ -8,8 +8,8 @@ import subprocess
 import av
 import numpy as np
 import pytest
-from glimpse.extract.decode import DecodeError, Sampling, _plan_segments, decode_video, scan
-from glimpse.extract.encode import write_video
+from glimpse.media.decode import DecodeError, Sampling, _plan_segments, decode_video, scan
+from glimpse.media.encode import write_video
 
 N_FRAMES = 48
 

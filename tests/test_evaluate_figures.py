@@ -22,9 +22,9 @@ from glimpse.evaluate.figures import (
     stored_frames,
     video_attention_figures,
 )
-from glimpse.extract.decode import DecodeError, Sampling, decode_video
-from glimpse.extract.encode import write_video
 from glimpse.extract.synth import render_clip
+from glimpse.media.decode import DecodeError, Sampling, decode_video
+from glimpse.media.encode import write_video
 from PIL import Image
 
 K = 4

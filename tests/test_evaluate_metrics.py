@@ -26,7 +26,7 @@ HAND_LABELS = [0, 1, 2, 0]
 
 
 def test_single_label_by_hand():
-    m = classification_metrics(HAND_SCORES, HAND_LABELS, CLASSES3)
+    m = classification_metrics(HAND_SCORES, HAND_LABELS, CLASSES3, multi_label=False)
     assert m["videos"] == 4 and not m["multi_label"]
     assert m["top1"] == pytest.approx(0.5)
     assert m["top5_k"] == 3 and m["top5"] == pytest.approx(1.0)  # top-5 clipped to the 3 classes
@@ -44,7 +44,7 @@ def test_single_label_by_hand():
 def test_multi_label_by_hand_with_a_class_without_positives():
     scores = np.array([[0.9, 0.1, 0.3], [0.6, 0.5, 0.2], [0.2, 0.8, 0.4]])
     labels = [(0, 1), (1,), (0,)]
-    m = classification_metrics(scores, labels, CLASSES3)
+    m = classification_metrics(scores, labels, CLASSES3, multi_label=True)
     assert m["multi_label"] and m["confusion"] is None
     assert m["top1"] == pytest.approx(1 / 3)  # only v0's top class (a) is one of its labels
     assert m["per_class"]["a"] == {"accuracy": 0.5, "count": 2, "ap": pytest.approx(5 / 6)}
@@ -56,7 +56,7 @@ def test_multi_label_by_hand_with_a_class_without_positives():
 
 def test_top5_by_hand_on_ten_classes():
     scores = np.tile(np.linspace(1.0, 0.1, 10), (2, 1))  # class i ranked i-th
-    m = classification_metrics(scores, [4, 5], [str(i) for i in range(10)])
+    m = classification_metrics(scores, [4, 5], [str(i) for i in range(10)], multi_label=False)
     assert m["top5_k"] == 5
     assert m["top5"] == pytest.approx(0.5)  # rank 5 is in, rank 6 is out
     assert m["top1"] == 0.0
@@ -70,7 +70,7 @@ def test_single_label_against_sklearn_on_random_scores():
     labels = rng.integers(0, c, n)
     labels[labels == 3] = 4  # class 3 has no video
     classes = [f"class{i}" for i in range(c)]
-    m = classification_metrics(scores, labels, classes)
+    m = classification_metrics(scores, labels, classes, multi_label=False)
     assert m["top1"] == pytest.approx(top_k_accuracy_score(labels, scores, k=1, labels=range(c)))
     assert m["top5"] == pytest.approx(top_k_accuracy_score(labels, scores, k=5, labels=range(c)))
     predicted = scores.argmax(1)
@@ -116,7 +116,7 @@ def test_multi_label_flag_for_a_subset_with_one_label_each():
 ])  # fmt: skip
 def test_bad_inputs_are_refused(scores, labels, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        classification_metrics(scores, labels, CLASSES3)
+        classification_metrics(scores, labels, CLASSES3, multi_label=False)
 
 
 def test_several_labels_need_multi_label():
@@ -133,7 +133,7 @@ def test_prediction_metrics_reads_video_predictions():
 
 
 def test_save_metrics_writes_json_and_confusion(tmp_path):
-    m = classification_metrics(HAND_SCORES, HAND_LABELS, CLASSES3)
+    m = classification_metrics(HAND_SCORES, HAND_LABELS, CLASSES3, multi_label=False)
     paths = save_metrics(m, tmp_path / "run", prefix="test")
     assert json.loads(paths["metrics"].read_text()) == m
     with open(paths["confusion_csv"]) as f:
@@ -145,7 +145,7 @@ def test_save_metrics_writes_json_and_confusion(tmp_path):
 
 
 def test_multi_label_results_have_no_confusion_files(tmp_path):
-    m = classification_metrics(HAND_SCORES, [(0, 1), (1,), (2,), (0,)], CLASSES3)
+    m = classification_metrics(HAND_SCORES, [(0, 1), (1,), (2,), (0,)], CLASSES3, multi_label=True)
     assert set(save_metrics(m, tmp_path)) == {"metrics"}
 
 

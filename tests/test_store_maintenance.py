@@ -14,7 +14,7 @@ from glimpse.store import StoreError, open_store
 from glimpse.store.catalog import resolve_store
 from glimpse.store.claims import claim_video
 from glimpse.store.layout import video_key
-from glimpse.store.maintenance import collect_garbage
+from glimpse.store.maintenance import collect_garbage, extraction_options
 from glimpse.store.verify import verify_store
 from test_extract import REPO, TINY_OPTS
 
@@ -74,10 +74,20 @@ def test_repair_redoes_a_corrupted_video_through_the_extraction_stage(lab, tmp_p
     assert [vid for vid, _ in verify_store(store_path)] == [victim.id]
     dry = subprocess.run([sys.executable, "-m", "glimpse.store", "repair", str(store_path), "--dry-run"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 0 and "1 bad and 0 failed" in dry.stdout and "-m glimpse.extract" in dry.stdout
+    assert dry.returncode == 0 and "1 bad and 0 failed" in dry.stdout and "backbone=googlenet" in dry.stdout
     assert [vid for vid, _ in verify_store(store_path)] == [victim.id]  # a dry run changes nothing
     result = subprocess.run([sys.executable, "-m", "glimpse.store", "repair", str(store_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert verify_store(store_path) == []
     np.testing.assert_array_equal(open_store(store_path).read(victim.id, "rgb"), original)
+
+
+def test_repair_asks_the_extraction_api_for_nothing_it_does_not_take(lab):
+    """Every option repair derives from a store is a parameter of the extraction stage's API (that they reproduce
+    the store's config is shown by the repair above, which would be refused by a store of another config)."""
+    import inspect
+
+    options = extraction_options(lab[1].store)
+    assert set(options) <= set(inspect.signature(extract_dataset).parameters)
+    assert options["out"] == lab[1].store and options["dataset"] == "synthetic"

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from glimpse.cli import main as glimpse_main
 from glimpse.extract.synth import (
     CLASS_PATTERNS,
     SynthConfig,
@@ -21,8 +22,6 @@ from glimpse.extract.synth import (
     n_test_groups,
     render_clip,
 )
-
-from glimpse.cli import main as glimpse_main
 
 av.logging.set_level(av.logging.ERROR)
 

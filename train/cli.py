@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 
 import click
+from glimpse.errors import Group
+from glimpse.store.catalog import default_root
 
 
 def find_store(dataset: str, root: str) -> str:
@@ -46,23 +48,12 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
     return {**options, "model_args": model_args, "normalize": normalize, "progress": not quiet}
 
 
-def run_or_fail(function, *args, **kwargs):
-    """Call a training function; turn the errors a user can fix into a clean exit with their message."""
-    from glimpse.store import StoreError
-    from glimpse.train.config import ConfigError
-    from glimpse.train.loop import NonFiniteLossError
-
-    try:
-        return function(*args, **kwargs)
-    except (ConfigError, StoreError, FileExistsError, FileNotFoundError, NonFiniteLossError) as err:
-        raise click.ClickException(str(err)) from None
-
-
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
+@click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
                                                             "show_default": True})
 @click.option("--store", type=click.Path(), help="The feature store to train from.")
 @click.option("--dataset", help="Find the store of this dataset under --store-root instead of --store.")
-@click.option("--store-root", default="stores/", help="Where --dataset looks for stores.")
+@click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/",
+              help="Where --dataset looks for stores.")
 @click.option("--model", help="A registered model (python -m glimpse.train models).")
 @click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
@@ -114,7 +105,7 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
             changes["cache_ram"] = parse_bytes(cache_ram)
         if quiet:
             changes["progress"] = False
-        result = run_or_fail(resume_run, resume, **changes)
+        result = resume_run(resume, **changes)
         click.echo(result.summary())
         return
     if not model:
@@ -131,7 +122,7 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
 
         out = str(Path("runs") / f"{open_store(store).dataset}-{model}")
     options = training_options(model, lam, blocks, sets, normalize, cache_ram, quiet, **plain)
-    result = run_or_fail(train_model, store, model, out, **options)
+    result = train_model(store, model, out, **options)
     click.echo(result.summary())
 
 

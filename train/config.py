@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from glimpse.errors import GlimpseError
 from glimpse.train.models import MODELS
 from glimpse.train.sampling import POLICIES, Policy, items_per_epoch, make_policy
 
@@ -34,7 +35,7 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
 RESUMABLE = ("epochs", "device", "workers", "cache_ram", "cache_dir", "progress", "patience")
 
 
-class ConfigError(ValueError):
+class ConfigError(GlimpseError, ValueError):
     """An option that does not fit the model or the store; the message says which and why."""
 
 

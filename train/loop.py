@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from glimpse.errors import GlimpseError
 from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
 from glimpse.train.data import model_inputs
 from glimpse.train.losses import model_loss
@@ -35,7 +36,7 @@ from tqdm import tqdm
 log = logging.getLogger("train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(GlimpseError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 

@@ -27,6 +27,7 @@ from glimpse.train.data import (
     targets_for,
     unfit_videos,
 )
+from glimpse.train.metrics import average_precisions, multi_hot
 from glimpse.train.models import build_model
 from glimpse.train.run import RunDir
 from glimpse.train.sampling import Policy, Windows
@@ -103,14 +104,8 @@ def score(predictions: list[VideoPrediction], classes: int, multi_label: bool) -
                               for p in predictions]))
     result = {"accuracy": accuracy, "loss": float(np.mean([p.loss for p in predictions])), "score": accuracy}
     if multi_label:
-        from sklearn.metrics import average_precision_score
-
-        truth = np.zeros((len(predictions), classes))
-        for i, p in enumerate(predictions):
-            truth[i, list(p.labels)] = 1
-        scores = np.stack([p.scores for p in predictions])
-        present = truth.sum(0) > 0
-        result["map"] = float(average_precision_score(truth[:, present], scores[:, present], average="macro"))
+        truth = multi_hot([p.labels for p in predictions], classes)  # (N, classes)
+        _aps, result["map"] = average_precisions(truth, np.stack([p.scores for p in predictions]))
         result["score"] = result["map"]
     return result
 

@@ -17,13 +17,13 @@ import csv
 import io
 import json
 import math
-import os
 import pickle
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from glimpse.files import atomic_write_bytes, atomic_write_text
 from glimpse.train.config import ConfigError
 
 #: metrics.csv columns; the last three are timings (different in every run, even with the same seed)
@@ -41,21 +41,6 @@ CHECKPOINT_KEYS = ("model", "config", "state_dict", "optimizer", "train_config",
 class RunFileError(ConfigError):
     """A file of a run directory that cannot be read or trusted (a broken config.json, a checkpoint this
     glimpse did not write); the message names the file. Nothing in such a file is ever run."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode())
 
 
 def rng_state() -> dict[str, torch.Tensor]:

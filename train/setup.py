@@ -180,7 +180,7 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     for note in notes:
         log.info("%s", note)
     every = selection.train + selection.val + selection.test
-    multi_label = any(len(v.labels) > 1 for v in every)
+    multi_label = store.multi_label  # declared by the dataset adapter, stored at extraction
     clip = config.policy()
     device = pick_device(config.device)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from glimpse.errors import GlimpseError
 from glimpse.store.schema import SPLIT_ROLES, VideoRecord
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 MISSING_SHOWN = 5
 
 
-class DatasetError(Exception):
+class DatasetError(GlimpseError):
     """A dataset tree does not follow its official layout; the message names the expected path and why."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import av
 import av.logging
 import numpy as np
+from glimpse.errors import GlimpseError
 
 #: Frames a seek is worth, in decode work: below this saving, decode sequentially.
 SEEK_COST_FRAMES = 8
@@ -26,7 +27,7 @@ SEEK_COST_FRAMES = 8
 av.logging.set_level(av.logging.PANIC)  # FFmpeg's own warnings would flood worker logs
 
 
-class DecodeError(RuntimeError):
+class DecodeError(GlimpseError, RuntimeError):
     """A video that cannot be decoded as asked; the message names the file and the reason."""
 
 

@@ -1,0 +1,95 @@
+"""The stages meet only where the design says: grep-level checks over the source folders.
+
+    extract -> store <- train <- evaluate;  glimpse.media and glimpse.errors beside them, importing no stage.
+
+Only store/ knows where things live inside a store (its Zarr paths and attribute names): everyone else goes
+through ``Store`` / ``StoreWriter`` methods.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: folder -> the stages its modules may not import
+FORBIDDEN_IMPORTS = {
+    "store": ("extract", "train", "evaluate"),
+    "evaluate": ("extract",),
+    "glimpse/media": ("extract", "store", "train", "evaluate"),
+}
+
+#: (file, module) imports that cross a boundary on purpose: the store CLI's repair hands the videos it reset to the
+#: extraction stage's API (store's library modules import no stage).
+EXEMPT = {("store/cli.py", "glimpse.extract.cli")}
+
+#: What naming a store's insides looks like: its layout constants, its metadata files, raw Zarr group access.
+ZARR_PATHS = re.compile(r"VIDEOS_GROUP|VIDEO_ATTR|ROOT_ATTR|zarr\.json|[\"']videos/|zarr\.open|open_group")
+
+#: Folders that must read and write stores only through store/'s API. train/ joins once its data path reads
+#: through Store methods only (the line to add: "train",).
+OUTSIDE_STORE = ("extract", "evaluate", "glimpse", "train")
+
+
+def _sources(folder: str) -> list[Path]:
+    files = sorted((REPO / folder).rglob("*.py"))
+    assert files, f"no Python files under {folder}/"
+    return files
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module a file imports (``import a.b`` and ``from a.b import c``, at any indentation)."""
+    found = []
+    for line in path.read_text().splitlines():
+        match = re.match(r"\s*(?:from\s+([\w.]+)\s+import|import\s+([\w.]+))", line)
+        if match:
+            found.append(match.group(1) or match.group(2))
+    return found
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN_IMPORTS))
+def test_a_stage_imports_only_what_the_design_allows(folder):
+    banned = FORBIDDEN_IMPORTS[folder]
+    offenders = [f"{path.relative_to(REPO)} imports {module}" for path in _sources(folder)
+                 for module in _imports(path)
+                 if any(module == f"glimpse.{stage}" or module.startswith(f"glimpse.{stage}.") for stage in banned)
+                 and (str(path.relative_to(REPO)), module) not in EXEMPT]
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("folder", OUTSIDE_STORE)
+def test_nothing_outside_store_names_zarr_paths(folder):
+    offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for path in _sources(folder)
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if ZARR_PATHS.search(line)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_checks_see_a_violation(tmp_path):
+    """The import matcher and the Zarr-path pattern catch what they are meant to (a check that cannot fail is none)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from glimpse.extract.decode import decode_video\n    return root['videos/' + k]\n")
+    assert "glimpse.extract.decode" in _imports(bad)
+    assert ZARR_PATHS.search(bad.read_text())
+
+
+def test_one_atomic_write():
+    """Files that must never be seen half-written go through glimpse.files (temporary file, fsync, rename)."""
+    renames = re.compile(r"os\.replace|\.rename\(")
+    offenders = [f"{path.relative_to(REPO)}:{n}" for folder in ("extract", "store", "train", "evaluate", "glimpse")
+                 for path in _sources(folder) if path != REPO / "glimpse" / "files.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if renames.search(line)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    from glimpse.files import atomic_write_bytes, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "deep" / "result.json", "old\n")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")  # fails while writing the temporary file
+    assert target.read_text() == "old\n" and sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n" and len(list(target.parent.iterdir())) == 1

@@ -1,0 +1,155 @@
+"""The store contract (store/schema.py): typed metadata that round-trips, a stream registry every stream follows, a
+toy stream that one registry entry makes storable, and old schema versions refused with the way out."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from glimpse.store import StoreError, open_store
+from glimpse.store.cli import main as store_main
+from glimpse.store.layout import video_key
+from glimpse.store.schema import (
+    SCHEMA_VERSION,
+    STREAMS,
+    ManifestRow,
+    SchemaError,
+    StoreMeta,
+    StreamInfo,
+    StreamSpec,
+    VideoRecord,
+    VideoResult,
+    register_stream,
+)
+from glimpse.store.verify import run_verify
+from glimpse.store.writer import create_store
+
+RECORDS = [VideoRecord(id=f"c{c}/v{i}", path=f"/v/c{c}{i}.avi", labels=(c,), splits={"1": "test" if i else "train"})
+           for c in range(2) for i in range(2)]
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_every_registered_stream_is_complete(name):
+    spec = STREAMS[name]
+    assert spec.name == name and spec.dtype == "float16"
+    assert len(spec.dims) == 4 and spec.dims[0] == "frame"  # (frames, channels or components, y, x)
+    module, _, attribute = spec.computed_by.partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute)), spec.computed_by
+    assert StreamInfo.from_dict(StreamInfo.of(name).to_dict()) == StreamInfo.of(name)
+
+
+def test_the_registry_refuses_a_second_meaning_and_bad_specs():
+    with pytest.raises(SchemaError, match="already registered"):
+        register_stream(StreamSpec("rgb", ("frame", "x"), "somewhere:else"))
+    with pytest.raises(SchemaError, match="start with 'frame'"):
+        StreamSpec("odd", ("channel", "frame"), "m:f")
+    with pytest.raises(SchemaError, match="float16"):
+        StreamSpec("wide", ("frame", "c", "y", "x"), "m:f", dtype="float64")
+
+
+def test_the_dataclasses_round_trip_through_json():
+    result = VideoResult(status="done", n_frames=2, frame_indices=(0, 5), timestamps=(0.0, 0.2),
+                         boxes=((1.0, 2.0, 3.0, 4.0), (1.5, 2.5, 3.5, 4.5)), source={"codec": "h264"},
+                         checksums={"rgb": "sha256:00"}, flow_pairs=((0, 1), (5, 6)), flow_computed_at=(120, 160))
+    assert VideoResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    meta = StoreMeta(dataset="d", classes=("a", "b"), config={"size": 8}, config_hash="ff",
+                     streams={"rgb": StreamInfo.of("rgb", frame_shape=[4, 2, 2], backbone="net")},
+                     videos=(ManifestRow("a/1", "a__1", "/a/1.avi", (0, 1), {"1": "train"}),), multi_label=True)
+    assert StoreMeta.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+    holes = VideoResult(n_frames=1, frame_indices=(0,), timestamps=(None,), boxes=((math.nan,) * 4,))
+    stored = json.loads(json.dumps(holes.to_dict(), allow_nan=False))  # NaN is stored as null (JSON has no NaN)
+    back = VideoResult.from_dict(stored)
+    assert back.timestamps == (None,) and all(math.isnan(v) for v in back.boxes[0])
+
+
+def test_an_unknown_field_is_a_schema_error_naming_it(tmp_path):
+    with pytest.raises(SchemaError, match="video result: unknown field 'colour'"):
+        VideoResult.from_dict({"n_frames": 1, "colour": "red"})
+    with pytest.raises(SchemaError, match="'classes' is missing"):
+        StoreMeta.from_dict({"dataset": "d", "config": {}, "config_hash": "0", "streams": {}, "videos": []})
+    writer = create_store(tmp_path / "s", dataset="d", classes=["a", "b"], records=RECORDS, config={},
+                          streams={"rgb": {"frame_shape": [1, 1, 1]}})
+    with pytest.raises(SchemaError, match="colour"):
+        writer.write_video(video_key(RECORDS[0].id), {"rgb": np.zeros((1, 1, 1, 1))}, {"n_frames": 1, "colour": 1})
+    assert open_store(tmp_path / "s").videos[0].status == "pending"  # refused before anything was written
+
+
+def test_multi_label_and_flow_frames_are_stored_and_read_back(tmp_path):
+    declared = create_store(tmp_path / "m", dataset="d", classes=["a", "b"], records=RECORDS, config={},
+                            streams={"rgb": {"frame_shape": [1, 1, 1]}}, multi_label=True)
+    assert open_store(tmp_path / "m").multi_label  # the adapter's word, though every record has one label
+    guessed = create_store(tmp_path / "g", dataset="d", classes=["a", "b"], records=RECORDS, config={"x": 1},
+                           streams={"rgb": {"frame_shape": [1, 1, 1]}})
+    assert not open_store(tmp_path / "g").multi_label
+    result = {"n_frames": 2, "frame_indices": [0, 3], "timestamps": [0, 0.1], "flow_pairs": [[0, 1], [3, 4]],
+              "flow_computed_at": [24, 32]}
+    for writer in (declared, guessed):
+        writer.write_video(video_key(RECORDS[1].id), {"rgb": np.ones((2, 1, 1, 1))}, result)
+    entry = open_store(tmp_path / "m").video(RECORDS[1].id)
+    assert entry.flow_pairs == ((0, 1), (3, 4)) and entry.flow_computed_at == (24, 32)
+
+
+def toy_energy(frames: np.ndarray) -> np.ndarray:
+    """The toy stream's compute function: (T, H, W, 3) uint8 frames -> (T, 1, 2, 2) mean brightness per quadrant."""
+    t, h, w, _ = frames.shape
+    quads = frames.astype(np.float32).mean(-1).reshape(t, 2, h // 2, 2, w // 2)  # (T, 2, H/2, 2, W/2)
+    return quads.mean(axis=(2, 4))[:, None] / 255  # (T, 1, 2, 2)
+
+
+@pytest.fixture
+def toy_stream():
+    """A stream registered for one test, then removed from the registry again."""
+    spec = register_stream(StreamSpec("toy", ("frame", "value", "y", "x"), f"{__name__}:toy_energy",
+                                      "mean brightness per quadrant"))
+    try:
+        yield spec
+    finally:
+        STREAMS.pop("toy")
+
+
+def test_a_registered_toy_stream_is_stored_read_and_verified(toy_stream, tmp_path):
+    store = tmp_path / "toy"
+    writer = create_store(store, dataset="d", classes=["a", "b"], records=RECORDS, config={"toy": True},
+                          streams={"toy": {"frame_shape": [1, 2, 2]}})
+    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)  # (T, H, W, 3)
+    for record in RECORDS:
+        writer.write_video(video_key(record.id), {"toy": toy_energy(frames)},
+                           {"n_frames": 3, "frame_indices": [0, 1, 2], "timestamps": [0.0, 0.04, 0.08]})
+    s = open_store(store)
+    assert s.stream_info["toy"].dims == ("frame", "value", "y", "x")
+    np.testing.assert_allclose(s.read(RECORDS[0].id, "toy"), toy_energy(frames), atol=1e-3)
+    assert run_verify(store).ok
+    chunk = next((store / "videos" / video_key(RECORDS[0].id) / "toy").rglob("c/*/*/*/*"))
+    chunk.write_bytes(chunk.read_bytes()[:-1] + bytes([chunk.read_bytes()[-1] ^ 0xFF]))
+    assert [vid for vid, _ in run_verify(store).bad] == [RECORDS[0].id]  # verify checks the toy stream too
+
+
+def test_an_unregistered_stream_is_refused_at_creation(tmp_path):
+    with pytest.raises(StoreError, match="unknown stream 'toy'"):
+        create_store(tmp_path / "x", dataset="d", classes=["a"], records=RECORDS[:1], config={},
+                     streams={"toy": {"frame_shape": [1, 2, 2]}})
+
+
+def test_an_old_store_is_refused_with_the_upgrade_and_upgraded_in_place(tmp_path):
+    store = tmp_path / "old"
+    records = [*RECORDS, VideoRecord(id="both", path="/v/both.avi", labels=(0, 1), splits={"1": "train"})]
+    create_store(store, dataset="d", classes=["a", "b"], records=records, config={},
+                 streams={"rgb": {"frame_shape": [1, 1, 1]}}, multi_label=False)
+    metadata = Path(store / "zarr.json")
+    meta = json.loads(metadata.read_text())
+    del meta["attributes"]["glimpse"]["multi_label"]
+    meta["attributes"]["glimpse"]["schema_version"] = 1  # as glimpse 0.1 wrote it
+    metadata.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match=f"schema version 1, this glimpse reads version {SCHEMA_VERSION}; "
+                                         f"upgrade it with 'python -m glimpse.store upgrade {store}'"):
+        open_store(store)
+    result = CliRunner().invoke(store_main, ["upgrade", str(store)])
+    assert result.exit_code == 0 and f"schema version {SCHEMA_VERSION} (was 1)" in result.output
+    assert open_store(store).multi_label  # one video has two labels
+    again = CliRunner().invoke(store_main, ["upgrade", str(store)])
+    assert again.exit_code == 0 and "already" in again.output
