@@ -198,7 +198,7 @@ class Store:
         The array's metadata is read once here; the video's status is not checked (the caller selected
         done videos). Raises StoreError when the array is missing or is no array.
         """
-        key = self._row(video_id)["key"]
+        key = self._row(video_id).key
         where = f"{VIDEOS_GROUP}/{key}/{stream}"
         try:
             array = self._root[where]
@@ -215,7 +215,7 @@ class Store:
         The array must exist and be float16 (frames, ...) with the per-frame shape the store declares and
         ``n_frames`` frames. Training checks every video it selects with this, before reading a batch.
         """
-        where = f"{self.path}/{VIDEOS_GROUP}/{self._row(video_id)['key']}/{stream}"
+        where = f"{self.path}/{VIDEOS_GROUP}/{self._row(video_id).key}/{stream}"
         try:
             array = self.stream(video_id, stream)
         except StoreError as err:

@@ -105,7 +105,7 @@ def test_the_loader_cuts_each_clip_from_the_frames_it_names_and_resumes_mid_epoc
     clips = torch.cat([b[0][0] for b in batches])  # (items, T, C, K, K)
     steps = clips[:, :, 0, 0, 0].double()  # (items, T): frame + 100 * video number
     assert (torch.diff(steps, dim=1) == 1).all()  # T consecutive frames of one video
-    numbers = {v.id: 100 * [r["id"] for r in s.manifest].index(v.id) for v in videos}
+    numbers = {v.id: 100 * [r.id for r in s.manifest].index(v.id) for v in videos}
     labels = torch.cat([b[1] for b in batches])
     by_number = {n: v for v, n in numbers.items()}
     for row, label in zip(steps, labels, strict=True):

@@ -14,12 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from glimpse.files import atomic_writer
 from glimpse.store import Store
 from glimpse.train.clips import Video
 
@@ -67,19 +66,13 @@ class DiskCache:
         if path.is_file() and path.stat().st_size == 2 * offset:
             log.info("cache: reading %s", path)
             return cls(path, layout)
-        fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for v in videos:
-                    for s in streams:
-                        cube = store.stream(v.id, s).read()  # (frames, C, K, K) float16
-                        if cube.shape != layout[(v.key, s)][1]:
-                            raise ValueError(f"{store.path}: video {v.id} stream {s} is {cube.shape}, expected "
-                                             f"{layout[(v.key, s)][1]}")
-                        f.write(np.ascontiguousarray(cube, dtype=np.float16).tobytes())
-            os.replace(partial, path)  # complete or absent: a reader never sees half a file
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as f:  # complete or absent: a reader never sees half a file
+            for v in videos:
+                for s in streams:
+                    cube = store.stream(v.id, s).read()  # (frames, C, K, K) float16
+                    if cube.shape != layout[(v.key, s)][1]:
+                        raise ValueError(f"{store.path}: video {v.id} stream {s} is {cube.shape}, expected "
+                                         f"{layout[(v.key, s)][1]}")
+                    f.write(np.ascontiguousarray(cube, dtype=np.float16).tobytes())
         log.info("cache: wrote %d videos (%.2f GB) to %s", len(videos), 2 * offset / 2**30, path)
         return cls(path, layout)
