@@ -309,7 +309,7 @@ class FeatureExtractor(nn.Module):
             chunks.append((x - self.mean) / self.std)  # (t, 3, S, S)
         if not chunks:
             return torch.empty(0, 3, self.size, self.size, device=self.device)
-        return torch.cat(chunks)  # (T, 3, S, S)
+        return torch.cat(chunks).contiguous()  # (T, 3, S, S); one memory layout, hence one set of conv kernels
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, K, K) float32 features."""
@@ -337,7 +337,7 @@ class FeatureExtractor(nn.Module):
         pad = batch_size - len(images)
         if pad > 0:
             images = torch.cat([images, images.new_zeros((pad, *images.shape[1:]))])  # (batch_size, 3, S, S)
-        return self(images)[: batch_size - max(pad, 0)]  # (b, C, K, K)
+        return self(images.contiguous())[: batch_size - max(pad, 0)]  # (b, C, K, K)
 
 
 def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path) -> tuple[nn.Module, str]:

@@ -161,9 +161,10 @@ class FlowEstimator:
         n, h, w = first.shape[:3]
         pad_h, pad_w = max(-(-h // 8) * 8, RAFT_MIN_SIDE) - h, max(-(-w // 8) * 8, RAFT_MIN_SIDE) - w
         filler = self.batch_size - n
-        a, b = (x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1 for x in (first, second))  # (n, 3, h, w)
         if filler > 0:
-            a, b = (torch.cat([x, x[:1].expand(filler, -1, -1, -1)]) for x in (a, b))  # (B, 3, h, w)
+            first, second = (torch.cat([x, x[:1].expand(filler, -1, -1, -1)]) for x in (first, second))  # (B, h, w, 3)
+        # contiguous: the memory layout picks the conv kernels, so it must not depend on how the batch was made
+        a, b = (x.to(self.device).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1 for x in (first, second))
         a, b = (F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") for x in (a, b))  # (B, 3, h8, w8) in [-1, 1]
         with torch.inference_mode():
             flow = self._raft(a, b, num_flow_updates=RAFT_UPDATES)[-1]  # (B, 2, h8, w8)
