@@ -162,8 +162,8 @@ def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWrite
 
 
 def worker_models(config: ExtractConfig, runtime: Runtime) -> Extractor:
-    """The worker's models for ``config``, built once per worker process."""
-    model_key = (config, runtime)
+    """The worker's models for ``config``, built once per worker process (whichever path runs them)."""
+    model_key = (config, dataclasses.replace(runtime, pipelined=True, group=None, decode_threads=0))
     if model_key not in _MODELS:
         _MODELS.clear()
         _MODELS[model_key] = Extractor(config, runtime)
