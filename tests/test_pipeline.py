@@ -97,3 +97,32 @@ def test_raft_batched_across_videos_in_the_pipeline_equals_the_sequential_path(d
     assert store.read("Mix/v_Mix_g01_c01", "flow").shape == (3, 2, 24, 32)
     assert np.abs(store.read("Mix/v_Mix_g01_c03", "flow_cnn")).max() > 0
     assert_same_entries(sequential, pipelined)
+
+
+def test_batcher_fills_every_batch_across_videos_and_returns_each_frame_to_its_video():
+    from contextlib import ExitStack
+
+    import torch
+    from glimpse.extract.batched import Batcher, Flight
+
+    flights = [Flight({"id": f"v{n}", "path": f"v{n}.mp4"}, ExitStack()) for n in (3, 30, 90)]
+    frames = {f"v{n}": torch.arange(n * 10, n * 10 + n, dtype=torch.float32) for n in (3, 30, 90)}
+    got = {vid: torch.full_like(x, -1) for vid, x in frames.items()}
+    sizes: list[int] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        return x * 2
+
+    def done(flight, start, out):
+        got[flight.record["id"]][start : start + len(out)] = out
+
+    batcher = Batcher(32, run, done, fail=lambda flight, exc: pytest.fail(str(exc)))
+    for flight in flights:
+        x = frames[flight.record["id"]]
+        for start in range(0, len(x), 7):  # pieces of 7 frames, as decode threads might queue them
+            batcher.add(flight, start, x[start : start + 7])
+    batcher.flush()
+    assert sizes == [32, 32, 32, 27]  # 123 frames: full batches spanning videos, one short batch at the end
+    for vid, x in frames.items():
+        torch.testing.assert_close(got[vid], x * 2)
