@@ -139,6 +139,8 @@ class Pipeline:
 
     def run(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Extract ``records``; one outcome per video."""
+        if not records:
+            return []
         writer_thread = threading.Thread(target=self._write_loop, name="glimpse-writer", daemon=True)
         writer_thread.start()
         left, lock = [len(records)], threading.Lock()
