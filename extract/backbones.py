@@ -310,7 +310,7 @@ class FeatureExtractor(nn.Module):
             chunks.append((x - self.mean) / self.std)  # (t, 3, S, S)
         if not chunks:
             return torch.empty(0, 3, self.size, self.size, device=self.device)
-        return torch.cat(chunks)  # (T, 3, S, S)
+        return torch.cat(chunks).contiguous()  # (T, 3, S, S); one memory layout, hence one set of conv kernels
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, K, K) float32 features."""
@@ -320,14 +320,25 @@ class FeatureExtractor(nn.Module):
     def features(self, frames: np.ndarray | Tensor, batch_size: int = 32) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB frames -> (T, C, K, K) float32 numpy features, ``batch_size`` frames at a time.
 
-        Same frames and ``batch_size`` give identical features; another ``batch_size`` may change the
-        last float32 bits (~1e-5 measured: CPU conv kernels are chosen per batch shape).
+        Same frames and ``batch_size`` give identical features, whatever other frames share a batch
+        (see :meth:`fixed_batch`); another ``batch_size`` may change the last float32 bits.
         """
         out = np.empty((len(frames), self.spec.channels, self.grid, self.grid), dtype=np.float32)
         for start in range(0, len(frames), batch_size):
             batch = self.preprocess(frames[start : start + batch_size])  # (b, 3, S, S)
-            out[start : start + len(batch)] = self(batch).cpu().numpy()  # (b, C, K, K)
+            out[start : start + len(batch)] = self.fixed_batch(batch, batch_size).cpu().numpy()  # (b, C, K, K)
         return out
+
+    def fixed_batch(self, images: Tensor, batch_size: int) -> Tensor:
+        """(b, 3, S, S) preprocessed images, b <= ``batch_size`` -> (b, C, K, K), run as a batch of ``batch_size``.
+
+        A short batch is padded with zeros: CPU conv kernels are chosen per batch shape (a batch of 1
+        differed by ~3e-4 measured), while at one shape a frame's features do not depend on its batch-mates.
+        """
+        pad = batch_size - len(images)
+        if pad > 0:
+            images = torch.cat([images, images.new_zeros((pad, *images.shape[1:]))])  # (batch_size, 3, S, S)
+        return self(images.contiguous())[: batch_size - max(pad, 0)]  # (b, C, K, K)
 
 
 def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path) -> tuple[nn.Module, str]:

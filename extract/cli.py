@@ -6,7 +6,6 @@ import inspect
 import logging
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,6 @@ log = logging.getLogger("extract")
 
 #: Frames of the first video that random-init batch norm is calibrated on (see extract.backbones).
 CALIBRATION_FRAMES = 8
-
-
-@contextmanager
-def dask_client(scheduler: str | None, workers: int, device: str):
-    """A Dask client: on ``scheduler`` (or DASK_SCHEDULER_ADDRESS) if given, else on a new LocalCluster."""
-    from distributed import Client, LocalCluster
-
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        with Client(address, timeout="30s") as client:
-            yield client
-        return
-    import dask
-
-    # a task whose worker dies twice (a decoder crash, not a lost machine) is failed, not retried on every worker
-    gpu = {"resources": {"GPU": 1}} if device == "cuda" else {}  # one worker per GPU, each pinned in extract_video
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
-            **gpu,
-        )
-        with cluster, Client(cluster) as client:
-            yield client
 
 
 def lab_store_path(lab: str | os.PathLike, config: Any) -> Path:
@@ -99,8 +75,11 @@ class Progress:
 @click.option("--raft-weights", default="none", help="RAFT weights for --flow raft: none | default | PATH.")
 @click.option("--flow-size", type=click.IntRange(min=16), help="Shorter side flow is computed at. [source]")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--batch-size", default=32, type=click.IntRange(min=1))
+@click.option("--gpus", default=None, help="N or all: a local worker per GPU, pinned to it. [all with cuda]")
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Frames per CNN batch, across videos.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Local Dask workers. [one per core]")
+@click.option("--sequential", is_flag=True, help="Decode, CNN and flow one after the other, a video per task.")
+@click.option("--group", default=None, type=click.IntRange(min=1), help="Videos per Dask task. [a few per worker]")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS).")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another config.")
@@ -132,8 +111,11 @@ def extract_dataset(
     raft_weights: str = "none",
     flow_size: int | None = None,
     device: str = "auto",
+    gpus: str | int | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    sequential: bool = False,
+    group: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
     seed: int = 0,
@@ -152,8 +134,16 @@ def extract_dataset(
         raise click.BadParameter(f"unknown {backbone!r}; choose from {sorted(BACKBONES)}", param_hint="backbone")
     if frames is not None and fps is not None:
         raise click.UsageError("--frames and --fps are exclusive: N equally spaced frames, or a fixed frame rate")
+    from glimpse.cluster import ClusterError, dask_client, parse_gpus, plan_cluster, visible_gpus
+
+    try:
+        gpus = parse_gpus(gpus)
+    except ClusterError as err:
+        raise click.UsageError(str(err)) from None
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if gpus or torch.cuda.is_available() else "cpu"
+    if gpus and device != "cuda":
+        raise click.UsageError(f"--gpus runs on CUDA devices; it does not go with --device {device}")
     seeded = dataset in DATASETS and "seed" in inspect.signature(DATASETS[dataset]).parameters
     data = load_dataset(dataset, root, **({"seed": seed} if seeded else {}))
     records = sorted(data.videos, key=lambda r: r.id)
@@ -175,17 +165,23 @@ def extract_dataset(
     source = {"root": str(Path(root).resolve()), "weights": weights, "flow_weights": flow_weights,
               "raft_weights": raft_weights if flow == "raft" else None, "seed": seed if seeded else None}
     cores = os.cpu_count() or 1
-    workers = workers or (max(1, torch.cuda.device_count()) if device == "cuda" else cores)
+    try:  # with --device cuda and no --gpus, a worker per visible GPU, as before --gpus existed
+        visible = visible_gpus() if gpus or (device == "cuda" and not workers) else 0
+        plan = plan_cluster(workers, gpus or (-1 if device == "cuda" and not workers and visible else None),
+                            cores, visible, default_workers=cores)
+    except ClusterError as err:
+        raise click.UsageError(str(err)) from None
     runtime = Runtime(
         weights_path=weights, flow_cnn_weights_path=flow_weights, raft_weights_path=raft_weights,
-        device=device, batch_size=batch_size,
-        threads=max(1, cores // workers), calibration_path=present[0].path if calibration else None,
+        device=device, batch_size=batch_size, threads=plan.threads,
+        calibration_path=present[0].path if calibration else None, pipelined=not sequential, group=group,
     )
     progress = Progress(len(records), enabled=not quiet)
     try:
         if client is not None:
             return run_extraction(out, config, runtime, data.classes, records, client, overwrite, progress, source)
-        with dask_client(scheduler, workers, device) as own:
+        # a task whose worker dies twice (a decoder crash, not a lost machine) fails, not retried on every worker
+        with dask_client(scheduler, plan, allowed_failures=1) as own:
             log.info("dask dashboard: %s", own.dashboard_link)
             return run_extraction(out, config, runtime, data.classes, records, own, overwrite, progress, source)
     finally:

@@ -1,4 +1,4 @@
-"""Optical flow of the extraction stage: TV-L1 and Farneback (OpenCV) or RAFT-small (torchvision).
+"""Optical flow of the extraction stage: TV-L1 and Farneback (OpenCV, CPU) or RAFT-small (torchvision, device).
 
 A :class:`FlowEstimator` is built once per worker and turns batches of frame pairs into flow
 fields: channel 0 is x (right positive), channel 1 is y (down positive), in pixels of the resolution
@@ -110,6 +110,17 @@ class FlowEstimator:
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Flow from ``first`` to ``second``, both (N, H, W, 3) uint8 RGB -> (N, 2, h, w) float32 (x, y)."""
+        first, second = self.prepare(first, second)  # (N, h, w, 3)
+        if self.method != "raft":
+            return self.opencv(first, second)
+        out = np.empty((len(first), 2, *first.shape[1:3]), dtype=np.float32)
+        for start in range(0, len(first), self.batch_size):
+            pair = (torch.from_numpy(x[start : start + self.batch_size]) for x in (first, second))
+            out[start : start + self.batch_size] = self.raft(*pair).cpu().numpy()  # (B, 2, h, w)
+        return out
+
+    def prepare(self, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Check (N, H, W, 3) uint8 frame pairs and resize them to :meth:`computed_at`; thread-safe."""
         for name, frames in (("first", first), ("second", second)):
             if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
                 raise ValueError(
@@ -118,10 +129,11 @@ class FlowEstimator:
         if first.shape != second.shape or first.shape[-1] != 3:
             raise ValueError(f"flow: frame pairs must have equal (N, H, W, 3) shapes, got {first.shape} {second.shape}")
         h, w = self.computed_at(*first.shape[1:3])
-        first, second = self._resize(first, h, w), self._resize(second, h, w)  # (N, h, w, 3)
-        if self.method == "raft":
-            return self._raft_flow(first, second)
-        out = np.empty((len(first), 2, h, w), dtype=np.float32)
+        return self._resize(first, h, w), self._resize(second, h, w)  # (N, h, w, 3)
+
+    def opencv(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """TV-L1 or Farneback flow of prepared (N, h, w, 3) pairs -> (N, 2, h, w) float32, on the CPU."""
+        out = np.empty((len(first), 2, *first.shape[1:3]), dtype=np.float32)
         for i, (a, b) in enumerate(zip(first, second, strict=True)):
             a, b = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)  # (h, w) uint8
             if self.method == "tvl1":
@@ -134,39 +146,49 @@ class FlowEstimator:
     @staticmethod
     def _resize(frames: np.ndarray, h: int, w: int) -> np.ndarray:
         if frames.shape[1:3] == (h, w):
-            return frames
+            return np.ascontiguousarray(frames)
         shrink = h < frames.shape[1]
         interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR  # INTER_AREA antialiases
         return np.stack([cv2.resize(f, (w, h), interpolation=interpolation) for f in frames])
 
-    def _raft_flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    def raft(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """RAFT flow of prepared pairs, (n, h, w, 3) uint8 tensors with n <= ``batch_size`` (any device, any
+        mix of videos of one size) -> (n, 2, h, w) float32 on :attr:`device`.
+
+        The pairs run as one batch of ``batch_size`` (padded with copies of the first pair), so a pair's
+        flow does not depend on its batch-mates: batched across videos equals pair by pair.
+        """
         n, h, w = first.shape[:3]
         pad_h, pad_w = max(-(-h // 8) * 8, RAFT_MIN_SIDE) - h, max(-(-w // 8) * 8, RAFT_MIN_SIDE) - w
-        out = np.empty((n, 2, h, w), dtype=np.float32)
-        for start in range(0, n, self.batch_size):
-            pair = [torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size])) for x in (first, second)]
-            a, b = (x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1 for x in pair)  # (B, 3, h, w) [-1, 1]
-            a, b = (F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") for x in (a, b))  # (B, 3, h8, w8)
-            with torch.inference_mode():
-                flow = self._raft(a, b, num_flow_updates=RAFT_UPDATES)[-1]  # (B, 2, h8, w8)
-            out[start : start + len(flow)] = flow[:, :, :h, :w].float().cpu().numpy()  # (B, 2, h, w)
-        return out
+        filler = self.batch_size - n
+        if filler > 0:
+            first, second = (torch.cat([x, x[:1].expand(filler, -1, -1, -1)]) for x in (first, second))  # (B, h, w, 3)
+        # contiguous: the memory layout picks the conv kernels, so it must not depend on how the batch was made
+        a, b = (x.to(self.device).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1 for x in (first, second))
+        a, b = (F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") for x in (a, b))  # (B, 3, h8, w8) in [-1, 1]
+        with torch.inference_mode():
+            flow = self._raft(a, b, num_flow_updates=RAFT_UPDATES)[-1]  # (B, 2, h8, w8)
+        return flow[:n, :, :h, :w].float()  # (n, 2, h, w)
 
 
-def flow_to_image(flow: np.ndarray, bound: float = 20.0) -> np.ndarray:
+def flow_to_image(flow: np.ndarray | torch.Tensor, bound: float = 20.0) -> np.ndarray | torch.Tensor:
     """(N, 2, h, w) flow -> (N, h, w, 3) uint8 images: channels x, y, magnitude.
 
     x and y are clipped to [-bound, bound] and mapped linearly with 0 -> 128, one step = bound / 128
     pixels (-bound -> 0, +bound -> 255 after clipping 256); the magnitude of the unclipped flow is
     clipped to [0, bound] and mapped to 0..255. :func:`image_to_flow` inverts the x, y channels.
+    A tensor stays a tensor on its device (RAFT's output feeds the flow-stream CNN there); numpy
+    goes through the same torch code, so both give the same images.
     """
-    flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim != 4 or flow.shape[1] != 2:
-        raise ValueError(f"flow_to_image: expected (N, 2, h, w) flow, got {flow.shape}")
-    xy = np.rint(128 + np.clip(flow, -bound, bound) * (128 / bound))  # (N, 2, h, w)
-    magnitude = np.rint(np.clip(np.hypot(flow[:, 0], flow[:, 1]), 0, bound) * (255 / bound))  # (N, h, w)
-    image = np.concatenate([xy, magnitude[:, None]], axis=1)  # (N, 3, h, w)
-    return np.clip(image, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)  # (N, h, w, 3)
+    tensor = isinstance(flow, torch.Tensor)
+    f = flow.float() if tensor else torch.from_numpy(np.asarray(flow, dtype=np.float32))
+    if f.ndim != 4 or f.shape[1] != 2:
+        raise ValueError(f"flow_to_image: expected (N, 2, h, w) flow, got {tuple(f.shape)}")
+    xy = torch.round(128 + f.clamp(-bound, bound) * (128 / bound))  # (N, 2, h, w), half to even as np.rint
+    magnitude = torch.round(torch.hypot(f[:, 0], f[:, 1]).clamp(0, bound) * (255 / bound))  # (N, h, w)
+    image = torch.cat([xy, magnitude[:, None]], dim=1).clamp(0, 255).to(torch.uint8)  # (N, 3, h, w)
+    image = image.permute(0, 2, 3, 1).contiguous()  # (N, h, w, 3)
+    return image if tensor else image.numpy()
 
 
 def image_to_flow(image: np.ndarray, bound: float = 20.0) -> np.ndarray:

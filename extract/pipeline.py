@@ -1,9 +1,11 @@
-"""The extraction job: one Dask task per video, each worker holding its models once.
+"""The extraction job: Dask tasks of a few videos each, each worker holding its models once.
 
-The client creates (or reopens) the store, submits every video not yet done, and records a
-failure for any task whose worker died (a decoder crash kills at most that task). Workers decode,
-compute flow and conv cubes, and write their video's arrays themselves; nothing is marked done
-before all of its data is written.
+The client creates (or reopens) the store and submits every video not yet done, in groups
+(:func:`plan_groups`); a group whose worker died runs again one video per task, and a lone video whose
+worker died is recorded as failed (a decoder crash fails at most that video). Workers decode, compute
+flow and conv cubes, pipelined across a group's videos (:mod:`extract.batched`) or one video after the
+other (the reference path), and write each video themselves; nothing is marked done before all of its
+data is written.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class Runtime:
     batch_size: int = 32
     threads: int = 1  # torch threads per task
     calibration_path: str | None = None  # the file of config.calibration's video on this machine
+    pipelined: bool = True  # decode threads feed batches across videos (False: each video in sequence)
+    group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
+    decode_threads: int = 2  # threads decoding ahead of the CNN in each worker
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -96,7 +101,8 @@ class Extractor:
             from glimpse.extract.flow import FlowEstimator
 
             self.flow = FlowEstimator(
-                config.flow, device=runtime.device, weights=runtime.raft_weights_path, size=config.flow_size
+                config.flow, device=runtime.device, weights=runtime.raft_weights_path, size=config.flow_size,
+                batch_size=runtime.batch_size,
             )
             self.flow_backbone = self.backbone
             if runtime.flow_cnn_weights_path is not None:
@@ -104,10 +110,9 @@ class Extractor:
                     config.backbone, runtime.flow_cnn_weights_path, runtime.device, size=config.size
                 )
 
-    def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
-        """Decode and compute every stream of one video: (arrays, result attributes)."""
+    def decode(self, record: dict[str, Any], config: ExtractConfig):
+        """Decode one video as ``config`` samples it: (DecodedVideo, its result attributes but the flow's size)."""
         video = decode_video(record["path"], config.sampling, with_next=self.flow is not None)
-        arrays = {"rgb": self.backbone.features(video.frames, runtime.batch_size)}  # (T, C, K, K)
         result: dict[str, Any] = {
             "n_frames": len(video.indices),
             "frame_indices": video.indices.tolist(),
@@ -115,13 +120,7 @@ class Extractor:
             "source": video.source,
         }
         if self.flow is not None:
-            from glimpse.extract.flow import flow_to_image
-
-            flow = self.flow(video.flow_from, video.flow_to)  # (T, 2, h, w)
-            arrays["flow"] = flow
-            arrays["flow_cnn"] = self.flow_backbone.features(flow_to_image(flow), runtime.batch_size)
             result["flow_pairs"] = video.flow_pairs.tolist()
-            result["flow_computed_at"] = list(flow.shape[-2:])
         if record.get("boxes"):
             from glimpse.extract.datasets import read_boxes
 
@@ -130,45 +129,90 @@ class Extractor:
             inside = video.indices < len(boxes)
             rows[inside] = boxes[video.indices[inside]]
             result["boxes"] = rows.tolist()
+        return video, result
+
+    def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
+        """Decode and compute every stream of one video, one step after the other: (arrays, result attributes)."""
+        video, result = self.decode(record, config)
+        arrays = {"rgb": self.backbone.features(video.frames, runtime.batch_size)}  # (T, C, K, K)
+        if self.flow is not None:
+            from glimpse.extract.flow import flow_to_image
+
+            flow = self.flow(video.flow_from, video.flow_to)  # (T, 2, h, w)
+            arrays["flow"] = flow
+            arrays["flow_cnn"] = self.flow_backbone.features(flow_to_image(flow), runtime.batch_size)
+            result["flow_computed_at"] = list(flow.shape[-2:])
         return arrays, result
 
 
-def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig, runtime: Runtime) -> dict:
-    """Dask task: extract one video into the store. Returns {"id", "status", "error", "frames"}.
-
-    Any exception becomes a failure record with its reason; the exception does not propagate,
-    so one bad video never stops the run.
-    """
+def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWriter]:
+    """In a worker: pin torch / OpenCV threads and the CUDA device; the worker's store writer."""
     import cv2
     import torch
 
     torch.set_num_threads(max(1, runtime.threads))
     cv2.setNumThreads(max(1, runtime.threads))
-    if runtime.device == "cuda" and torch.cuda.device_count() > 1:  # LocalCluster workers are named 0, 1, ...
+    if runtime.device == "cuda" and torch.cuda.device_count() > 1:  # a worker that glimpse.cluster did not pin
         from distributed import get_worker
 
-        name = get_worker().name
+        name = get_worker().name  # LocalCluster workers are named 0, 1, ...
         index = name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
         runtime = dataclasses.replace(runtime, device=f"cuda:{index % torch.cuda.device_count()}")
-    writer = _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
+    return runtime, _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
+
+
+def worker_models(config: ExtractConfig, runtime: Runtime) -> Extractor:
+    """The worker's models for ``config``, built once per worker process (whichever path runs them)."""
+    model_key = (config, dataclasses.replace(runtime, pipelined=True, group=None, decode_threads=0))
+    if model_key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[model_key] = Extractor(config, runtime)
+    return _MODELS[model_key]
+
+
+def failure_reason(exc: BaseException, path: str) -> str:
+    """One line naming the file and why its extraction failed."""
+    return str(exc) if isinstance(exc, DecodeError) else f"{path}: {type(exc).__name__}: {exc}"
+
+
+def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig, runtime: Runtime) -> dict:
+    """Extract one video into the store, decode then CNN then flow in sequence (the reference path).
+
+    Returns {"id", "status", "error", "frames"}. Any exception becomes a failure record with its
+    reason; the exception does not propagate, so one bad video never stops the run.
+    """
     key = video_key(record["id"])
     with claim_video(store_path, key, note=record["id"]) as held:
         if not held:  # another run is writing this video right now
             return {"id": record["id"], "status": CLAIMED, "error": None, "frames": 0}
+        runtime, writer = worker_setup(store_path, runtime)
         if writer.status(key) == DONE:  # another run finished it while this task waited
             return {"id": record["id"], "status": SKIPPED, "error": None, "frames": 0}
         try:
-            model_key = (config, runtime)
-            if model_key not in _MODELS:
-                _MODELS.clear()
-                _MODELS[model_key] = Extractor(config, runtime)
-            arrays, result = _MODELS[model_key](record, config, runtime)
+            arrays, result = worker_models(config, runtime)(record, config, runtime)
             writer.write_video(key, arrays, result)
             return {"id": record["id"], "status": DONE, "error": None, "frames": result["n_frames"]}
         except Exception as exc:  # every failure is recorded, never raised: the run goes on
-            reason = str(exc) if isinstance(exc, DecodeError) else f"{record['path']}: {type(exc).__name__}: {exc}"
+            reason = failure_reason(exc, record["path"])
             writer.write_failure(key, reason)
             return {"id": record["id"], "status": FAILED, "error": reason, "frames": 0}
+
+
+def extract_group(store_path: str, records: list[dict[str, Any]], config: ExtractConfig, runtime: Runtime) -> list:
+    """Dask task: extract a group of videos, pipelined (:mod:`extract.batched`) or one after the other.
+
+    Returns one outcome ({"id", "status", "error", "frames"}) per video.
+    """
+    if not runtime.pipelined:
+        return [extract_video(store_path, record, config, runtime) for record in records]
+    from glimpse.extract.batched import extract_pipelined
+
+    runtime, writer = worker_setup(store_path, runtime)
+    try:
+        extractor = worker_models(config, runtime)
+    except Exception:  # e.g. weights that do not load: each video records the reason under its claim
+        return [extract_video(store_path, record, config, runtime) for record in records]
+    return extract_pipelined(store_path, records, config, runtime, writer, extractor)
 
 
 # ---------------------------------------------------------------------------------------------- client side
@@ -279,26 +323,32 @@ def run_extraction(
     todo = [r for r in records if status.get(r.id) != DONE]
     summary = Summary(store=out, skipped=len(records) - len(todo))
     store_path = os.fspath(out)
-    workers = client.scheduler_info()["workers"].values()
-    gpu_workers = runtime.device.startswith("cuda") and any("GPU" in w.get("resources", {}) for w in workers)
-    resources = {"GPU": 1} if gpu_workers else None  # on a cluster that declares GPUs, only GPU workers run CNNs
-    def submit(video_id: str):
-        record = by_id[video_id]
-        key = f"extract-{video_key(video_id)}-{time.monotonic_ns()}"
-        return client.submit(extract_video, store_path, _task_record(record), config, runtime, key=key, pure=False,
-                             resources=resources)
+    from glimpse.cluster import gpu_resources
 
-    pending = {submit(r.id): r.id for r in todo}
+    resources = gpu_resources(client) if runtime.device.startswith("cuda") else None  # GPU workers only, if declared
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+
+    def submit(video_ids: list[str]):
+        key = f"extract-{video_key(video_ids[0])}-{len(video_ids)}-{time.monotonic_ns()}"
+        return client.submit(extract_group, store_path, [_task_record(by_id[v]) for v in video_ids], config, runtime,
+                             key=key, pure=False, resources=resources)
+
+    pending = {submit(ids): ids for ids in plan_groups([r.id for r in todo], n_workers, runtime)}
     waiting: set[str] = set()  # videos another run holds: watched until done there, or taken over here
     while pending or waiting:
-        for future in as_completed(pending):
-            outcome = _outcome(future, pending[future], by_id, writer, store_path)
-            if outcome["status"] == CLAIMED:
-                waiting.add(outcome["id"])
-                continue
-            summary.add(outcome)
-            if on_result is not None:
-                on_result(outcome)
+        running = as_completed(pending)
+        for future in running:
+            outcomes, again = _outcomes(future, pending[future], by_id, writer, store_path)
+            for video_id in again:  # a group whose worker died: what it left runs again, one video per task
+                pending[retry := submit([video_id])] = [video_id]
+                running.add(retry)
+            for outcome in outcomes:
+                if outcome["status"] == CLAIMED:
+                    waiting.add(outcome["id"])
+                    continue
+                summary.add(outcome)
+                if on_result is not None:
+                    on_result(outcome)
         pending = {}
         while waiting and not pending:
             time.sleep(POLL_SECONDS)
@@ -311,21 +361,44 @@ def run_extraction(
                     entry = open_store(store_path).video(video_id)
                     summary.add({"id": video_id, "status": entry.status, "error": entry.error, "frames": 0}, True)
                 else:  # the other run died before finishing it: do it here
-                    pending[submit(video_id)] = video_id
+                    pending[submit([video_id])] = [video_id]
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _outcome(future: Any, video_id: str, by_id: dict, writer: StoreWriter, store_path: str) -> dict[str, Any]:
-    """A task's outcome; a task whose worker died (e.g. a decoder segfault) is recorded as failed here."""
+#: Pipelined runs give each worker about this many tasks (load balance), each of at most MAX_GROUP videos.
+GROUPS_PER_WORKER, MAX_GROUP = 4, 16
+
+
+def plan_groups(video_ids: Sequence[str], workers: int, runtime: Runtime) -> list[list[str]]:
+    """The videos of each Dask task: ``runtime.group`` per task, else one (sequential) or, pipelined, enough
+    that each worker gets about :data:`GROUPS_PER_WORKER` tasks, whose batches then span their videos."""
+    size = runtime.group or (1 if not runtime.pipelined else -(-len(video_ids) // (workers * GROUPS_PER_WORKER)))
+    size = max(1, min(size, runtime.group or MAX_GROUP))
+    return [list(video_ids[i : i + size]) for i in range(0, len(video_ids), size)]
+
+
+def _outcomes(future: Any, video_ids: list[str], by_id: dict, writer: StoreWriter,
+              store_path: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """A group task's outcomes, and the videos to run again one by one because its worker died.
+
+    A lone video whose worker died twice (e.g. a decoder segfault) is recorded as failed here, so a
+    video that crashes its worker fails alone.
+    """
     try:
-        return future.result()
+        return future.result(), []
     except Exception as exc:
+        if len(video_ids) > 1:
+            done = [v for v in video_ids if writer.status(video_key(v)) == DONE]
+            frames = {v: open_store(store_path).video(v).n_frames for v in done}
+            return [{"id": v, "status": DONE, "error": None, "frames": frames[v]} for v in done], \
+                [v for v in video_ids if v not in frames]
+        video_id = video_ids[0]
         reason = f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})"
         with claim_video(store_path, video_key(video_id)) as held:
             if held:
                 writer.write_failure(video_key(video_id), reason)
-        return {"id": video_id, "status": FAILED, "error": reason, "frames": 0}
+        return [{"id": video_id, "status": FAILED, "error": reason, "frames": 0}], []
 
 
 def _task_record(record: VideoRecord) -> dict[str, Any]:

@@ -162,3 +162,24 @@ def test_flow_to_image_mapping():
     np.testing.assert_allclose(image_to_flow(flow_to_image(smooth, bound=20), bound=20), smooth, atol=20 / 256 + 1e-6)
     with pytest.raises(ValueError, match=r"\(N, 2, h, w\)"):
         flow_to_image(smooth[0])
+
+
+def test_raft_batched_across_videos_equals_raft_pair_by_pair():
+    one = translated_texture(64, 64, count=3)  # (3, 64, 64, 3): moves (DX, DY) per frame
+    other = translated_texture(64, 64, count=3)[::-1].copy()  # another video: moves (-DX, -DY)
+    estimator = FlowEstimator("raft", batch_size=2)
+    first, second = (torch.from_numpy(np.stack(x)) for x in ((one[1], other[0]), (one[2], other[1])))
+    batched = estimator.raft(first, second)  # (2, 2, 64, 64): a pair of each video in one batch
+    alone = torch.cat([estimator.raft(first[i : i + 1], second[i : i + 1]) for i in range(2)])  # pair by pair
+    torch.testing.assert_close(batched, alone, rtol=0, atol=0)
+    # torchvision's RAFT-small with the same (seed 0) weights, one pair at a time, inputs padded to 128 by hand
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reference = raft_small(weights=None).eval()
+    for i in range(2):
+        a, b = (x[i : i + 1].permute(0, 3, 1, 2).float() / 127.5 - 1 for x in (first, second))  # (1, 3, 64, 64)
+        a, b = (torch.nn.functional.pad(x, (0, 64, 0, 64), mode="replicate") for x in (a, b))  # (1, 3, 128, 128)
+        with torch.no_grad():
+            expected = reference(a, b, num_flow_updates=12)[-1][:, :, :64, :64]  # (1, 2, 64, 64)
+        torch.testing.assert_close(batched[i : i + 1], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3), "the two videos' pairs must give different flow"

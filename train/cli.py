@@ -178,21 +178,17 @@ def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets,
     out = str(Path(out).resolve())  # the tasks may run elsewhere: absolute paths only
     gpus = 1 if device == "cuda" else 0
     options["device"] = device
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    from distributed import Client, LocalCluster
+    from glimpse.cluster import ClusterError, dask_client, plan_cluster, visible_gpus
 
-    if address:
-        with Client(address, timeout="30s") as client:
-            rows, table = sweep(str(Path(store).resolve()), model, out, grid, options, client, gpus, threads)
-    else:
-        import torch
-
-        workers = n_workers or (torch.cuda.device_count() if gpus else 2) or 1
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=logging.ERROR, **({"resources": {"GPU": 1}} if gpus else {})) as cluster, \
-                Client(cluster) as client:
-            rows, table = sweep(str(Path(store).resolve()), model, out, grid, options, client, gpus, threads)
+    try:  # with cuda, one worker per visible GPU, each pinned to its device
+        plan = plan_cluster(None if gpus else n_workers, -1 if gpus else None, os.cpu_count() or 1,
+                            visible_gpus() if gpus else 0, default_workers=n_workers or 2)
+    except ClusterError as err:
+        raise click.UsageError(str(err)) from None
+    if not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):  # an existing cluster's runs keep their threads
+        threads = threads or plan.threads
+    with dask_client(scheduler, plan) as client:
+        rows, table = sweep(str(Path(store).resolve()), model, out, grid, options, client, gpus, threads)
     click.echo(table)
     failed = [r for r in rows if "error" in r]
     click.echo(f"sweep: {len(rows) - len(failed)}/{len(rows)} runs done -> {Path(out) / 'results.md'}")
