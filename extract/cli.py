@@ -179,10 +179,12 @@ def extract_dataset(
     progress = Progress(len(records), enabled=not quiet)
     try:
         if client is not None:
-            return run_extraction(out, config, runtime, data.classes, records, client, overwrite, progress, source)
+            return run_extraction(out, config, runtime, data.classes, records, client, overwrite, progress, source,
+                                  data.multilabel)
         # a task whose worker dies twice (a decoder crash, not a lost machine) fails, not retried on every worker
         with dask_client(scheduler, plan, allowed_failures=1) as own:
             log.info("dask dashboard: %s", own.dashboard_link)
-            return run_extraction(out, config, runtime, data.classes, records, own, overwrite, progress, source)
+            return run_extraction(out, config, runtime, data.classes, records, own, overwrite, progress, source,
+                                  data.multilabel)
     finally:
         progress.close()

@@ -271,12 +271,12 @@ def store_versions() -> dict[str, str]:
 
 def prepare_store(
     out: str, config: ExtractConfig, classes: Sequence[str], records: Sequence[VideoRecord], overwrite: bool,
-    source: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None, multi_label: bool | None = None,
 ) -> StoreWriter:
     """Create the store for ``config`` at ``out`` (or reopen it to resume).
 
     ``source`` records where the dataset and weights files were (not part of the config hash), so
-    that ``store repair`` can run the extraction again.
+    that ``store repair`` can run the extraction again; ``multi_label`` is the dataset adapter's declaration.
     """
     from glimpse.extract.backbones import BACKBONES, output_grid
 
@@ -299,6 +299,7 @@ def prepare_store(
         streams=streams,
         info=info,
         overwrite=overwrite,
+        multi_label=multi_label,
     )
 
 
@@ -312,12 +313,13 @@ def run_extraction(
     overwrite: bool = False,
     on_result: Callable[[dict], None] | None = None,
     source: dict[str, Any] | None = None,
+    multi_label: bool | None = None,
 ) -> Summary:
     """Extract every video of ``records`` not yet done in the store at ``out`` through a Dask ``client``."""
     from distributed import as_completed
 
     start = time.perf_counter()
-    writer = prepare_store(out, config, classes, records, overwrite, source)
+    writer = prepare_store(out, config, classes, records, overwrite, source, multi_label)
     status = {v.id: v.status for v in open_store(out).videos}
     by_id = {r.id: r for r in records}
     todo = [r for r in records if status.get(r.id) != DONE]

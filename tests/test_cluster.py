@@ -6,9 +6,8 @@ import logging
 
 import pytest
 from click.testing import CliRunner
-from glimpse.extract.cli import main
-
 from glimpse.cluster import GPU, ClusterError, ClusterPlan, gpu_resources, parse_gpus, plan_cluster
+from glimpse.extract.cli import main
 
 
 def test_cpu_plans_keep_one_thread_per_core_overall():

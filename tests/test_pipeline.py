@@ -11,7 +11,7 @@ import pytest
 import zarr
 from bad_inputs import moving_block
 from glimpse.extract.cli import extract_dataset
-from glimpse.extract.encode import write_video
+from glimpse.media.encode import write_video
 from glimpse.store import open_store
 from glimpse.store.verify import verify_store
 from test_extract import TINY_OPTS, assert_same_stores
