@@ -104,7 +104,7 @@ def extraction_command(path: str | Path, root: str | None = None, weights: str |
     for option in ("frames", "fps", "max_frames", "flow_size"):
         if config.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(config[option])]
-    for option in ("flow_weights", "raft_weights", "seed"):
+    for option in ("flow_weights", "raft_weights", "seed", "batch_size"):
         if source.get(option) is not None:
             command += [f"--{option.replace('_', '-')}", str(source[option])]
     return command
