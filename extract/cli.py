@@ -163,7 +163,8 @@ def extract_dataset(
         status = "exists: finishing what is missing" if is_store(out) else "new"
         log.info("store for this config: %s (%s)", out, status)
     source = {"root": str(Path(root).resolve()), "weights": weights, "flow_weights": flow_weights,
-              "raft_weights": raft_weights if flow == "raft" else None, "seed": seed if seeded else None}
+              "raft_weights": raft_weights if flow == "raft" else None, "seed": seed if seeded else None,
+              "batch_size": batch_size}  # batches are padded to it: a repair must batch alike to give the same bits
     cores = os.cpu_count() or 1
     try:  # with --device cuda and no --gpus, a worker per visible GPU, as before --gpus existed
         visible = visible_gpus() if gpus or (device == "cuda" and not workers) else 0

@@ -240,13 +240,18 @@ def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus,
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
-        for _ in range(2):
-            procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                           "--no-dashboard"], cwd=REPO, start_new_session=True,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+        for log in logs:
+            with open(log, "wb") as sink:
+                procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nworkers", "1", "--nthreads",
+                                               "1", "--no-dashboard"], cwd=REPO, start_new_session=True,
+                                              stdout=sink, stderr=subprocess.STDOUT))
         out = tmp_path / "s"
-        result = subprocess.run(cli_args(tiny_with_bad_files, out, scheduler=address), cwd=REPO,
-                                capture_output=True, text=True, timeout=300)
+        try:
+            result = subprocess.run(cli_args(tiny_with_bad_files, out, scheduler=address), cwd=REPO,
+                                    capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the extraction did not end; worker logs:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
         assert result.returncode == 1 and "FAILED" in result.stderr, result.stderr[-3000:]
         check_good_done_and_bad_failed(out, bad_corpus, "a hand-started scheduler and 2 workers")
     finally:
