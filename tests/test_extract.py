@@ -251,7 +251,8 @@ def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus,
             result = subprocess.run(cli_args(tiny_with_bad_files, out, scheduler=address), cwd=REPO,
                                     capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
-            pytest.fail("the extraction did not end; worker logs:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
+            tails = "\n".join(log.read_text()[-3000:] for log in logs)
+            pytest.fail(f"the extraction did not end; worker logs:\n{tails}")
         assert result.returncode == 1 and "FAILED" in result.stderr, result.stderr[-3000:]
         check_good_done_and_bad_failed(out, bad_corpus, "a hand-started scheduler and 2 workers")
     finally:
