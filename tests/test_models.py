@@ -223,3 +223,9 @@ def test_cli_lists_every_model_with_its_paper():
         assert f"\n{name}\n" in f"\n{result.output}"
         assert spec.paper in result.output
     assert "optimizer=adadelta lr=1" in result.output
+    blocks = {block.split("\n", 1)[0]: block for block in result.output.strip().split("\n\n")}
+    assert "batch_size=128 optimizer=adam" in blocks["softattn"] and "batch_size=256" in blocks["regattn"]
+    assert "batch_size=64" in blocks["cham"] and "drop to 1e-05 after 10,000 iterations" in blocks["cham"]
+    assert "follows the paper's equations" in blocks["softattn"]
+    assert "follows the authors' released code" in blocks["softattn_code"]
+    assert "clips:" in blocks["regattn"] and "hidden=1024" in blocks["han"]

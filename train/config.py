@@ -1,8 +1,9 @@
 """What one training run is: :class:`TrainConfig`, and each paper's training defaults per model.
 
 A config as the user gives it leaves the model-dependent fields at None; :func:`resolve` fills them
-from the model's registry entry and :data:`PAPER_DEFAULTS`, and adapts the clip length to a store
-whose videos are all shorter than the paper's clips. The resolved config is what the run directory
+from the model's registry entry (train/models: each ModelSpec carries its paper's recipe), adapts the
+clip length to a store whose videos are all shorter than the paper's clips, and the batch size to a
+store too small for the paper's batches. The resolved config is what the run directory
 records and what ``--resume`` reads back.
 """
 
@@ -21,13 +22,8 @@ from glimpse.train.models import MODELS
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}
 DEVICES = ("auto", "cpu", "cuda")
 
-#: Training choices of the papers that the model registry does not carry: model name -> TrainConfig fields.
-#: CHAM trains on 60-frame clips and drops its learning rate to 1e-5 after 10,000 iterations (Yan et al.
-#: 2017); regattn trains on T = 30 frames taken every d = 2 stored frames (Quan et al. 2019, Sec. 4.2).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cham": {"frames": 60, "lr_drop_step": 10_000, "lr_drop_to": 1e-5},
-    "regattn": {"stride": 2},
-}
+#: the smallest number of batches an epoch is given when the paper's batch size would leave fewer (small stores)
+MIN_BATCHES = 8
 
 #: Fields that may change when a run is resumed: where and how it runs, and how long (never what it learns).
 RESUMABLE = ("epochs", "device", "workers", "cache_ram", "progress", "patience")
@@ -54,7 +50,7 @@ class TrainConfig:
     out: str
     split: str = "1"
     epochs: int = 30
-    batch_size: int = 16
+    batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
     momentum: float = 0.9
@@ -86,10 +82,9 @@ class TrainConfig:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.aggregation is not None and self.aggregation not in ("mean", "vote"):
             raise ConfigError(f"aggregation must be 'mean' or 'vote', got {self.aggregation!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("frames", "stride"):
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("batch_size", "frames", "stride"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -111,15 +106,15 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
     changed). Videos still shorter than the clip are padded when read.
     """
     spec = MODELS[config.model]
-    paper = PAPER_DEFAULTS.get(config.model, {})
     filled = {
         "lr": spec.lr if config.optimizer in (None, spec.optimizer) else OPTIMIZERS[config.optimizer],
         "optimizer": spec.optimizer,
-        "frames": paper.get("frames", spec.frames),
-        "stride": paper.get("stride", 1),
+        "batch_size": spec.batch_size,
+        "frames": spec.frames,
+        "stride": spec.stride,
         "aggregation": spec.aggregation,
-        "lr_drop_step": paper.get("lr_drop_step", 0),
-        "lr_drop_to": paper.get("lr_drop_to", 0.0),
+        "lr_drop_step": spec.lr_drop_step,
+        "lr_drop_to": spec.lr_drop_to,
     }
     notes = []
     if config.frames is None and n_frames:
@@ -131,6 +126,11 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
             notes.append(f"clip length adapted from the paper's {filled['frames']} to {adapted} steps: the longest "
                          f"video has {longest} frames (stride {stride}); set --frames to choose")
             filled["frames"] = adapted
+    if config.batch_size is None and n_frames and len(n_frames) < MIN_BATCHES * spec.batch_size:
+        adapted = max(1, math.ceil(len(n_frames) / MIN_BATCHES))
+        notes.append(f"batch size adapted from the paper's {spec.batch_size} to {adapted}: {len(n_frames)} videos "
+                     f"would give fewer than {MIN_BATCHES} batches an epoch; set --batch-size to choose")
+        filled["batch_size"] = adapted
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
     return dataclasses.replace(config, **values), notes
 

@@ -192,22 +192,22 @@ class SoftAttentionCode(nn.Module):
 
 SOFTMAX = ModelSpec(
     "softmax", SoftmaxRegression, SoftmaxConfig, PAPER + ", softmax regression baseline",
-    "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step")
+    "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step", batch_size=128)
 AVGPOOL_LSTM = ModelSpec(
     "avgpool_lstm", PooledLSTM, PooledConfig, PAPER + ", average-pooling baseline",
-    "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step")
+    "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step", batch_size=128)
 MAXPOOL_LSTM = ModelSpec(
     "maxpool_lstm", PooledLSTM, MaxPooledConfig, PAPER + ", max-pooling baseline",
-    "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step")
+    "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step", batch_size=128)
 SOFTATTN = ModelSpec(
     "softattn", SoftAttention, SoftAttentionConfig, PAPER,
     "l_t = softmax(W h_{t-1}) (Eq. 1); x_t = sum_i l_t,i X_t,i (Eq. 2); stacked LSTM (Eq. 3-5); c_0, h_0 = "
     "MLP(mean_t,i X_t,i) (Eq. 6); y_t = softmax(U tanh(V h_t)); loss = sum_t CE + lam sum_i (1 - sum_t l_t,i)^2 "
-    "+ weight_decay ||theta||^2", attention=True)
+    "+ weight_decay ||theta||^2", attention=True, batch_size=128)
 SOFTATTN_CODE = ModelSpec(
     "softattn_code", SoftAttentionCode, SoftAttentionCodeConfig,
     PAPER + ", as the authors' released code ran it (Table 1's numbers)",
     "l_t,i = softmax_i(U tanh(Wc X_t,i + Wd h_{t-1} + b)) (src/actrec.py, not Eq. 1); x_t = sum_i l_t,i X_t,i; one "
     "LSTM; h_0 = tanh(W_h mean X + b_h), c_0 = tanh(W_c mean X + b_c); y_t = softmax(U tanh(V h_t)); "
     "loss = sum_t CE + lam doubly stochastic (lam = alpha_c = 0 in its UCF-11 script) + weight_decay ||theta||^2",
-    attention=True)
+    attention=True, batch_size=128, variant="released code")
