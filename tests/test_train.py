@@ -151,8 +151,10 @@ def test_config_resolves_each_papers_defaults_and_adapts_clips_to_short_stores()
     big = {m: resolve(TrainConfig(store="s", model=m, out="o"), [300] * 4000)[0].batch_size
            for m in ("softattn", "softattn_code", "cham", "han", "regattn")}
     assert big == {"softattn": 128, "softattn_code": 128, "cham": 64, "han": 128, "regattn": 256}  # the papers'
-    assert resolve(TrainConfig(store="s", model="softattn", out="o"), [30] * 40)[0].batch_size == 5  # 8 batches
-    fixed, notes = resolved("softattn", frames=30, optimizer="sgd", batch_size=16)
+    small, notes = resolve(TrainConfig(store="s", model="softattn", out="o"), [30] * 40)
+    assert (small.batch_size, small.epochs) == (5, 250) and "250 epochs instead of 30" in notes[1]  # 2,000 steps
+    assert resolve(TrainConfig(store="s", model="softattn", out="o"), [30] * 10_000)[0].epochs == 30
+    fixed, notes = resolved("softattn", frames=30, optimizer="sgd", batch_size=16, epochs=3)
     assert fixed.frames == 30 and not notes and fixed.lr == 1e-2 and fixed.batch_size == 16
     # CHAM's drop after 10,000 iterations, or after 2/3 of a run too short to reach it
     assert drop_step(cham, 150_000) == 10_000 and drop_step(cham, 300) == 200 and drop_step(soft, 300) == 0

@@ -24,6 +24,14 @@ DEVICES = ("auto", "cpu", "cuda")
 
 #: the smallest number of batches an epoch is given when the paper's batch size would leave fewer (small stores)
 MIN_BATCHES = 8
+#: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps (a small store): then more
+DEFAULT_EPOCHS = 30
+MIN_STEPS = 2000
+#: the share of training videos held out for validation when none is given, unless that holds out fewer than
+#: MIN_VALIDATION videos: early stopping and best-checkpoint choice on a handful of videos follow noise, so a
+#: small store trains on all its training videos and keeps the last epoch
+DEFAULT_VAL_FRACTION = 0.15
+MIN_VALIDATION = 20
 
 #: Fields that may change when a run is resumed: where and how it runs, and how long (never what it learns).
 RESUMABLE = ("epochs", "device", "workers", "cache_ram", "progress", "patience")
@@ -49,7 +57,7 @@ class TrainConfig:
     model: str
     out: str
     split: str = "1"
-    epochs: int = 30
+    epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
@@ -62,7 +70,7 @@ class TrainConfig:
     lr_drop_step: int | None = None
     lr_drop_to: float | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.15
+    val_fraction: float | None = None
     patience: int = 5
     normalize: bool = True
     norm_videos: int = 256
@@ -82,13 +90,11 @@ class TrainConfig:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.aggregation is not None and self.aggregation not in ("mean", "vote"):
             raise ConfigError(f"aggregation must be 'mean' or 'vote', got {self.aggregation!r}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("batch_size", "frames", "stride"):
+        for name in ("epochs", "batch_size", "frames", "stride"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        if not 0 <= self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.cache_ram < 0 or self.checkpoint_every < 0 or self.patience < 0:
             raise ConfigError("workers, cache_ram, checkpoint_every and patience must be >= 0")
@@ -131,6 +137,13 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
         notes.append(f"batch size adapted from the paper's {spec.batch_size} to {adapted}: {len(n_frames)} videos "
                      f"would give fewer than {MIN_BATCHES} batches an epoch; set --batch-size to choose")
         filled["batch_size"] = adapted
+    filled["epochs"] = DEFAULT_EPOCHS
+    if config.epochs is None and n_frames:
+        batches = math.ceil(len(n_frames) / (config.batch_size or filled["batch_size"]))
+        if batches * DEFAULT_EPOCHS < MIN_STEPS:
+            filled["epochs"] = math.ceil(MIN_STEPS / batches)
+            notes.append(f"{filled['epochs']} epochs instead of {DEFAULT_EPOCHS}: {batches} batches an epoch would "
+                         f"give fewer than {MIN_STEPS} optimizer steps; set --epochs to choose")
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
     return dataclasses.replace(config, **values), notes
 

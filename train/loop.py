@@ -276,7 +276,8 @@ def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, 
     save(setup, run, state, *(("last", "best") if better else ("last",)))
     run.write_metrics(state["history"])
     tb.epoch(row)
-    run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
+    if epoch % 10 == 0 or state["stopped"]:  # drawing costs more than a small store's epoch: every 10th, and the last
+        run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
     name = "mAP" if setup.multi_label else "acc"
     line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
             + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")
