@@ -168,19 +168,23 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
                      per_model: Mapping[str, Mapping[str, Any]] | None = None, **train_options: Any) -> str:
     """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
 
-    Runs live in ``run_root/<dataset>-<model>``; the table goes to ``run_root/table-<dataset>.md``.
-    ``train_options`` go to every model's training, ``per_model[name]`` replaces some of them for one model.
+    Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``.
+    ``train_options`` go to every model's training, ``per_model[row]`` replaces some of them for one row. A row
+    may be a variant of a registered model under its own name: ``per_model[row]["model"]`` names the model
+    (e.g. ``{"regattn_sqrt": {"model": "regattn", "model_args": {"penalty": "sqrt_mass"}}}``).
     """
     store = open_store(store_path)
     usable, skipped = supported_models(store_path)
-    chosen = [m for m in (models or usable) if m in usable]
+    per_model = per_model or {}
+    chosen = [m for m in (models or usable) if per_model.get(m, {}).get("model", m) in usable]
     rows = []
-    for model in chosen:
-        run_dir = Path(run_root) / f"{store.dataset}-{model}"
-        options = {**train_options, **(per_model or {}).get(model, {})}
+    for row in chosen:
+        run_dir = Path(run_root) / f"{store.dataset}-{row}"
+        options = {**train_options, **per_model.get(row, {})}
+        model = options.pop("model", row)
         if not ensure_trained(store_path, model, run_dir, train=train_missing, **options):
             continue
-        rows.append(table_row(model, evaluate_run(run_dir, figures=figures), store.dataset))
+        rows.append({**table_row(model, evaluate_run(run_dir, figures=figures), store.dataset), "model": row})
     notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)
     text = format_table(rows, f"{store.dataset}: test split, store {Path(store_path).name}") + notes + "\n"
     out = Path(run_root) / f"table-{store.dataset}.md"
