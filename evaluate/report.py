@@ -17,6 +17,7 @@ import numpy as np
 from glimpse.evaluate.figures import video_attention_figures
 from glimpse.evaluate.localization import frame_attention, localization_scores
 from glimpse.evaluate.metrics import prediction_metrics, save_json, save_metrics
+from glimpse.evaluate.published import published_for
 from glimpse.files import atomic_write_text
 from glimpse.store import open_store
 from glimpse.train.models import MODELS
@@ -101,10 +102,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, names: Sequenc
             for p in spread_over_classes(shared, videos)]
 
 
-def table_row(model: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a comparison table shows for one evaluated run."""
+def table_row(model: str, metrics: dict[str, Any], dataset: str = "") -> dict[str, Any]:
+    """The numbers a comparison table shows for one evaluated run, and the paper's number on ``dataset``."""
     place = metrics.get("localization") or {}
+    paper = published_for(model, dataset) if dataset else None
     return {"model": model, "paper": MODELS[model].paper, "top1": metrics.get("top1"), "map": metrics.get("map"),
+            "published": paper.cell() if paper else None,
             "mass": place.get("mass"), "uniform_mass": place.get("uniform_mass"), "hit": place.get("hit_rate"),
             "uniform_hit": place.get("uniform_hit_rate")}
 
@@ -118,12 +121,13 @@ def _cell(value: Any) -> str:
 def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
     """Rows from :func:`table_row` as a markdown table like the papers' Table 1."""
     lines = [f"### {title}", "",
-             "| model | top-1 accuracy | mAP | attention mass in box (uniform) | pointing game (uniform) |",
-             "|---|---|---|---|---|"]
+             "| model | top-1 accuracy | mAP | published | attention mass in box (uniform) | pointing game (uniform) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         mass = "-" if r["mass"] is None else f"{r['mass']:.3f} ({r['uniform_mass']:.3f})"
         hit = "-" if r["hit"] is None else f"{r['hit']:.3f} ({r['uniform_hit']:.3f})"
-        lines.append(f"| {r['model']} | {_cell(r['top1'])} | {_cell(r['map'])} | {mass} | {hit} |")
+        published = r.get("published") or "-"
+        lines.append(f"| {r['model']} | {_cell(r['top1'])} | {_cell(r['map'])} | {published} | {mass} | {hit} |")
     return "\n".join(lines) + "\n"
 
 
@@ -165,19 +169,23 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
                      per_model: Mapping[str, Mapping[str, Any]] | None = None, **train_options: Any) -> str:
     """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
 
-    Runs live in ``run_root/<dataset>-<model>``; the table goes to ``run_root/table-<dataset>.md``.
-    ``train_options`` go to every model's training, ``per_model[name]`` replaces some of them for one model.
+    Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``.
+    ``train_options`` go to every model's training, ``per_model[row]`` replaces some of them for one row. A row
+    may be a variant of a registered model under its own name: ``per_model[row]["model"]`` names the model
+    (e.g. ``{"regattn_sqrt": {"model": "regattn", "model_args": {"penalty": "sqrt_mass"}}}``).
     """
     store = open_store(store_path)
     usable, skipped = supported_models(store_path)
-    chosen = [m for m in (models or usable) if m in usable]
+    per_model = per_model or {}
+    chosen = [m for m in (models or usable) if per_model.get(m, {}).get("model", m) in usable]
     rows = []
-    for model in chosen:
-        run_dir = Path(run_root) / f"{store.dataset}-{model}"
-        options = {**train_options, **(per_model or {}).get(model, {})}
+    for row in chosen:
+        run_dir = Path(run_root) / f"{store.dataset}-{row}"
+        options = {**train_options, **per_model.get(row, {})}
+        model = options.pop("model", row)
         if not ensure_trained(store_path, model, run_dir, train=train_missing, **options):
             continue
-        rows.append(table_row(model, evaluate_run(run_dir, figures=figures)))
+        rows.append({**table_row(model, evaluate_run(run_dir, figures=figures), store.dataset), "model": row})
     notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)
     text = format_table(rows, f"{store.dataset}: test split, store {Path(store_path).name}") + notes + "\n"
     out = Path(run_root) / f"table-{store.dataset}.md"
@@ -205,6 +213,8 @@ def run_protocol(store_path: str | Path, model: str, out: str | Path, **train_op
     maps = [m["map"] for m in per_fold.values() if m["map"] is not None]
     if maps:
         result.update(mean_map=float(np.mean(maps)), std_map=float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0)
+    paper = published_for(model, store.dataset)
+    result["published"] = paper.cell() if paper else None
     save_json(result, Path(out) / "protocol.json")
     return result
 
@@ -212,6 +222,7 @@ def run_protocol(store_path: str | Path, model: str, out: str | Path, **train_op
 def protocol_text(result: dict[str, Any]) -> str:
     """One readable block for the terminal."""
     folds = ", ".join(f"split {k}: {v['top1']:.3f}" for k, v in result["folds"].items())
+    published = f"; published: {result['published']}" if result.get("published") else ""
     return (f"{result['dataset']} / {result['model']}: top-1 {result['mean_top1']:.3f} +- {result['std_top1']:.3f} "
-            f"over {len(result['folds'])} folds ({folds})")
+            f"over {len(result['folds'])} folds ({folds}){published}")
 

@@ -77,7 +77,36 @@ def test_table_collects_every_chosen_model_and_names_what_a_store_cannot_feed(tw
                for m in ("softmax", "softattn")}
     assert trained == {"softmax": 2, "softattn": 1}  # per-model settings replace the shared ones for that model
     softattn = next(row for row in rows if "softattn" in row)
-    assert "(" in softattn.split("|")[4]  # attention models show localisation against uniform
+    assert "(" in softattn.split("|")[5]  # attention models show localisation against uniform
+    assert softattn.split("|")[4].strip() == "-"  # no paper reports a "synthetic" dataset
+
+
+def test_a_store_of_a_papers_dataset_shows_the_published_number_beside_ours(tmp_path):
+    """A hand-written store named ucf11: table and protocol print Sharma's Table 1 beside our rows."""
+    from glimpse.store import VideoRecord, create_store
+    from glimpse.store.layout import video_key
+
+    rng = np.random.default_rng(0)
+    records = [VideoRecord(id=f"c{k}/v{i}", path=f"/v/c{k}{i}.avi", labels=(k,), group=f"c{k}/g{i}",
+                           splits={"1": "test" if i < 2 else "train"}) for k in range(2) for i in range(5)]
+    writer = create_store(tmp_path / "store", dataset="ucf11", classes=("c0", "c1"), records=records,
+                          config={"dataset": "ucf11"}, streams={"rgb": {"frame_shape": [4, 2, 2]}})
+    for r in records:
+        cube = rng.standard_normal((4, 4, 2, 2)).astype(np.float32)  # (T, C, K, K)
+        cube[:, r.labels[0]] += 2.0
+        writer.write_video(video_key(r.id), {"rgb": cube}, {"n_frames": 4, "frame_indices": list(range(4)),
+                                                            "timestamps": [t / 25 for t in range(4)]})
+    options = {"epochs": 1, "batch_size": 4, "workers": 0, "progress": False, "val_fraction": 0.0,
+               "model_args": {"hidden": 8}}
+    text = comparison_table(tmp_path / "store", tmp_path / "runs", ["avgpool_lstm", "softattn"], figures=0, **options)
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
+    assert "published" in rows["model"][4]
+    assert rows["avgpool_lstm"][4].strip() == "82.56% accuracy (Sharma 2015 Table 1)"
+    assert rows["softattn"][4].strip() == "84.96% accuracy (Sharma 2015 Table 1)"
+    cli = CliRunner().invoke(main, ["protocol", "--store", str(tmp_path / "store"), "--model", "avgpool_lstm",
+                                    "--out", str(tmp_path / "protocol"), "--epochs", "1", "--set", "workers=0"])
+    assert cli.exit_code == 0, cli.output
+    assert "published: 82.56% accuracy (Sharma 2015 Table 1)" in cli.output
 
 
 def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(two_fold_store, tmp_path):
@@ -86,7 +115,7 @@ def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(
     from PIL import Image
 
     for name, lam in (("lam0", 0.0), ("lam1", 1e-2)):
-        args = {"hidden": 16, "lam": lam, "blocks": 2}  # 64-pixel frames give a 2 x 2 grid
+        args = {"hidden": 16, "lam": lam}  # 64-pixel frames give a 2 x 2 grid: one block of 2 x 2
         train_model(two_fold_store, "regattn", tmp_path / name, **{**FAST, "model_args": args})
     args = ["compare", "--run", str(tmp_path / "lam0"), "--run", str(tmp_path / "lam1"), "--name", "lambda=0",
             "--name", "lambda=1e-2", "--videos", "2"]

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from glimpse.train.losses import block_layout, doubly_stochastic, group_sparsity, model_loss
-from glimpse.train.models import ModelOutput
+from glimpse.train.losses import block_layout, block_sparsity, doubly_stochastic, group_sparsity, model_loss
+from glimpse.train.models import ModelOutput, build_model
 
 
 def one_hot_map(size: int, row: int, col: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ def test_group_sparsity_8x8_four_blocks_hand_computed():
 
 def test_group_sparsity_overlapping_blocks_with_stride_hand_computed():
     # L = 2 with stride 1: blocks start at 0..6 on each side, 7 x 7 = 49 of them
-    assert block_layout(8, 4, 1) == (2, 1, 7)
+    assert len(block_layout(8, 4, 1)) == 49
     uniform = torch.full((1, 1, 8, 8), 1 / 64)
     assert group_sparsity(uniform, 4, stride=1).item() == pytest.approx(49 * 2 / 64)
     assert group_sparsity(one_hot_map(8, 0, 0), 4, stride=1).item() == pytest.approx(1.0)  # the corner: 1 block
@@ -49,14 +49,67 @@ def test_group_sparsity_overlapping_blocks_with_stride_hand_computed():
     assert group_sparsity(uniform, 4, stride=2).item() == pytest.approx(group_sparsity(uniform, 4).item())
 
 
-def test_group_sparsity_blocks_cover_only_n_times_l():
-    # K = 7, N = 4: L = floor(7 / 4) = 1, the blocks are the 16 positions of the top-left 4 x 4 (Eq. 10)
-    assert block_layout(7, 4) == (1, 1, 4)
-    assert group_sparsity(one_hot_map(7, 6, 6), 4).item() == 0.0
-    assert group_sparsity(one_hot_map(7, 3, 3), 4).item() == pytest.approx(1.0)
-    assert group_sparsity(torch.full((1, 1, 7, 7), 1 / 49), 4).item() == pytest.approx(16 / 49)
-    # K = 8, N = 3: L = 2, 9 blocks over the top-left 6 x 6
-    assert group_sparsity(torch.full((1, 1, 8, 8), 1 / 64), 3).item() == pytest.approx(9 * 2 / 64)
+def test_even_blocks_cover_the_whole_map_with_sides_differing_by_at_most_one():
+    for size in range(2, 13):
+        for blocks in range(1, size // 2 + 1):
+            cover = torch.zeros(size, size)
+            sides = set()
+            for rows, cols in block_layout(size, blocks):
+                cover[rows, cols] += 1
+                sides |= {rows.stop - rows.start, cols.stop - cols.start}
+            assert bool((cover == 1).all()), (size, blocks)  # every cell in exactly one block
+            assert max(sides) - min(sides) <= 1 and min(sides) >= 2
+    # K = 7, N = 3: parts 2, 2, 3; an independent sum over hand-cut blocks
+    attn = torch.rand(2, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    cuts = [0, 2, 4, 7]
+    parts = list(zip(cuts, cuts[1:], strict=False))
+    expected = sum(attn[:, :, a:b, c:d].square().sum((2, 3)).sqrt().sum(1)
+                   for a, b in parts for c, d in parts)
+    assert torch.allclose(group_sparsity(attn, 3), expected)
+    # the paper's floor(K/N) blocks where they are sound: K = 8, N = 4 is the same 2 x 2 tiling
+    assert block_layout(8, 4, layout="floor") == block_layout(8, 4)
+
+
+@pytest.mark.parametrize(("size", "blocks", "layout", "match"), [
+    (7, 4, "even", r"N=4 blocks on the 7x7 map leave blocks of one cell.*use --blocks 3"),
+    (4, 4, "even", r"N=4 blocks on the 4x4 map leave blocks of one cell.*use --blocks 2"),
+    (7, 4, "floor", r"N=4 blocks of side L=floor\(7/4\)=1 on the 7x7 map are single cells.*--blocks 3"),
+    (7, 3, "floor", r"N=3 blocks of side L=floor\(7/3\)=2 cover only 6x6 of the 7x7 map.*layout=even"),
+    (3, 4, "even", r"N=4, K=3; use --blocks 1"),
+])
+def test_a_geometry_whose_penalty_cannot_act_is_refused_naming_k_n_and_the_fix(size, blocks, layout, match):
+    with pytest.raises(ValueError, match=match):
+        block_layout(size, blocks, layout=layout)
+    with pytest.raises(ValueError, match=match):
+        build_model("regattn", channels=4, size=size, classes=2, hidden=4, blocks=blocks, layout=layout)
+
+
+def test_block_sparsity_is_smallest_inside_one_block_and_largest_uniform():
+    """sum_r sqrt(mass_r): 1 for a map inside one block, N for the uniform map over N x N equal blocks."""
+    uniform = torch.full((1, 1, 8, 8), 1 / 64)
+    in_one_block = torch.zeros(1, 1, 8, 8)
+    in_one_block[0, 0, 2:4, 4:6] = 0.25
+    assert block_sparsity(uniform, 4).item() == pytest.approx(4.0, abs=1e-4)
+    assert block_sparsity(in_one_block, 4).item() == pytest.approx(1.0, abs=1e-4)
+    assert block_sparsity(one_hot_map(8, 5, 2), 4).item() == pytest.approx(1.0, abs=1e-4)
+    # written independently on random maps with uneven blocks (K = 7, N = 3)
+    maps = torch.softmax(2 * torch.randn(3, 4, 49, generator=torch.Generator().manual_seed(1)), -1).view(3, 4, 7, 7)
+    cuts = [0, 2, 4, 7]
+    parts = list(zip(cuts, cuts[1:], strict=False))
+    expected = sum(maps[:, :, a:b, c:d].sum((2, 3)).sqrt().sum(1)
+                   for a, b in parts for c, d in parts)
+    assert torch.allclose(block_sparsity(maps, 3), expected, atol=1e-3)
+    per_step = block_sparsity(maps, 3) / 4
+    assert bool((per_step >= 1 - 1e-4).all()) and bool((per_step <= 3 + 1e-4).all())
+    # the gradient at the uniform map pushes mass towards one block; the l2,1 norm's gradient there is flat
+    start = uniform.clone()
+    start[0, 0, 0, 0] += 0.01
+    start = (start / start.sum()).requires_grad_()
+    block_sparsity(start, 4).sum().backward()
+    assert start.grad[0, 0, 0, 1] < start.grad[0, 0, 7, 7]  # the fuller block's cells are cheaper to grow
+    empty = one_hot_map(8, 1, 1).requires_grad_()
+    block_sparsity(empty, 4).sum().backward()
+    assert torch.isfinite(empty.grad).all()
 
 
 def test_group_sparsity_groups_peaks_but_cannot_beat_a_uniform_map():
@@ -86,6 +139,7 @@ def test_group_sparsity_gradient_is_finite_on_empty_blocks():
 @pytest.mark.parametrize(("shape", "blocks", "stride", "match"), [
     ((1, 1, 8, 8), 4, 3, "stride must be between 1 and the block side L=2"),
     ((1, 1, 3, 3), 4, None, "blocks N <= map side K"),
+    ((1, 1, 7, 7), 3, 1, "not a multiple of N=3"),
     ((1, 8, 8), 4, None, r"\(batch, time, K, K\)"),
 ])
 def test_group_sparsity_rejects_bad_geometry(shape, blocks, stride, match):

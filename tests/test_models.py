@@ -141,13 +141,79 @@ def test_regattn_first_map_uniform_tanh_logits_and_penalty():
     out = model(*cubes("regattn"))
     assert torch.allclose(out.attention[:, 0], torch.full((B, K, K), 1 / K**2))  # a_1 = 1/K^2 (Eq. 8)
     assert bool((out.logits.abs() <= 1).all())  # softmax(tanh(B h2_t)) (Eq. 7)
-    expected = model.config.lam * group_sparsity(out.attention, model.config.blocks)
+    expected = model.config.lam * group_sparsity(out.attention, model.blocks)
     assert torch.allclose(out.aux_losses["group_sparsity"], expected)
 
 
-def test_regattn_warns_when_blocks_leave_positions_uncovered():
-    with pytest.warns(UserWarning, match=r"cover only 4x4 of the 7x7 map"):
-        build_model("regattn", channels=C, size=7, classes=CLASSES, hidden=HIDDEN)
+def test_regattn_default_blocks_cover_the_map_and_an_unsound_n_is_refused():
+    assert build_model("regattn", channels=C, size=8, classes=CLASSES, hidden=HIDDEN).blocks == 4  # the paper's
+    assert build_model("regattn", channels=C, size=7, classes=CLASSES, hidden=HIDDEN).blocks == 3
+    with pytest.raises(ValueError, match=r"N=4 blocks on the 7x7 map leave blocks of one cell.*--blocks 3"):
+        build_model("regattn", channels=C, size=7, classes=CLASSES, hidden=HIDDEN, blocks=4)
+
+
+def released_code_attention(model, X):
+    """Sharma's released code (src/actrec.py _step), written independently: one LSTM, tanh-affine initial state."""
+    p = dict(model.named_parameters())
+    B, T, Cc, K_, _ = X.shape
+    ctx = X.flatten(3).transpose(2, 3)  # (B, T, P, C)
+    mean = ctx.mean((1, 2))
+    h = torch.tanh(mean @ p["init_h.weight"].T + p["init_h.bias"])
+    c = torch.tanh(mean @ p["init_c.weight"].T + p["init_c.bias"])
+    cell = model.stack.cells[0]
+    alphas, logits = [], []
+    for t in range(T):
+        pctx = ctx[:, t] @ p["from_input.weight"].T + p["from_input.bias"] + (h @ p["from_state.weight"].T)[:, None]
+        alpha = torch.softmax((torch.tanh(pctx) @ p["score.weight"].T)[..., 0], -1)  # (B, P)
+        z = (alpha[..., None] * ctx[:, t]).sum(1)  # (B, C)
+        gates = z @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
+        i, f, g, o = gates.chunk(4, -1)  # torch's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hid = torch.tanh(h @ p["classify.0.weight"].T + p["classify.0.bias"])
+        logits.append(hid @ p["classify.3.weight"].T + p["classify.3.bias"])
+        alphas.append(alpha)
+    return torch.stack(logits, 1), torch.stack(alphas, 1).view(B, T, K_, K_)
+
+
+def test_softattn_code_is_the_released_codes_content_attention():
+    model = tiny("softattn_code")
+    model.eval()
+    X = cubes("softattn_code")[0]
+    out = model(X)
+    logits, alphas = released_code_attention(model, X)
+    assert torch.allclose(out.logits, logits, atol=1e-5) and torch.allclose(out.attention, alphas, atol=1e-6)
+    assert len(model.stack.cells) == 1 and out.aux_losses == {}  # one layer; alpha_c = 0 in its UCF-11 script
+    moved = X.clone()
+    moved[0, 0, :, 0, 0] += 5.0  # frame 1 changes, the video's mean feature (and so h_0) does not
+    moved[0, 1, :, 0, 0] -= 5.0  # softattn_code's first map reads frame 1; softattn's (Eq. 1) only h_0
+    assert not torch.allclose(model(moved).attention[0, 0], out.attention[0, 0])
+    eq1 = tiny("softattn")
+    eq1.eval()
+    assert torch.allclose(eq1(moved).attention[0, 0], eq1(X).attention[0, 0])
+
+
+def test_regattn_content_attention_and_block_sparsity_written_independently():
+    torch.manual_seed(0)
+    model = build_model("regattn", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, attention="content",
+                        penalty="sqrt_mass", blocks=2, lam=0.5)
+    model.eval()
+    X = cubes("regattn")[0]
+    out = model(X)
+    p = dict(model.named_parameters())
+    ctx = X.flatten(3).transpose(2, 3)  # (B, T, P, C)
+    v = torch.tanh((ctx @ p["squeeze.weight"].T + p["squeeze.bias"])[..., 0] @ p["describe.0.weight"].T
+                   + p["describe.0.bias"])  # (B, T, H): MLP of the 1x1 conv's K x K map (Quan et al. Sec. 4.4)
+    h = torch.zeros(B, HIDDEN)
+    state = None
+    for t in range(T):
+        a = torch.softmax(torch.cat([h, v[:, t]], -1) @ p["locate.weight"].T, -1)  # (B, P)
+        assert torch.allclose(out.attention[:, t].flatten(1), a, atol=1e-6)
+        state = model.stack.step((a[..., None] * ctx[:, t]).sum(1), state)
+        h = state[-1][0]
+    mass = out.attention.unflatten(2, (2, 2)).unflatten(4, (2, 2)).sum((3, 5))  # (B, T, 2, 2): 2 x 2 blocks
+    expected = 0.5 * mass.sqrt().sum((1, 2, 3))
+    assert torch.allclose(out.aux_losses["block_sparsity"], expected, atol=1e-4)
 
 
 def test_cli_lists_every_model_with_its_paper():
@@ -157,3 +223,9 @@ def test_cli_lists_every_model_with_its_paper():
         assert f"\n{name}\n" in f"\n{result.output}"
         assert spec.paper in result.output
     assert "optimizer=adadelta lr=1" in result.output
+    blocks = {block.split("\n", 1)[0]: block for block in result.output.strip().split("\n\n")}
+    assert "batch_size=128 optimizer=adam" in blocks["softattn"] and "batch_size=256" in blocks["regattn"]
+    assert "batch_size=64" in blocks["cham"] and "drop to 1e-05 after 10,000 iterations" in blocks["cham"]
+    assert "follows the paper's equations" in blocks["softattn"]
+    assert "follows the authors' released code" in blocks["softattn_code"]
+    assert "clips:" in blocks["regattn"] and "hidden=1024" in blocks["han"]

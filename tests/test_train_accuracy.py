@@ -19,7 +19,6 @@ floating-point paths.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -49,10 +48,9 @@ def synthetic_store(dask_client, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("model", ["softattn", "regattn"])
 def test_attention_models_learn_the_synthetic_actions_well_above_chance(model, synthetic_store, tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # regattn: N=4 blocks of side 1 on the 4 x 4 map, as the paper's geometry
-        result = train_model(synthetic_store, model, tmp_path / model, epochs=30, batch_size=8, lr=1e-3, seed=1,
-                             patience=10, workers=0, progress=False, model_args={"hidden": 64})
+    result = train_model(synthetic_store, model, tmp_path / model, epochs=30, batch_size=8, lr=1e-3, seed=1,
+                         patience=10, workers=0, progress=False, val_fraction=0.15,
+                         model_args={"hidden": 64})  # regattn: N = 2
     assert result.best_val_score is not None
     assert result.test_accuracy >= BAR > CHANCE, f"{model}: test accuracy {result.test_accuracy:.3f}"
 
@@ -61,7 +59,8 @@ def test_content_attention_trained_on_the_synthetic_actions_looks_at_the_target(
     """convattn's maps put well above uniform attention's share on the target's box, and point into it."""
     run = tmp_path / "convattn"
     train_model(synthetic_store, "convattn", run, epochs=30, batch_size=8, lr=3e-4, seed=1, patience=10, workers=0,
-                progress=False, model_args={"hidden": 32})  # the demo's settings (glimpse.DEMO_PER_MODEL)
+                progress=False, val_fraction=0.15,
+                model_args={"hidden": 32})  # the demo's settings (glimpse.DEMO_PER_MODEL)
     place = evaluate_run(run, figures=0)["localization"]
     assert place["videos"] == 60 and place["frames"] == 60 * SYNTH.frames
     ratios = {"mass": place["mass"] / place["uniform_mass"], "pointing": place["hit_rate"] / place["uniform_hit_rate"]}

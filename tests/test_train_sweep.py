@@ -19,8 +19,8 @@ from reliability_log import record
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
-#: 2 x 2 points of regattn; the tiny store's maps are 2 x 2, so blocks can be 1 or 2
-GRID = ["lambda=1e-4,1e-3", "blocks=1,2"]
+#: 2 x 2 points of regattn; the tiny store's maps are 2 x 2, so N = 1 block and the two penalties over it
+GRID = ["lambda=1e-4,1e-3", "penalty=l21,sqrt_mass"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_grids_parse_into_typed_points():
         parse_grid(["lambda"])
     rows = [{"point": p, "metric": "accuracy", "test_score": 0.5} for p in grid_points(parse_grid(GRID))]
     table = results_table(parse_grid(GRID), rows).splitlines()
-    assert table[0] == "| test accuracy (%) | blocks=1 | blocks=2 |" and table[2] == "| lambda=1e-4 | 50.0 | 50.0 |"
+    assert table[0] == "| test accuracy (%) | penalty=l21 | penalty=sqrt_mass |"
+    assert table[2] == "| lambda=1e-4 | 50.0 | 50.0 |"
 
 
 def check_results(out: Path, expected_points: int) -> list[dict]:
@@ -50,7 +51,7 @@ def check_results(out: Path, expected_points: int) -> list[dict]:
     assert len(rows) == expected_points and all(r["error"] == "" for r in rows), rows
     for r in rows:
         config = json.loads((Path(r["run_dir"]) / "config.json").read_text())["model"]["config"]
-        assert config["lam"] == float(r["lambda"]) and config["blocks"] == int(r["blocks"])
+        assert config["lam"] == float(r["lambda"]) and config["penalty"] == r["penalty"]
         assert json.loads((Path(r["run_dir"]) / "result.json").read_text())["stopped"] == "completed"
     assert "| lambda=1e-3 |" in (out / "results.md").read_text()
     return rows
@@ -60,7 +61,7 @@ def test_a_sweep_runs_every_point_on_a_local_cluster_and_writes_its_table(tiny_s
     options = {"epochs": 2, "batch_size": 2, "workers": 0, "model_args": {"hidden": 8}}
     rows, table = sweep(str(tiny_store), "regattn", tmp_path / "sweep", parse_grid(GRID), options, dask_client,
                         threads=1)
-    assert len(rows) == 4 and "blocks=2" in table
+    assert len(rows) == 4 and "penalty=sqrt_mass" in table
     check_results(tmp_path / "sweep", 4)
     again, _ = sweep(str(tiny_store), "regattn", tmp_path / "sweep", parse_grid(GRID), options, dask_client)
     assert [r["test_score"] for r in again] == [r["test_score"] for r in rows]  # finished runs are just reported
@@ -99,7 +100,7 @@ def test_a_sweep_through_a_hand_started_cluster_survives_the_loss_of_its_worker(
         os.kill(worker_pid, signal.SIGKILL)  # the nanny starts a new worker; the scheduler resubmits the task
         stdout, stderr = sweep_proc.communicate(timeout=300)
         assert sweep_proc.returncode == 0, stderr[-3000:]
-        assert "| test accuracy (%) | blocks=1 | blocks=2 |" in stdout and "4/4 runs done" in stdout
+        assert "| test accuracy (%) | penalty=l21 | penalty=sqrt_mass |" in stdout and "4/4 runs done" in stdout
         check_results(out, 4)
         events = [e for d in out.glob("*=*") for e in RunDir(d).events()]
         assert any(e.startswith("resumed") for e in events), events

@@ -1,8 +1,9 @@
 """What one training run is: :class:`TrainConfig`, and each paper's training defaults per model.
 
 A config as the user gives it leaves the model-dependent fields at None; :func:`resolve` fills them
-from the model's registry entry and :data:`PAPER_DEFAULTS`, and adapts the clip length to a store
-whose videos are all shorter than the paper's clips. The resolved config is what the run directory
+from the model's registry entry (train/models: each ModelSpec carries its paper's recipe), adapts the
+clip length to a store whose videos are all shorter than the paper's clips, and the batch size to a
+store too small for the paper's batches. The resolved config is what the run directory
 records and what ``--resume`` reads back.
 """
 
@@ -23,13 +24,16 @@ from glimpse.train.sampling import POLICIES, Policy, items_per_epoch, make_polic
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}
 DEVICES = ("auto", "cpu", "cuda")
 
-#: Training choices of the papers that the model registry does not carry: model name -> TrainConfig fields.
-#: CHAM trains on 60-frame clips and drops its learning rate to 1e-5 after 10,000 iterations (Yan et al.
-#: 2017); regattn's segments of T = 30 consecutive frames start d = 2 frames apart (Quan et al. 2019, Sec. 3.4).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cham": {"frames": 60, "lr_drop_step": 10_000, "lr_drop_to": 1e-5},
-    "regattn": {"stride": 2},
-}
+#: the smallest number of batches an epoch is given when the paper's batch size would leave fewer (small stores)
+MIN_BATCHES = 8
+#: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps (a small store): then more
+DEFAULT_EPOCHS = 30
+MIN_STEPS = 2000
+#: the share of training videos held out for validation when none is given, unless that holds out fewer than
+#: MIN_VALIDATION videos: early stopping and best-checkpoint choice on a handful of videos follow noise, so a
+#: small store trains on all its training videos and keeps the last epoch
+DEFAULT_VAL_FRACTION = 0.15
+MIN_VALIDATION = 20
 
 #: Fields that may change when a run is resumed: where and how it runs, and how long (never what it learns).
 RESUMABLE = ("epochs", "device", "workers", "cache_ram", "cache_dir", "progress", "patience")
@@ -61,8 +65,8 @@ class TrainConfig:
     model: str
     out: str
     split: str = "1"
-    epochs: int = 30
-    batch_size: int = 16
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
     momentum: float = 0.9
@@ -78,7 +82,7 @@ class TrainConfig:
     lr_drop_step: int | None = None
     lr_drop_to: float | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.15
+    val_fraction: float | None = None
     patience: int = 5
     normalize: bool = True
     norm_videos: int = 256
@@ -101,14 +105,11 @@ class TrainConfig:
             raise ConfigError(f"aggregation must be 'mean' or 'vote', got {self.aggregation!r}")
         if self.sampling is not None and self.sampling not in POLICIES:
             raise ConfigError(f"sampling must be one of {tuple(POLICIES)}, got {self.sampling!r}")
-        for name in ("epochs", "batch_size", "shuffle_videos"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("frames", "stride"):
+        for name in ("epochs", "batch_size", "frames", "stride", "shuffle_videos"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        if not 0 <= self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if min(self.workers, self.cache_ram, self.checkpoint_every, self.patience, self.steps,
                self.clips_per_video or 0) < 0:
@@ -132,16 +133,16 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
     batches take (rounded up) at the policy's clips per epoch of these videos.
     """
     spec = MODELS[config.model]
-    paper = PAPER_DEFAULTS.get(config.model, {})
     filled = {
         "lr": spec.lr if config.optimizer in (None, spec.optimizer) else OPTIMIZERS[config.optimizer],
         "optimizer": spec.optimizer,
         "sampling": spec.sampling,
-        "frames": paper.get("frames", spec.frames),
-        "stride": paper.get("stride", 1),
+        "batch_size": spec.batch_size,
+        "frames": spec.frames,
+        "stride": spec.stride,
         "aggregation": spec.aggregation,
-        "lr_drop_step": paper.get("lr_drop_step", 0),
-        "lr_drop_to": paper.get("lr_drop_to", 0.0),
+        "lr_drop_step": spec.lr_drop_step,
+        "lr_drop_to": spec.lr_drop_to,
     }
     notes = []
     sampling = config.sampling or filled["sampling"]
@@ -153,10 +154,23 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
             filled["frames"] = longest
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
     resolved = dataclasses.replace(config, **values)
-    if config.steps and n_frames:
-        batches = math.ceil(items_per_epoch(n_frames, resolved.policy()) / config.batch_size)
+    items = items_per_epoch(n_frames, resolved.policy()) if n_frames else 0  # clips an epoch trains on
+    if config.batch_size is None and items and items < MIN_BATCHES * spec.batch_size:
+        adapted = max(1, math.ceil(items / MIN_BATCHES))
+        notes.append(f"batch size adapted from the paper's {spec.batch_size} to {adapted}: {items} clips an epoch "
+                     f"would give fewer than {MIN_BATCHES} batches; set --batch-size to choose")
+        resolved = dataclasses.replace(resolved, batch_size=adapted)
+    batches = math.ceil(items / resolved.batch_size) if items else 0
+    if config.steps and batches:
         resolved = dataclasses.replace(resolved, epochs=math.ceil(config.steps / batches))
         notes.append(f"--steps {config.steps}: {resolved.epochs} epochs of {batches} batches")
+    elif config.epochs is None:
+        epochs = DEFAULT_EPOCHS
+        if batches and batches * DEFAULT_EPOCHS < MIN_STEPS:
+            epochs = math.ceil(MIN_STEPS / batches)
+            notes.append(f"{epochs} epochs instead of {DEFAULT_EPOCHS}: {batches} batches an epoch would give fewer "
+                         f"than {MIN_STEPS} optimizer steps; set --epochs to choose")
+        resolved = dataclasses.replace(resolved, epochs=epochs)
     return resolved, notes
 
 

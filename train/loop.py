@@ -93,11 +93,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, 0xD40]).generate_state(1)[0])
 
 
-def lr_at(config: TrainConfig, step: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): CHAM's drop after lr_drop_step steps."""
-    if config.lr_drop_step and step >= config.lr_drop_step:
-        return config.lr_drop_to
-    return config.lr
+def drop_step(config: TrainConfig, total: int) -> int:
+    """The step at which the learning rate drops: lr_drop_step, or 2/3 of a run of ``total`` steps that would end
+    before it (so CHAM's drop after 10,000 iterations also fires on a small store); 0 for no drop."""
+    if not config.lr_drop_step:
+        return 0
+    return min(config.lr_drop_step, max(1, 2 * total // 3))
+
+
+def lr_at(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) in a run of ``total`` steps (see :func:`drop_step`)."""
+    drop = drop_step(config, total)
+    return config.lr_drop_to if drop and step >= drop else config.lr
 
 
 def batch_hits(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> int:
@@ -200,7 +207,7 @@ def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
             for cubes, target in setup.train_loader:
                 got = time.perf_counter()
                 sums["data_s"] += got - waited
-                lr = lr_at(config, state["step"])
+                lr = lr_at(config, state["step"], batches * config.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 target = target.to(setup.device)
@@ -247,7 +254,8 @@ def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, 
                                     multi_label=setup.multi_label, device=setup.device, loader=setup.val_loader))
         val = score(preds, len(setup.store.classes), setup.multi_label)
     epoch = state["epoch"] + 1
-    row = {"epoch": epoch, "step": state["step"], "lr": lr_at(config, state["step"] - 1),
+    total = setup.sampler.batches * config.epochs
+    row = {"epoch": epoch, "step": state["step"], "lr": lr_at(config, state["step"] - 1, total),
            "train_loss": sums["loss"] / sums["clips"], "train_acc": sums["hits"] / sums["clips"],
            "val_loss": val["loss"], "val_score": val["score"], "best": 0,
            "clips_per_s": sums["clips"] / max(seconds, 1e-9), "data_share": sums["data_s"] / max(seconds, 1e-9),
@@ -267,7 +275,8 @@ def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, 
     save(setup, run, state, *(("last", "best") if better else ("last",)))
     run.write_metrics(state["history"])
     tb.epoch(row)
-    run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
+    if epoch % 10 == 0 or state["stopped"]:  # drawing costs more than a small store's epoch: every 10th, and the last
+        run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
     name = "mAP" if setup.multi_label else "acc"
     line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
             + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")

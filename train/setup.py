@@ -15,7 +15,7 @@ import torch
 from glimpse.store import Store, open_store
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Selection, select
-from glimpse.train.config import ConfigError, TrainConfig, resolve
+from glimpse.train.config import DEFAULT_VAL_FRACTION, MIN_VALIDATION, ConfigError, TrainConfig, resolve
 from glimpse.train.data import (
     ClipDataset,
     EpochLoader,
@@ -161,12 +161,22 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
                     **config.model_args)
     except TypeError as err:
         raise ConfigError(str(err)) from None
+    small = 0  # validation videos a default hold-out would have had, when too few to be used
     try:
-        selection = select(store, config.split, config.val_fraction, config.seed)
+        fraction = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
+        selection = select(store, config.split, fraction, config.seed)
+        if config.val_fraction is None and 0 < len(selection.val) < MIN_VALIDATION:  # too few to stop on: train on all
+            small = len(selection.val)
+            selection, fraction = select(store, config.split, 0.0, config.seed), 0.0
+        config = dataclasses.replace(config, val_fraction=fraction)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     selection, unfit = drop_unfit(store, selection, streams)
     config, notes = resolve(config, [v.n_frames for v in selection.train])
+    if small:
+        notes.append(f"no validation: {small} held-out videos (< {MIN_VALIDATION}) would stop and choose the "
+                     "checkpoint on noise; every training video trains and the last epoch is kept "
+                     "(--val-fraction sets it)")
     if selection.not_done:
         notes.append(f"{selection.not_done} videos of split {config.split} are not done in the store: skipped")
     if unfit:

@@ -16,6 +16,7 @@ MODELS: dict[str, ModelSpec] = {
     "avgpool_lstm": softattn.AVGPOOL_LSTM,
     "maxpool_lstm": softattn.MAXPOOL_LSTM,
     "softattn": softattn.SOFTATTN,
+    "softattn_code": softattn.SOFTATTN_CODE,
     "convattn": convattn.CONVATTN,
     "cham": cham.CHAM_SPEC,
     "han": han.HAN_SPEC,

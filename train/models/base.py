@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 AGGREGATIONS = ("mean", "vote")
 LOGITS = ("step", "clip")
+VARIANTS = ("equations", "released code")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ class ModelSpec:
     segments). ``logits`` is "step" for (B, T, classes) or "clip" for (B, 1, classes); ``attention``
     says whether the model returns attention maps. ``sampling`` names its paper's clip policy
     (train/sampling.py: windows, segments, random, spread).
+
+    The paper's training recipe lives here too, one place per model (train.config.resolve fills a run's
+    None fields from it): ``optimizer`` and ``lr``, ``batch_size`` (the paper's or its released code's),
+    ``stride`` (frames between clip starts, d), and the learning-rate drop to ``lr_drop_to`` after
+    ``lr_drop_step`` iterations (0: none). ``variant`` says whose model it is: "equations" (the paper's
+    equations as printed) or "released code" (what the authors' code ran, where it differs).
     """
 
     name: str
@@ -55,12 +62,19 @@ class ModelSpec:
     logits: str = "step"
     attention: bool = False
     sampling: str = "windows"
+    batch_size: int = 16
+    stride: int = 1
+    lr_drop_step: int = 0
+    lr_drop_to: float = 0.0
+    variant: str = "equations"
 
     def __post_init__(self) -> None:
         if not (dataclasses.is_dataclass(self.config) and issubclass(self.config, ModelConfig)):
             raise TypeError(f"model {self.name!r}: config must be a ModelConfig dataclass, got {self.config!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"model {self.name!r}: aggregation must be in {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model {self.name!r}: variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.logits not in LOGITS:
             raise ValueError(f"model {self.name!r}: logits must be one of {LOGITS}, got {self.logits!r}")
         defaults = self.config()
@@ -69,18 +83,31 @@ class ModelSpec:
         if tuple(getattr(defaults, "streams", self.streams)) != self.streams:
             raise ValueError(f"model {self.name!r}: spec streams={self.streams} but config streams={defaults.streams}")
 
+    def schedule(self) -> str:
+        """The learning-rate schedule in words."""
+        if not self.lr_drop_step:
+            return "constant"
+        return (f"drop to {self.lr_drop_to:g} after {self.lr_drop_step:,} iterations, or after 2/3 of a shorter "
+                "run's iterations")
+
     def describe(self) -> str:
         """Several lines for `python -m glimpse.train models`: paper, equations, inputs, training, defaults."""
         defaults = ", ".join(f"{f.name}={getattr(self.config(), f.name)!r}" for f in dataclasses.fields(self.config))
         outputs = "per-step logits (B, T, classes)" if self.logits == "step" else "per-clip logits (B, 1, classes)"
         outputs += ", attention maps (B, T, K, K)" if self.attention else ", no attention maps"
+        whose = "paper's" if self.variant == "equations" else "authors'"
+        from glimpse.train.sampling import POLICIES
+
+        policy = f"{self.sampling}: {' '.join(POLICIES[self.sampling].__doc__.split())}"
         return "\n".join([
             f"{self.name}",
             f"  paper:     {self.paper}",
+            f"  variant:   follows the {whose} {self.variant}",
             f"  equations: {self.equations}",
             f"  inputs:    streams={','.join(self.streams)} frames={self.frames} skip={self.skip} -> {outputs}",
-            f"  training:  optimizer={self.optimizer} lr={self.lr:g} aggregation={self.aggregation} "
-            f"sampling={self.sampling}",
+            f"  clips:     {policy}; stride={self.stride}; aggregation={self.aggregation}",
+            f"  training:  batch_size={self.batch_size} optimizer={self.optimizer} lr={self.lr:g} "
+            f"schedule={self.schedule()}",
             f"  defaults:  {defaults}",
         ])
 

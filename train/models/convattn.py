@@ -108,4 +108,4 @@ CONVATTN = ModelSpec(
     "convattn", ConvAttention, ConvAttentionConfig, PAPER,
     "a_t = softmax_i(W_z * tanh(W_ha * H_{t-1} + W_xa * X_t + b)) with 1x1 convs (Eq. 8); X~_t = a_t . X_t "
     "element-wise, spatial layout kept (Eq. 7); ConvLSTM with 3x3 W_x, W_h; y_t = softmax(W vec(H_t)); "
-    "cross-entropy per step", attention=True)
+    "cross-entropy per step", attention=True, batch_size=64)

@@ -22,9 +22,10 @@ PAPER = ("Wang, Wang, Tang, O'Hare, Chang & Li 2016, Hierarchical Attention Netw
 
 @dataclass(frozen=True)
 class HANConfig(ModelConfig):
-    """HAN: ``hidden`` units per LSTM, second layer every ``skip`` = k steps, ``streams`` in forward order."""
+    """HAN: ``hidden`` units per LSTM (1,024 as the paper), second layer every ``skip`` = k steps, ``streams``
+    in forward order."""
 
-    hidden: int = 512
+    hidden: int = 1024
     skip: int = 2
     streams: tuple[str, ...] = ("rgb", "flow_cnn")
     attend: bool = True
@@ -109,14 +110,15 @@ EQUATIONS = ("a_t = softmax(W [h1^P_{t-1}; h1^Q_{t-1}] + b) over K^2 positions (
              "x^Q_t = sum_i a_t,i Q_t,i (Eq. 4); per stream LSTM layer 1 on every frame, layer 2 on every k-th "
              "layer-1 output; y = softmax(W [h1^P_T; h2^P; h1^Q_T; h2^Q]); cross-entropy per clip")
 HAN_SPEC = ModelSpec("han", HAN, HANConfig, PAPER, EQUATIONS, streams=("rgb", "flow_cnn"), skip=2,
-                     optimizer="adadelta", lr=1.0, logits="clip", attention=True, sampling="spread")
+                     optimizer="adadelta", lr=1.0, logits="clip", attention=True, batch_size=128, sampling="spread")
 HAN_NOATTN = ModelSpec("han_noattn", HAN, HANNoAttnConfig, PAPER + ", ablation without attention",
                        "as han with x_t = 1/K^2 sum_i P_t,i (and Q_t): cubes average-pooled, no Eq. 3-4",
                        streams=("rgb", "flow_cnn"), skip=2, optimizer="adadelta", lr=1.0, logits="clip",
-                       sampling="spread")
+                       batch_size=128, sampling="spread")
 HAN_SPATIAL = ModelSpec("han_spatial", HAN, HANSpatialConfig, PAPER + ", spatial (RGB) stream alone",
                         "as han on the RGB stream only: a_t = softmax(W h1^P_{t-1} + b)", streams=("rgb",), skip=2,
-                        optimizer="adadelta", lr=1.0, logits="clip", attention=True, sampling="spread")
+                        optimizer="adadelta", lr=1.0, logits="clip", attention=True, batch_size=128, sampling="spread")
 HAN_TEMPORAL = ModelSpec("han_temporal", HAN, HANTemporalConfig, PAPER + ", temporal (flow) stream alone",
                          "as han on the flow stream only: a_t = softmax(W h1^Q_{t-1} + b)", streams=("flow_cnn",),
-                         skip=2, optimizer="adadelta", lr=1.0, logits="clip", attention=True, sampling="spread")
+                         skip=2, optimizer="adadelta", lr=1.0, logits="clip", attention=True,
+                         batch_size=128, sampling="spread")

@@ -2,17 +2,22 @@
 
 A two-level LSTM (Eq. 2-6) reads x_t = X_t a_t (Eq. 9), with a_t = softmax(W h2_{t-1}) and a_1
 uniform (Eq. 8), and predicts every frame with softmax(tanh(B h2_t)) (Eq. 7). The loss (Eq. 11)
-adds lambda times the l2,1 group-sparsity penalty of the maps over N x N blocks of side
-L = floor(K / N) (Eq. 10), or overlapping blocks with a stride (Table 4).
+adds lambda times the l2,1 group-sparsity penalty of the maps over N x N blocks (Eq. 10).
+
+Deviations, each a config field: the blocks cover the whole K x K map with sides differing by at most one
+cell (``layout="even"``, the default; ``"floor"`` is Eq. 10's side floor(K / N), which on a 7 x 7 map with
+N = 4 leaves one-cell blocks and uncovered cells and is then refused); ``penalty="sqrt_mass"`` replaces the
+l2,1 norm, which every block-uniform map minimises, the uniform map included, by sum_r sqrt(mass in S_r);
+``attention="content"`` is the variant of Sec. 4.4: a 1x1 convolution of X_t to a K x K map, an MLP of it to
+a ``hidden``-d vector, concatenated with h2_{t-1} in the attention module.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
-from glimpse.train.losses import block_layout, group_sparsity
+from glimpse.train.losses import PENALTIES, block_layout, block_sparsity, default_blocks, group_sparsity
 from glimpse.train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 from torch import Tensor, nn
 
@@ -22,14 +27,20 @@ PAPER = ("Quan, Chen, Xu & Ji 2019, Attention with structure regularization for 
 
 @dataclass(frozen=True)
 class RegAttentionConfig(ModelConfig):
-    """The paper's defaults: N = 4 blocks per side, lambda = 1e-4, gamma = 1e-5, hidden 512, dropout 0.5.
+    """The paper's defaults: lambda = 1e-4, gamma = 1e-5, hidden 512, dropout 0.5, N = 4 blocks per side.
 
-    ``stride`` None gives non-overlapping blocks; 1 <= stride < L gives the overlapping variant.
+    ``blocks`` None means N = 4 where the map allows 2 x 2 blocks (K >= 8, as the paper's 8 x 8 maps), else
+    floor(K / 2). ``layout`` "even" or "floor" and ``stride`` (overlapping blocks, Table 4) place them, see
+    train.losses.block_layout; ``penalty`` "l21" (Eq. 10) or "sqrt_mass"; ``attention`` "hidden" (Eq. 8) or
+    "content" (Sec. 4.4).
     """
 
     hidden: int = 512
-    blocks: int = 4
+    blocks: int | None = None
     stride: int | None = None
+    layout: str = "even"
+    penalty: str = "l21"
+    attention: str = "hidden"
     lam: float = 1e-4
     weight_decay: float = 1e-5
 
@@ -39,15 +50,19 @@ class RegAttention(nn.Module):
 
     def __init__(self, config: RegAttentionConfig) -> None:
         super().__init__()
-        side, _, _ = block_layout(config.size, config.blocks, config.stride)  # fails early on a bad geometry
-        if side * config.blocks < config.size:
-            warnings.warn(f"regattn: N={config.blocks} blocks of side L=floor({config.size}/{config.blocks})={side} "
-                          f"cover only {side * config.blocks}x{side * config.blocks} of the {config.size}x"
-                          f"{config.size} map (Eq. 10); attention outside them is not penalized", stacklevel=2)
+        if config.penalty not in PENALTIES or config.attention not in ("hidden", "content"):
+            raise ValueError(f"regattn: penalty must be in {PENALTIES} and attention 'hidden' or 'content', got "
+                             f"{config.penalty!r}, {config.attention!r}")
+        self.blocks = config.blocks or default_blocks(config.size)
+        block_layout(config.size, self.blocks, config.stride, config.layout)  # refuses a geometry that cannot act
         self.config = config
-        H = config.hidden
+        H, P = config.hidden, config.size * config.size
         self.stack = LSTMStack(config.channels, H, 2, config.dropout)  # the two levels (Eq. 2-6)
-        self.locate = nn.Linear(H, config.size * config.size, bias=False)  # W (Eq. 8)
+        content = config.attention == "content"
+        self.locate = nn.Linear(2 * H if content else H, P, bias=False)  # W (Eq. 8), of [h2_{t-1}; v_t] (Sec. 4.4)
+        if content:
+            self.squeeze = nn.Linear(config.channels, 1)  # the 1x1 convolution of X_t to a K x K map
+            self.describe = nn.Sequential(nn.Linear(P, H), nn.Tanh())  # the MLP of that map to a hidden-d vector
         self.drop = nn.Dropout(config.dropout)
         self.classify = nn.Linear(H, config.classes, bias=False)  # B (Eq. 7)
 
@@ -57,24 +72,37 @@ class RegAttention(nn.Module):
         B, T = check_streams("regattn", cfg, cubes, 1)
         X = positions(cubes[0])  # (B, T, P, C)
         P = X.shape[2]
+        content = None
+        if cfg.attention == "content":
+            content = self.describe(self.squeeze(X).squeeze(-1))  # (B, T, H), v_t = MLP(conv1x1(X_t))
         state, outs, maps = None, [], []
-        a_t = X.new_full((B, P), 1.0 / P)  # (B, P), a_1 uniform (Eq. 8)
         for t in range(T):
-            if t > 0:
-                a_t = torch.softmax(self.locate(state[-1][0]), dim=-1)  # (B, P), from h2_{t-1} (Eq. 8)
+            h = X.new_zeros(B, cfg.hidden) if state is None else state[-1][0]  # h2_{t-1}, (B, H)
+            if content is not None:
+                a_t = torch.softmax(self.locate(torch.cat([h, content[:, t]], -1)), dim=-1)  # (B, P), Sec. 4.4
+            elif t == 0:
+                a_t = X.new_full((B, P), 1.0 / P)  # (B, P), a_1 uniform (Eq. 8)
+            else:
+                a_t = torch.softmax(self.locate(h), dim=-1)  # (B, P), from h2_{t-1} (Eq. 8)
             x_t = attend(a_t, X[:, t])  # (B, C), X_t a_t (Eq. 9)
             state = self.stack.step(self.drop(x_t), state)  # both levels, one step
             outs.append(state[-1][0])  # h2_t, (B, H)
             maps.append(a_t)
         logits = torch.tanh(self.classify(self.drop(torch.stack(outs, 1))))  # (B, T, classes), Eq. 7 as printed
         attention = torch.stack(maps, 1).view(B, T, cfg.size, cfg.size)  # (B, T, K, K)
-        penalty = cfg.lam * group_sparsity(attention, cfg.blocks, cfg.stride)  # (B,), Eq. 10-11
-        return ModelOutput(logits, attention, {"group_sparsity": penalty})
+        if cfg.penalty == "l21":
+            penalty = {"group_sparsity": group_sparsity(attention, self.blocks, cfg.stride, cfg.layout)}  # Eq. 10
+        else:
+            penalty = {"block_sparsity": block_sparsity(attention, self.blocks, cfg.stride, cfg.layout)}
+        return ModelOutput(logits, attention, {k: cfg.lam * v for k, v in penalty.items()})  # (B,) each, Eq. 11
 
 
 REGATTN = ModelSpec(
     "regattn", RegAttention, RegAttentionConfig, PAPER,
     "two-level LSTM (Eq. 2-6); a_1 = 1/K^2, a_t = softmax(W h2_{t-1}) (Eq. 8); x_t = X_t a_t (Eq. 9); "
     "y_t = softmax(tanh(B h2_t)) (Eq. 7); loss = sum_t CE + gamma ||theta||^2 + lam sum_t sum_r ||a_t[S_r]||_2 "
-    "over N x N blocks of side floor(K/N) (Eq. 10-11), or overlapping blocks with a stride (Table 4)",
-    aggregation="vote", attention=True, sampling="segments")
+    "over N x N blocks (Eq. 10-11). Defaults: blocks cover the whole map, sides differing by at most one cell "
+    "(layout=even; layout=floor is Eq. 10's side floor(K/N), refused where it leaves one-cell blocks or uncovered "
+    "cells), N = 4 where K >= 8 else floor(K/2); options penalty=sqrt_mass (sum_r sqrt(mass in S_r), minimised by "
+    "one block), attention=content (Sec. 4.4: [h2_{t-1}; MLP(conv1x1(X_t))])",
+    aggregation="vote", attention=True, batch_size=256, stride=2, sampling="segments")

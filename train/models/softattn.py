@@ -5,6 +5,10 @@
 MLPs of the video's mean feature (Eq. 6); every step predicts the class through a tanh layer.
 `avgpool_lstm` / `maxpool_lstm` feed the same stack the spatial average / maximum of X_t, and
 `softmax` is the paper's softmax regression on the full K x K x D cube of each frame.
+`softattn_code` is the model of the authors' released code (kracwarlock/action-recognition-visual-attention,
+src/actrec.py, the model behind Table 1): the location softmax reads the current frame and h_{t-1},
+l_t = softmax(U tanh(Wc X_t,i + Wd h_{t-1} + b)), one LSTM layer, h_0 and c_0 each one tanh layer of the mean
+feature, and no attention penalty (its UCF-11 script sets alpha_c = 0).
 """
 
 from __future__ import annotations
@@ -136,17 +140,74 @@ class SoftAttention(SharmaLSTM):
         return ModelOutput(logits, attention, {"doubly_stochastic": cfg.lam * doubly_stochastic(attention)})
 
 
+@dataclass(frozen=True)
+class SoftAttentionCodeConfig(StackConfig):
+    """The released code's UCF-11 settings: one LSTM layer of 512, attention of ``att_dim`` (None: the cube's
+    channels, as the code's dimctx), penalty weight ``lam`` 0 (alpha_c = 0) and dropout on."""
+
+    layers: int = 1
+    att_dim: int | None = None
+    lam: float = 0.0
+
+
+class SoftAttentionCode(nn.Module):
+    """Content-dependent soft attention: l_t,i = softmax_i(U tanh(Wc X_t,i + Wd h_{t-1} + b)), one LSTM."""
+
+    def __init__(self, config: SoftAttentionCodeConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, H, A = config.channels, config.hidden, config.att_dim or config.channels
+        self.init_h = nn.Linear(C, config.layers * H)  # h_0 = tanh(W mean + b) (ff_state)
+        self.init_c = nn.Linear(C, config.layers * H)  # c_0 = tanh(W mean + b) (ff_memory)
+        self.from_input = nn.Linear(C, A)  # Wc, b (Wc_att, b_att)
+        self.from_state = nn.Linear(H, A, bias=False)  # Wd (Wd_att)
+        self.score = nn.Linear(A, 1, bias=False)  # U (U_att); its bias c_tt cancels in the softmax
+        self.stack = LSTMStack(C, H, config.layers, config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+        self.classify = nn.Sequential(nn.Linear(H, H), nn.Tanh(), nn.Dropout(config.dropout),
+                                      nn.Linear(H, config.classes))  # ff_logit_lstm, tanh, dropout, ff_logit
+
+    def forward(self, *cubes: Tensor) -> ModelOutput:
+        """(B, T, C, K, K) -> per-step logits (B, T, classes) and attention (B, T, K, K)."""
+        cfg = self.config
+        B, T = check_streams("softattn_code", cfg, cubes, 1)
+        X = positions(cubes[0])  # (B, T, P, C)
+        mean = X.mean((1, 2))  # (B, C)
+        shape = (B, cfg.layers, cfg.hidden)
+        h0, c0 = torch.tanh(self.init_h(mean)).view(shape), torch.tanh(self.init_c(mean)).view(shape)  # (B, L, H)
+        state = list(zip(h0.unbind(1), c0.unbind(1), strict=True))  # L x ((B, H), (B, H))
+        from_input = self.from_input(X)  # (B, T, P, A), Wc X_t,i + b for every step at once
+        outs, maps = [], []
+        for t in range(T):
+            pre = torch.tanh(from_input[:, t] + self.from_state(state[-1][0])[:, None])  # (B, P, A)
+            l_t = torch.softmax(self.score(pre).squeeze(-1), dim=-1)  # (B, P)
+            state = self.stack.step(attend(l_t, X[:, t]), state)  # the code feeds the context undropped
+            outs.append(state[-1][0])
+            maps.append(l_t)
+        logits = self.classify(self.drop(torch.stack(outs, 1)))  # (B, T, classes), dropout on h as the code
+        attention = torch.stack(maps, 1).view(B, T, cfg.size, cfg.size)  # (B, T, K, K)
+        aux = {"doubly_stochastic": cfg.lam * doubly_stochastic(attention)} if cfg.lam else {}
+        return ModelOutput(logits, attention, aux)
+
+
 SOFTMAX = ModelSpec(
     "softmax", SoftmaxRegression, SoftmaxConfig, PAPER + ", softmax regression baseline",
-    "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step")
+    "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step", batch_size=128)
 AVGPOOL_LSTM = ModelSpec(
     "avgpool_lstm", PooledLSTM, PooledConfig, PAPER + ", average-pooling baseline",
-    "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step")
+    "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step", batch_size=128)
 MAXPOOL_LSTM = ModelSpec(
     "maxpool_lstm", PooledLSTM, MaxPooledConfig, PAPER + ", max-pooling baseline",
-    "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step")
+    "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step", batch_size=128)
 SOFTATTN = ModelSpec(
     "softattn", SoftAttention, SoftAttentionConfig, PAPER,
     "l_t = softmax(W h_{t-1}) (Eq. 1); x_t = sum_i l_t,i X_t,i (Eq. 2); stacked LSTM (Eq. 3-5); c_0, h_0 = "
     "MLP(mean_t,i X_t,i) (Eq. 6); y_t = softmax(U tanh(V h_t)); loss = sum_t CE + lam sum_i (1 - sum_t l_t,i)^2 "
-    "+ weight_decay ||theta||^2", attention=True)
+    "+ weight_decay ||theta||^2", attention=True, batch_size=128)
+SOFTATTN_CODE = ModelSpec(
+    "softattn_code", SoftAttentionCode, SoftAttentionCodeConfig,
+    PAPER + ", as the authors' released code ran it (Table 1's numbers)",
+    "l_t,i = softmax_i(U tanh(Wc X_t,i + Wd h_{t-1} + b)) (src/actrec.py, not Eq. 1); x_t = sum_i l_t,i X_t,i; one "
+    "LSTM; h_0 = tanh(W_h mean X + b_h), c_0 = tanh(W_c mean X + b_c); y_t = softmax(U tanh(V h_t)); "
+    "loss = sum_t CE + lam doubly stochastic (lam = alpha_c = 0 in its UCF-11 script) + weight_decay ||theta||^2",
+    attention=True, batch_size=128, variant="released code")
