@@ -98,7 +98,7 @@ class ModelSpec:
         whose = "paper's" if self.variant == "equations" else "authors'"
         from glimpse.train.sampling import POLICIES
 
-        policy = f"{self.sampling}: {' '.join(POLICIES[self.sampling].__doc__.split())}"
+        policy = f"{self.sampling} ({' '.join(POLICIES[self.sampling].__doc__.split()).rstrip('.')})"
         return "\n".join([
             f"{self.name}",
             f"  paper:     {self.paper}",
