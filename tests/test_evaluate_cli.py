@@ -104,7 +104,7 @@ def test_a_store_of_a_papers_dataset_shows_the_published_number_beside_ours(tmp_
     assert rows["avgpool_lstm"][4].strip() == "82.56% accuracy (Sharma 2015 Table 1)"
     assert rows["softattn"][4].strip() == "84.96% accuracy (Sharma 2015 Table 1)"
     cli = CliRunner().invoke(main, ["protocol", "--store", str(tmp_path / "store"), "--model", "avgpool_lstm",
-                                    "--out", str(tmp_path / "protocol"), "--epochs", "1", "--set", "workers=0"])
+                                    "--out", str(tmp_path / "protocol"), "--epochs", "1", "--set", "hidden=8"])
     assert cli.exit_code == 0, cli.output
     assert "published: 82.56% accuracy (Sharma 2015 Table 1)" in cli.output
 
