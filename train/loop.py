@@ -27,8 +27,8 @@ import torch
 from glimpse.errors import GlimpseError
 from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
 from glimpse.train.data import model_inputs
-from glimpse.train.losses import model_loss
-from glimpse.train.predict import clip_loss, predict_videos, score
+from glimpse.train.losses import clip_loss, model_loss
+from glimpse.train.predict import predict_videos, score
 from glimpse.train.run import RunDir, RunFileError, TensorBoard, atomic_write_text, rng_state, set_rng_state
 from glimpse.train.setup import Setup, prepare
 from tqdm import tqdm

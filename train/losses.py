@@ -126,15 +126,23 @@ def block_sparsity(attn: Tensor, blocks: int, stride: int | None = None, layout:
     return ((mass + eps).sqrt() - eps**0.5).sum((1, 2))  # (B,)
 
 
+def clip_loss(logits: Tensor, target: Tensor, multi_label: bool = False) -> Tensor:
+    """(B, T', classes) logits -> (B,) loss summed over steps: cross-entropy on (B,) class indices, or BCE on
+    (B, classes) multi-hot targets; every step of a per-step model is scored against its clip's label."""
+    steps = logits.shape[1]
+    if multi_label:
+        hot = target.unsqueeze(1).expand(-1, steps, -1)  # (B, T', classes)
+        return F.binary_cross_entropy_with_logits(logits, hot, reduction="none").sum((1, 2))  # (B,)
+    ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(steps), reduction="none")  # (B*T',)
+    return ce.view(-1, steps).sum(1)  # (B,)
+
+
 def model_loss(output: ModelOutput, labels: Tensor) -> Tensor:
     """Mean over the batch of the cross-entropy summed over time steps plus every auxiliary penalty.
 
     ``labels`` is (B,) class indices; every step of a per-step model is trained on its clip's label.
     """
-    logits = output.logits  # (B, T', classes)
-    steps = logits.shape[1]
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(steps), reduction="none")  # (B*T',)
-    per_sample = ce.view(-1, steps).sum(1)  # (B,)
+    per_sample = clip_loss(output.logits, labels)  # (B,)
     for penalty in output.aux_losses.values():
         per_sample = per_sample + penalty
     return per_sample.mean()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from glimpse.store import open_store
 from glimpse.train.clips import role_videos
 from glimpse.train.data import (
@@ -27,6 +26,7 @@ from glimpse.train.data import (
     targets_for,
     unfit_videos,
 )
+from glimpse.train.losses import clip_loss
 from glimpse.train.metrics import average_precisions, multi_hot
 from glimpse.train.models import build_model
 from glimpse.train.run import RunDir
@@ -49,16 +49,6 @@ class VideoPrediction:
     clip_logits: np.ndarray
     attention: np.ndarray | None
     loss: float
-
-
-def clip_loss(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """(B, T', classes) logits -> (B,) loss summed over steps: cross-entropy, or BCE on multi-hot targets."""
-    steps = logits.shape[1]
-    if multi_label:
-        hot = target.unsqueeze(1).expand(-1, steps, -1)  # (B, T', classes)
-        return F.binary_cross_entropy_with_logits(logits, hot, reduction="none").sum((1, 2))  # (B,)
-    ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(steps), reduction="none")  # (B*T',)
-    return ce.view(-1, steps).sum(1)  # (B,)
 
 
 def aggregate(logits: torch.Tensor, aggregation: str, multi_label: bool) -> tuple[np.ndarray, int]:
