@@ -44,7 +44,8 @@ extract: install
 	$(PY) -m glimpse.extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --lab $(STORE_ROOT) \
 		--backbone $(BACKBONE) --weights $(WEIGHTS) $(EXTRACT_ARGS)
 
-# train, evaluate and table find the dataset's store in the STORE_ROOT catalog.
+# train and table find the dataset's store in the STORE_ROOT catalog; table and demo train, then evaluate
+# (glimpse/experiments.py, above both stages).
 train: install
 	$(PY) -m glimpse.train --dataset $(DATASET) --store-root $(STORE_ROOT) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
 
@@ -52,7 +53,7 @@ evaluate: install
 	$(PY) -m glimpse.evaluate --run $(RUN)
 
 table: install
-	$(PY) -m glimpse.evaluate table --dataset $(DATASET) --store-root $(STORE_ROOT) --runs $(RUN_ROOT)
+	$(PY) -m glimpse table --dataset $(DATASET) --store-root $(STORE_ROOT) --runs $(RUN_ROOT)
 
 demo: install
 	$(PY) -m glimpse demo --out $(DEMO_DIR)

@@ -1,1 +1,1 @@
-"""Evaluation stage: protocols, metrics, attention maps and the comparison table."""
+"""Evaluation stage: metrics, localisation and attention figures of trained runs, and the table's rows."""

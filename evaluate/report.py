@@ -1,24 +1,25 @@
-"""Evaluating runs: one run's metrics and figures, the comparison table, and the papers' protocols.
+"""Evaluating runs that exist: one run's metrics and figures, several runs' attention, a table's rows.
 
     evaluate_run(run_dir)                   -> metrics JSON/CSV/PNG + attention figures in run_dir/evaluation
     compare_runs([run_a, run_b], out)       -> their attention side by side (PNG strips, GIF, MP4)
-    comparison_table(store, run_root, ...)  -> every registered model on one store, a markdown table
-    run_protocol(store, model, out, ...)    -> every fold of the dataset's protocol, mean and std
+    table_row(model, metrics) / format_table(rows, title) -> the comparison table's markdown
+
+Evaluation trains nothing: the table and protocol, which train what is missing and then evaluate it, are
+glimpse/experiments.py, above both stages.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from glimpse.evaluate.figures import video_attention_figures
 from glimpse.evaluate.localization import frame_attention, localization_scores
-from glimpse.evaluate.metrics import prediction_metrics, save_json, save_metrics
+from glimpse.evaluate.metrics import prediction_metrics, save_metrics
 from glimpse.evaluate.published import published_for
-from glimpse.files import atomic_write_text
 from glimpse.store import open_store
 from glimpse.train.models import MODELS
 from glimpse.train.predict import load_run, predict_run
@@ -129,100 +130,3 @@ def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
         published = r.get("published") or "-"
         lines.append(f"| {r['model']} | {_cell(r['top1'])} | {_cell(r['map'])} | {published} | {mass} | {hit} |")
     return "\n".join(lines) + "\n"
-
-
-def supported_models(store_path: str | Path) -> tuple[list[str], dict[str, str]]:
-    """Registered models the store can feed, and why the others cannot (a missing stream)."""
-    streams = set(open_store(store_path).streams)
-    usable, skipped = [], {}
-    for name, spec in MODELS.items():
-        missing = [s for s in spec.streams if s not in streams]
-        if missing:
-            skipped[name] = f"needs stream {', '.join(missing)} (extract with --flow)"
-        else:
-            usable.append(name)
-    return usable, skipped
-
-
-def ensure_trained(store_path: str | Path, model: str, run_dir: Path, **train_options: Any) -> bool:
-    """Train ``model`` into ``run_dir`` unless a run there has a best checkpoint (resume one that was cut short).
-
-    Returns False when no run exists and ``train_options`` says ``train=False``.
-    """
-    from glimpse.train.loop import resume_run, train_model
-    from glimpse.train.run import RunDir
-
-    run = RunDir(run_dir)
-    if run.file("best.pt").is_file():
-        return True
-    if not train_options.pop("train", True):
-        return False
-    if run.exists:
-        resume_run(run_dir)
-    else:
-        train_model(store_path, model, run_dir, **train_options)
-    return True
-
-
-def comparison_table(store_path: str | Path, run_root: str | Path, models: Sequence[str] | None = None,
-                     train_missing: bool = True, figures: int = 2,
-                     per_model: Mapping[str, Mapping[str, Any]] | None = None, **train_options: Any) -> str:
-    """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
-
-    Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``.
-    ``train_options`` go to every model's training, ``per_model[row]`` replaces some of them for one row. A row
-    may be a variant of a registered model under its own name: ``per_model[row]["model"]`` names the model
-    (e.g. ``{"regattn_sqrt": {"model": "regattn", "model_args": {"penalty": "sqrt_mass"}}}``).
-    """
-    store = open_store(store_path)
-    usable, skipped = supported_models(store_path)
-    per_model = per_model or {}
-    chosen = [m for m in (models or usable) if per_model.get(m, {}).get("model", m) in usable]
-    rows = []
-    for row in chosen:
-        run_dir = Path(run_root) / f"{store.dataset}-{row}"
-        options = {**train_options, **per_model.get(row, {})}
-        model = options.pop("model", row)
-        if not ensure_trained(store_path, model, run_dir, train=train_missing, **options):
-            continue
-        rows.append({**table_row(model, evaluate_run(run_dir, figures=figures), store.dataset), "model": row})
-    notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)
-    text = format_table(rows, f"{store.dataset}: test split, store {Path(store_path).name}") + notes + "\n"
-    out = Path(run_root) / f"table-{store.dataset}.md"
-    atomic_write_text(out, text)
-    return text
-
-
-def run_protocol(store_path: str | Path, model: str, out: str | Path, **train_options: Any) -> dict[str, Any]:
-    """Train and evaluate ``model`` on every fold the store's dataset defines; mean and std of test accuracy.
-
-    The folds are the store's splits: HMDB-51 and UCF-101 their 3 official splits, UCF-11 its 5
-    seeded 15/10 group splits, UCF Sports its seeded 75/25 split, Olympic Sports its official one.
-    """
-    store = open_store(store_path)
-    folds = sorted({name for v in store.videos for name in v.splits}, key=lambda k: (len(k), k))
-    per_fold = {}
-    for fold in folds:
-        run_dir = Path(out) / f"split{fold}"
-        ensure_trained(store_path, model, run_dir, split=fold, **train_options)
-        metrics = evaluate_run(run_dir, figures=0)
-        per_fold[fold] = {"top1": metrics["top1"], "map": metrics.get("map")}
-    top1 = np.array([m["top1"] for m in per_fold.values()], dtype=np.float64)
-    result = {"dataset": store.dataset, "model": model, "folds": per_fold, "mean_top1": float(top1.mean()),
-              "std_top1": float(top1.std(ddof=1)) if len(top1) > 1 else 0.0}
-    maps = [m["map"] for m in per_fold.values() if m["map"] is not None]
-    if maps:
-        result.update(mean_map=float(np.mean(maps)), std_map=float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0)
-    paper = published_for(model, store.dataset)
-    result["published"] = paper.cell() if paper else None
-    save_json(result, Path(out) / "protocol.json")
-    return result
-
-
-def protocol_text(result: dict[str, Any]) -> str:
-    """One readable block for the terminal."""
-    folds = ", ".join(f"split {k}: {v['top1']:.3f}" for k, v in result["folds"].items())
-    published = f"; published: {result['published']}" if result.get("published") else ""
-    return (f"{result['dataset']} / {result['model']}: top-1 {result['mean_top1']:.3f} +- {result['std_top1']:.3f} "
-            f"over {len(result['folds'])} folds ({folds}){published}")
-

@@ -2,5 +2,6 @@
 
 One import package over the repository's four stage folders (setuptools maps them, see pyproject.toml):
 ``glimpse.extract`` (extract/), ``glimpse.store`` (store/), ``glimpse.train`` (train/) and ``glimpse.evaluate``
-(evaluate/). The console script is :func:`glimpse.cli.main`.
+(evaluate/). Above them, ``glimpse.experiments`` trains and then evaluates (the comparison table, the protocols,
+the demo). The console script is :func:`glimpse.cli.main`.
 """

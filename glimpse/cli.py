@@ -1,14 +1,25 @@
-"""The ``glimpse`` console script: one click group over the four stages.
+"""The ``glimpse`` console script: one click group over the four stages and the experiments above them.
 
-Sub-commands are imported lazily so that ``glimpse store ls`` does not pay for importing torch.
+    glimpse extract | store | train | evaluate | synth ...   each stage's own command line (python -m glimpse.<stage>)
+    glimpse table --dataset NAME [--runs runs/]             every registered model on one store, one table
+    glimpse protocol --dataset NAME --model NAME            every fold of the dataset's protocol, mean and std
+    glimpse demo [--out demo]                               synthetic dataset -> store -> models -> table, figures
+
+``table``, ``protocol`` and ``demo`` train and then evaluate: their work is glimpse/experiments.py. Sub-commands
+are imported lazily so that ``glimpse store ls`` does not pay for importing torch.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+from typing import Any
 
 import click
-from glimpse.errors import Group
+from glimpse.errors import Command, Group
+from glimpse.store.catalog import default_root
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 #: sub-command name -> "module:attribute" of its click command
 COMMANDS = {
@@ -17,6 +28,8 @@ COMMANDS = {
     "store": "glimpse.store.cli:main",
     "train": "glimpse.train.cli:main",
     "evaluate": "glimpse.evaluate.cli:main",
+    "table": "glimpse.cli:table",
+    "protocol": "glimpse.cli:protocol",
     "demo": "glimpse.cli:demo",
 }
 
@@ -35,31 +48,99 @@ class LazyGroup(Group):
         return getattr(importlib.import_module(module), attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 def main() -> None:
     """glimpse: extract conv feature cubes once, then train and compare recurrent attention models."""
 
 
-#: The demo's dataset and training settings: 192 videos (4 classes, decoys), 12 frames at 112 px, a 4 x 4 grid.
-DEMO_SYNTH = {"classes": 4, "per_class": 48, "frames": 12, "size": 112, "seed": 3}
-DEMO_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 12, "batch_size": 16}
-DEMO_MODELS = ("avgpool_lstm", "softattn", "softattn_code", "regattn", "regattn_sqrt", "convattn")
-DEMO_TRAIN = {"epochs": 30, "batch_size": 8, "lr": 1e-3, "seed": 1, "patience": 10, "workers": 0,
-              "val_fraction": 0.15, "model_args": {"hidden": 64}}
-#: Per row, what replaces DEMO_TRAIN: the ConvLSTM overfits 132 clips at lr 1e-3 and hidden 64; softattn_code is
-#: Sharma's released-code attention (from the frame and h_{t-1}) with a 64-d attention layer; regattn gets N = 2
-#: blocks of 2 x 2 cells (the paper's N = 4 on a 4 x 4 map would make every block one cell, and is refused), and
-#: regattn_sqrt is the same model with the sqrt-mass block penalty, which the uniform map does not minimise.
-DEMO_PER_MODEL = {"convattn": {"lr": 3e-4, "model_args": {"hidden": 32}},
-                  "softattn_code": {"model_args": {"hidden": 64, "att_dim": 64}},
-                  "regattn": {"model_args": {"hidden": 64, "blocks": 2}},
-                  "regattn_sqrt": {"model": "regattn",
-                                   "model_args": {"hidden": 64, "blocks": 2, "penalty": "sqrt_mass", "lam": 0.1}}}
-#: regattn trained again at these lambdas and drawn beside the table's run (Quan et al. Fig. 6).
-DEMO_LAMBDAS = (0.0, 0.1)
+STORE_OPTIONS = [
+    click.option("--store", default=None, help="The feature store."),
+    click.option("--dataset", default=None, help="Pick the store of this dataset under --store-root."),
+    click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/"),
+    click.option("--epochs", default=None, type=int, help="Epochs for runs trained here. [the training default]"),
+    click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+                 help="A model setting for runs trained here, as in train (e.g. --set hidden=64)."),
+]
 
 
-@main.command("demo")
+def store_options(command):
+    """The options of the commands that train and evaluate on one store (table, protocol)."""
+    for option in reversed(STORE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:
+    """--store as given, or the one store of --dataset under --store-root (a clear error when several match)."""
+    from glimpse.train.cli import find_store
+
+    if store:
+        return store
+    if not dataset:
+        raise click.UsageError("give --store PATH or --dataset NAME")
+    return find_store(dataset, store_root)
+
+
+def _model_settings(models: list[str], assignments: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """--set as in train: model name -> {"model_args": ...} for each model, each setting applied where the
+    model has it; a usage error for a model that is not registered or a setting that no model has."""
+    from glimpse.train.config import ConfigError, parse_model_args
+    from glimpse.train.models import MODELS
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise click.BadParameter(f"unknown model {unknown[0]!r}; registered models: {', '.join(MODELS)}",
+                                 param_hint="--models/--model")
+    per_model: dict[str, dict[str, Any]] = {m: {"model_args": {}} for m in models}
+    for assignment in assignments:
+        errors = []
+        for model in models:
+            try:
+                per_model[model]["model_args"].update(parse_model_args(model, [assignment]))
+            except ConfigError as err:
+                errors.append(str(err))
+        if len(errors) == len(models):
+            raise click.BadParameter(errors[0] if errors else "no model to set it on", param_hint=f"--set {assignment}")
+    return per_model
+
+
+@click.command("table", cls=Command, context_settings=CONTEXT)
+@store_options
+@click.option("--runs", "run_root", default="runs/", show_default=True, help="Where runs are found or trained.")
+@click.option("--models", default=None, help="Comma-separated models. [every registered model the store feeds]")
+@click.option("--no-train", is_flag=True, help="Only collect existing runs; train none.")
+def table(store: str | None, dataset: str | None, store_root: str, epochs: int | None, assignments: tuple[str, ...],
+          run_root: str, models: str | None, no_train: bool) -> None:
+    """Collect (or train) every registered model on one store and write the comparison table."""
+    from glimpse.experiments import comparison_table
+    from glimpse.train.models import MODELS
+
+    chosen = [m.strip() for m in models.split(",")] if models else None
+    per_model = _model_settings(chosen or list(MODELS), assignments)
+    path = _store_path(store, dataset, store_root)
+    click.echo(comparison_table(path, run_root, chosen, train_missing=not no_train, per_model=per_model,
+                                **({} if epochs is None else {"epochs": epochs})))
+
+
+@click.command("protocol", cls=Command, context_settings=CONTEXT)
+@store_options
+@click.option("--model", required=True, help="A registered model.")
+@click.option("--out", default=None, help="Where the fold runs go. [runs/protocol-<dataset>-<model>]")
+def protocol(store: str | None, dataset: str | None, store_root: str, epochs: int | None,
+             assignments: tuple[str, ...], model: str, out: str | None) -> None:
+    """Train and evaluate MODEL on every fold of the dataset's protocol; report mean and std."""
+    from glimpse.experiments import protocol_text, run_protocol
+    from glimpse.store import open_store
+
+    settings = _model_settings([model], assignments)[model]
+    if epochs is not None:
+        settings["epochs"] = epochs
+    path = _store_path(store, dataset, store_root)
+    out = out or os.path.join("runs", f"protocol-{open_store(path).dataset}-{model}")
+    click.echo(protocol_text(run_protocol(path, model, out, **settings)))
+
+
+@click.command("demo", cls=Command, context_settings=CONTEXT)
 @click.option("--out", default="demo", show_default=True, type=click.Path(), help="Folder for all demo output.")
 @click.option("--workers", default=None, type=int, help="Local Dask workers [one per core].")
 def demo(out: str, workers: int | None) -> None:
@@ -71,45 +152,11 @@ def demo(out: str, workers: int | None) -> None:
     and lambda > 0 side by side (demo/runs/compare-regattn-lambda/).
     """
     import logging
-    from pathlib import Path
 
-    from glimpse.evaluate.report import compare_runs, comparison_table, ensure_trained
-    from glimpse.extract.cli import extract_dataset
-    from glimpse.extract.synth import SynthConfig, make_synthetic
-    from glimpse.train.models.regattn import RegAttentionConfig
+    from glimpse.experiments import run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out_dir = Path(out)
-    data = out_dir / "data" / "synthetic"
-    click.echo(f"demo 1/4: synthetic dataset -> {data}")
-    try:
-        make_synthetic(data, SynthConfig(**DEMO_SYNTH), progress=True)
-    except FileExistsError as exc:  # a demo folder from another glimpse version
-        raise click.ClickException(f"{exc}\nremove {out_dir} (or pass --out NEW) and run the demo again") from None
-    click.echo(f"demo 2/4: calibrated random GoogLeNet cubes -> {out_dir / 'stores'}")
-    summary = extract_dataset("synthetic", str(data), lab=str(out_dir / "stores"), workers=workers, quiet=False,
-                              **DEMO_EXTRACT)
-    click.echo(summary.report())
-    if summary.failed:
-        raise click.ClickException(f"{len(summary.failed)} videos failed")
-    runs = out_dir / "runs"
-    click.echo(f"demo 3/4: train and evaluate {', '.join(DEMO_MODELS)} -> {runs}")
-    table = comparison_table(summary.store, runs, DEMO_MODELS, figures=4, per_model=DEMO_PER_MODEL, **DEMO_TRAIN)
-    paper_lam, compared = RegAttentionConfig.lam, runs / "compare-regattn-lambda"
-    lambdas = sorted({*DEMO_LAMBDAS, paper_lam})
-    click.echo(f"demo 4/4: regattn at lambda = {', '.join(f'{lam:g}' for lam in lambdas)} side by side -> {compared}")
-    regattn = {**DEMO_TRAIN, **DEMO_PER_MODEL["regattn"]}
-    lambda_runs = {}
-    for lam in lambdas:
-        run = runs / "synthetic-regattn" if lam == paper_lam else runs / f"synthetic-regattn-lambda{lam:g}"
-        settings = {**regattn, "model_args": {**regattn["model_args"], "lam": lam}}
-        ensure_trained(summary.store, "regattn", run, **settings)
-        lambda_runs[f"regattn lambda={lam:g}"] = run
-    compare_runs(list(lambda_runs.values()), compared, list(lambda_runs))
-    strips = sorted(runs.glob("synthetic-*/evaluation/attention/*.png"))
-    click.echo("\n" + table)
-    click.echo(f"attention strips ({len(strips)} PNG, with GIF and MP4): {runs}/synthetic-*/evaluation/attention/")
-    click.echo(f"regattn at lambda = {', '.join(f'{lam:g}' for lam in lambdas)} side by side: {compared}/")
+    run_demo(out, workers)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The stages meet only where the design says: grep-level checks over the source folders.
 
-    extract -> store <- train <- evaluate;  glimpse.media and glimpse.errors beside them, importing no stage.
+    extract -> store <- train <- evaluate;  glimpse.media and glimpse.errors beside them, importing no stage;
+    glimpse.experiments (train, then evaluate) and the console group glimpse.cli above them all, imported by none.
+
+Evaluation evaluates runs that exist: of the training stage it uses only what loads and predicts a saved run.
 
 Only store/ knows where things live inside a store (its Zarr paths and attribute names): everyone else goes
 through ``Store`` / ``StoreWriter`` methods.
@@ -15,12 +18,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: folder -> the stages its modules may not import
+#: folder -> the stages its modules may not import (``cli`` is the console group glimpse/cli.py)
 FORBIDDEN_IMPORTS = {
-    "store": ("extract", "train", "evaluate"),
-    "evaluate": ("extract",),
-    "glimpse/media": ("extract", "store", "train", "evaluate"),
+    "extract": ("train", "evaluate", "experiments", "cli"),
+    "store": ("extract", "train", "evaluate", "experiments", "cli"),
+    "train": ("extract", "evaluate", "experiments", "cli"),
+    "evaluate": ("extract", "experiments", "cli"),
+    "glimpse/media": ("extract", "store", "train", "evaluate", "experiments", "cli"),
 }
+
+#: All that evaluate/ may import of train/: loading and predicting a saved run, the model registry, the metric
+#: helpers, the config's errors. Training (loop, run, setup, sweep, cli, data ...) is glimpse/experiments.py's.
+EVALUATE_USES_OF_TRAIN = ("glimpse.train.predict", "glimpse.train.models", "glimpse.train.metrics",
+                          "glimpse.train.config")
+
+#: The calls that train a model (train/loop.py, train/sweep.py, glimpse/experiments.py).
+TRAINING_CALLS = re.compile(r"\b(train_model|resume_run|run_sweep|ensure_trained|comparison_table|run_protocol)\b")
 
 #: (file, module) imports that cross a boundary on purpose: the store CLI's repair hands the videos it reset to the
 #: extraction stage's API (store's library modules import no stage).
@@ -60,6 +73,20 @@ def test_a_stage_imports_only_what_the_design_allows(folder):
     assert not offenders, "\n".join(offenders)
 
 
+def _training_in(path: Path) -> list[str]:
+    """Where a file imports training code evaluation may not use, or names a call that trains."""
+    found = [f"{path.name} imports {module}" for module in _imports(path)
+             if (module == "glimpse.train" or module.startswith("glimpse.train."))
+             and not any(module == m or module.startswith(f"{m}.") for m in EVALUATE_USES_OF_TRAIN)]
+    return found + [f"{path.name}:{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1)
+                    if TRAINING_CALLS.search(line)]
+
+
+def test_evaluation_trains_nothing():
+    offenders = [offence for path in _sources("evaluate") for offence in _training_in(path)]
+    assert not offenders, "\n".join(offenders)
+
+
 @pytest.mark.parametrize("folder", OUTSIDE_STORE)
 def test_nothing_outside_store_names_zarr_paths(folder):
     offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for path in _sources(folder)
@@ -73,6 +100,11 @@ def test_the_checks_see_a_violation(tmp_path):
     bad.write_text("def f():\n    from glimpse.extract.decode import decode_video\n    return root['videos/' + k]\n")
     assert "glimpse.extract.decode" in _imports(bad)
     assert ZARR_PATHS.search(bad.read_text())
+    trains = tmp_path / "trains.py"
+    trains.write_text("from glimpse.train.predict import load_run\n\ndef f(s):\n    from glimpse.train import loop\n"
+                      "    return loop.train_model(s, 'softattn', 'runs/x')\n")
+    assert [offence.split(":")[0] for offence in _training_in(trains)] == ["trains.py imports glimpse.train",
+                                                                          "trains.py"]
 
 
 def test_one_atomic_write():

@@ -79,10 +79,12 @@ CASES = [
     ("train-dataset-not-under-root", train_main, ["--dataset", "ucf11", "--model", "softattn", "--store-root",
                                                   "{root}"], "ucf11"),
     ("evaluate-run-not-a-run", evaluate_main, ["--run", "{empty}"], "{empty}"),
-    ("evaluate-table-missing-store", evaluate_main, ["table", "--store", "{missing}"], "{missing}"),
-    ("evaluate-table-bad-set", evaluate_main, ["table", "--store", "{store}", "--set", "bogus=1"], "--set"),
-    ("evaluate-protocol-unknown-model", evaluate_main, ["protocol", "--store", "{store}", "--model", "nosuch"],
+    ("evaluate-compare-one-run", evaluate_main, ["compare", "--run", "{empty}"], "at least two runs"),
+    ("table-missing-store", glimpse_main, ["table", "--store", "{missing}"], "{missing}"),
+    ("table-bad-set", glimpse_main, ["table", "--store", "{store}", "--set", "bogus=1"], "--set"),
+    ("table-dataset-not-under-root", glimpse_main, ["table", "--dataset", "nosuch", "--store-root", "{root}"],
      "nosuch"),
+    ("protocol-unknown-model", glimpse_main, ["protocol", "--store", "{store}", "--model", "nosuch"], "nosuch"),
     ("glimpse-store-other-schema", glimpse_main, ["store", "verify", "{other}"], "{other}"),
     ("glimpse-train-missing-store", glimpse_main, ["train", "--store", "{missing}", "--model", "softattn"],
      "{missing}"),
@@ -127,10 +129,10 @@ def test_each_entry_point_exits_cleanly_in_a_real_process(places, args, named):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and _fill(named, places) in lines[0], proc.stderr
 
 
-def test_set_means_a_model_setting_in_evaluate_as_in_train():
-    """``evaluate table --set hidden=8`` sets the model field on every model that has it (softmax has no hidden
+def test_set_means_a_model_setting_in_table_as_in_train():
+    """``glimpse table --set hidden=8`` sets the model field on every model that has it (softmax has no hidden
     size), typed by the model's config as ``train --set`` does; a setting no model has is refused."""
-    from glimpse.evaluate.cli import _model_settings
+    from glimpse.cli import _model_settings
     from glimpse.train.cli import training_options
 
     per_model = _model_settings(["softmax", "softattn"], ("hidden=8", "dropout=0.25"))
@@ -140,12 +142,14 @@ def test_set_means_a_model_setting_in_evaluate_as_in_train():
     assert trained["model_args"] == per_model["softattn"]["model_args"]
 
 
-@pytest.mark.parametrize("command", [train_main, evaluate_main], ids=["train", "evaluate"])
-def test_store_root_is_honoured_by_every_command_that_finds_stores(places, command):
+@pytest.mark.parametrize("command", [train_main, glimpse_main], ids=["train", "table"])
+def test_store_root_is_honoured_by_every_command_that_finds_stores(places, command, tmp_path):
     args = (["--dataset", "tiny", "--model", "softattn", "--set", "bogus=1"] if command is train_main
-            else ["table", "--dataset", "tiny"])
+            else ["table", "--dataset", "tiny", "--no-train", "--runs", str(tmp_path)])
     result = CliRunner().invoke(command, args, env={"STORE_ROOT": str(places["missing"])})
     assert result.exit_code != 0 and str(places["missing"]) in result.output, result.output
+    found = CliRunner().invoke(command, args, env={"STORE_ROOT": str(places["root"])})
     if command is train_main:  # found through $STORE_ROOT, the run then stops at the bad --set before training
-        found = CliRunner().invoke(command, args, env={"STORE_ROOT": str(places["root"])})
         assert found.exit_code == 2 and "no setting 'bogus'" in found.output, found.output
+    else:  # found through $STORE_ROOT, an empty table: no run exists and --no-train trains none
+        assert found.exit_code == 0 and f"tiny: test split, store {places['store'].name}" in found.output, found.output

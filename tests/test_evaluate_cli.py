@@ -1,4 +1,5 @@
-"""The evaluation stage end to end: runs trained by the real training service on a real extracted store."""
+"""The evaluation stage and the experiments above it (table, protocol) end to end: runs trained by the real
+training service on a real extracted store."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from glimpse.cli import main as glimpse_main
 from glimpse.evaluate.cli import main
-from glimpse.evaluate.report import comparison_table, run_protocol
+from glimpse.experiments import comparison_table, run_protocol
 from glimpse.extract.cli import extract_dataset
 from glimpse.train.loop import train_model
 
@@ -59,7 +61,7 @@ def test_protocol_reports_mean_and_std_over_the_folds(two_fold_store, tmp_path):
     assert result["mean_top1"] == pytest.approx(np.mean(top1))
     assert result["std_top1"] == pytest.approx(np.std(top1, ddof=1))
     assert json.loads((tmp_path / "protocol" / "protocol.json").read_text())["mean_top1"] == result["mean_top1"]
-    cli = CliRunner().invoke(main, ["protocol", "--store", str(two_fold_store), "--model", "avgpool_lstm",
+    cli = CliRunner().invoke(glimpse_main, ["protocol", "--store", str(two_fold_store), "--model", "avgpool_lstm",
                                     "--out", str(tmp_path / "protocol")])  # both folds already trained: reused
     assert cli.exit_code == 0, cli.output
     assert "over 2 folds" in cli.output and "+-" in cli.output
@@ -103,7 +105,7 @@ def test_a_store_of_a_papers_dataset_shows_the_published_number_beside_ours(tmp_
     assert "published" in rows["model"][4]
     assert rows["avgpool_lstm"][4].strip() == "82.56% accuracy (Sharma 2015 Table 1)"
     assert rows["softattn"][4].strip() == "84.96% accuracy (Sharma 2015 Table 1)"
-    cli = CliRunner().invoke(main, ["protocol", "--store", str(tmp_path / "store"), "--model", "avgpool_lstm",
+    cli = CliRunner().invoke(glimpse_main, ["protocol", "--store", str(tmp_path / "store"), "--model", "avgpool_lstm",
                                     "--out", str(tmp_path / "protocol"), "--epochs", "1", "--set", "hidden=8"])
     assert cli.exit_code == 0, cli.output
     assert "published: 82.56% accuracy (Sharma 2015 Table 1)" in cli.output
