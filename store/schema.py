@@ -87,7 +87,9 @@ PENDING, WRITING, DONE, FAILED, UNREADABLE = "pending", "writing", "done", "fail
 class StreamSpec:
     """A kind of stream: its per-video array is (frames, ...) with these ``dims``, stored as ``dtype``.
 
-    ``computed_by`` is the extraction code that makes it, as "module:attribute" (the store never imports it).
+    ``computed_by`` is the extraction code that makes it, as "module:attribute" (the store never imports it): a
+    ``glimpse.extract.streams.StreamCompute`` subclass, or a plain function of a video's decoded frames,
+    (T, H, W, 3) uint8 -> (T, ...) array.
     """
 
     name: str
@@ -125,11 +127,11 @@ def stream_spec(name: str) -> StreamSpec:
         raise SchemaError(f"unknown stream {name!r}; streams are {sorted(STREAMS)}") from None
 
 
-register_stream(StreamSpec("rgb", ("frame", "channel", "y", "x"), "glimpse.extract.pipeline:Extractor",
+register_stream(StreamSpec("rgb", ("frame", "channel", "y", "x"), "glimpse.extract.streams:RGBStream",
                            "CNN conv feature cubes of the decoded frames (C, K, K)"))
-register_stream(StreamSpec("flow", ("frame", "component", "y", "x"), "glimpse.extract.flow:FlowEstimator",
+register_stream(StreamSpec("flow", ("frame", "component", "y", "x"), "glimpse.extract.streams:FlowStream",
                            "optical flow to the next frame (2, H, W): x (right), y (down), in pixels"))
-register_stream(StreamSpec("flow_cnn", ("frame", "channel", "y", "x"), "glimpse.extract.pipeline:Extractor",
+register_stream(StreamSpec("flow_cnn", ("frame", "channel", "y", "x"), "glimpse.extract.streams:FlowCNNStream",
                            "CNN conv feature cubes of the flow rendered as an image (C, K, K)"))
 
 
