@@ -235,6 +235,8 @@ class Pipeline:
             step = stream.batch_size
             for start in range(0, n, step):
                 self._put((name, flight, start, *stream.prepare(*(x[start : start + step] for x in inputs))))
+        if not self.batched:  # nothing goes through the device: the video is complete
+            self.finished.put(flight)
 
     # ------------------------------------------------------------------------------------ the task's thread
 
