@@ -98,8 +98,9 @@ class Runtime:
     pipelined: bool = True  # decode threads feed batches across videos (False: each video in sequence)
     group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
     decode_threads: int = 2  # threads decoding ahead of the CNN in each worker
-    streams: tuple[StreamSpec, ...] = ()  # the config's registry entries as the client has them (a stream
-    #                                       registered in the client process reaches the workers this way)
+    #: the config's registry entries as the client holds them: a stream registered in the client process at run
+    #: time reaches the workers this way (empty: the workers look the config's streams up in their own registry)
+    streams: tuple[StreamSpec, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- worker side
