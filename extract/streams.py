@@ -187,7 +187,7 @@ class FlowCNNStream(RGBStream):
 
 class Extractor:
     """The models and stream computes one worker needs, built once: backbone for rgb (and flow_cnn), flow
-    estimator, and each stream of the config (:mod:`glimpse.extract.streams`), in order, sources first."""
+    estimator, and the StreamCompute of each stream of the config, in order, sources first."""
 
     def __init__(self, config: ExtractConfig, runtime: Runtime) -> None:
         self.config, self.runtime = config, runtime
