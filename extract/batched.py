@@ -1,13 +1,15 @@
 """The pipelined extraction inside one worker: decode threads feed fixed-size batches that span videos.
 
-One Dask task extracts a group of videos (:func:`extract_pipelined`). A few decode threads claim,
-decode, sample and resize each video (PyAV and OpenCV release the GIL; TV-L1 and Farneback flow run
-there too) and put its frames, in pieces of at most one batch, on a bounded queue. The task's own
+One Dask task extracts a group of videos through one :class:`Pipeline`. A few decode threads claim,
+decode, sample and resize each video (PyAV and OpenCV release the GIL), compute its whole streams there
+(TV-L1 and Farneback flow, a stream that is a plain function of the frames) and put the inputs of its batched
+streams (:mod:`glimpse.extract.streams`), in pieces of at most one batch, on a bounded queue. The task's own
 thread takes the pieces off and runs the CNN, and RAFT, on batches of exactly ``batch_size`` that
 may hold frames of several videos; short batches are padded, so a frame's features do not depend
-on its batch-mates and the store equals the sequential path's. RAFT's output feeds the flow-stream
-CNN on the device. When every frame of a video is back, a writer thread writes the video exactly
-as the sequential path does (all of its data first, "done" last) and drops its claim.
+on its batch-mates and the store equals the sequential path's. A batched stream's output feeds the streams
+computed from it on the device (RAFT's flow into the flow-stream CNN). When every frame of a video is back,
+a writer thread writes the video exactly as the sequential path does (all of its data first, "done" last)
+and drops its claim.
 
 A video that fails (cannot be decoded, too short, ...) fails alone with its reason: its frames
 never enter a batch, or are skipped if already queued; the other videos are not touched.
@@ -25,8 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from glimpse.extract.flow import FlowEstimator, flow_to_image
-from glimpse.extract.pipeline import CLAIMED, SKIPPED, ExtractConfig, Extractor, Runtime, failure_reason
+from glimpse.extract.pipeline import CLAIMED, SKIPPED, ExtractConfig, Runtime, failure_reason
+from glimpse.extract.streams import Extractor
 from glimpse.store import StoreWriter
 from glimpse.store.claims import claim_video
 from glimpse.store.layout import video_key
@@ -125,17 +127,19 @@ class Pipeline:
         self.work: queue.Queue = queue.Queue(QUEUE_PIECES)
         self.finished: queue.Queue = queue.Queue(QUEUE_PIECES)
         self.outcomes: list[dict[str, Any]] = []
-        self.local = threading.local()  # per decode thread: its own OpenCV flow estimator (TV-L1 is stateful)
         self.abort = threading.Event()
         self.flights: set[Flight] = set()  # claimed and not yet released
-        size = runtime.batch_size
-        self.raft = extractor.flow is not None and extractor.flow.method == "raft"
-        self.batchers = {"rgb": Batcher(size, lambda x: extractor.backbone.fixed_batch(x, size),
-                                        self._cnn_done("rgb"), self._fail)}
-        if extractor.flow is not None:
-            self.batchers["flow_cnn"] = Batcher(size, lambda x: extractor.flow_backbone.fixed_batch(x, size),
-                                                self._cnn_done("flow_cnn"), self._fail)
-        self.raft_batchers: dict[tuple[int, int], Batcher] = {}  # one per flow size: a batch holds one size
+        self.streams = extractor.streams  # by name, sources first
+        self.batched = [name for name, stream in self.streams.items() if stream.batch_size]
+        #: whole streams computed from a batched one: the writer thread computes them once their source is back
+        self.late: list[str] = []
+        for name, stream in self.streams.items():
+            if stream.source in self.late and stream.batch_size:
+                raise ValueError(f"stream {name} runs batched from {stream.source}, which is computed whole from a "
+                                 "batched stream: the pipeline cannot feed it")
+            if not stream.batch_size and stream.source in (*self.batched, *self.late):
+                self.late.append(name)
+        self.batchers: dict[tuple[str, tuple[int, ...]], Batcher] = {}  # (stream, input shape): a batch holds one
 
     def run(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Extract ``records``; one outcome per video."""
@@ -164,9 +168,11 @@ class Pipeline:
                 if kind == "fail":
                     self._fail(flight, rest[0])
                 elif flight.error is None:
-                    self._batcher(kind, flight).add(flight, *rest)
-            for batcher in [*self.raft_batchers.values(), *self.batchers.values()]:  # RAFT first: it feeds flow_cnn
-                batcher.flush()
+                    self._batcher(kind, tuple(rest[1:])).add(flight, *rest)
+            for name in self.batched:  # sources first: RAFT's batches feed flow_cnn's
+                for key, batcher in list(self.batchers.items()):
+                    if key[0] == name:
+                        batcher.flush()
         finally:
             self.abort.set()
             pool.shutdown(wait=True)
@@ -212,60 +218,49 @@ class Pipeline:
             self.release(flight)
 
     def _feed(self, flight: Flight) -> None:
-        """Decode one video and queue its pieces: rgb frames, and flow images or RAFT pairs."""
-        x, size = self.x, self.runtime.batch_size
-        video, flight.result = x.decode(flight.record, self.config)
+        """Decode one video, compute its whole streams and queue the pieces of its batched ones."""
+        video, flight.result = self.x.decode(flight.record, self.config)
         n = len(video.indices)
-        flight.arrays["rgb"] = np.empty((n, x.backbone.spec.channels, x.backbone.grid, x.backbone.grid), np.float32)
-        flow = first = second = None
-        if x.flow is not None:
-            first, second = x.flow.prepare(video.flow_from, video.flow_to)  # (T, h, w, 3)
-            flight.result["flow_computed_at"] = list(first.shape[1:3])
-            flight.arrays["flow_cnn"] = np.empty_like(flight.arrays["rgb"])
-            if self.raft:
-                flight.arrays["flow"] = np.empty((n, 2, *first.shape[1:3]), np.float32)
+        flight.missing = n * len(self.batched)
+        queued = []
+        for name, stream in self.streams.items():
+            if stream.source in self.batched or name in self.late:  # fed from the device, or by the writer thread
+                continue
+            source = video if stream.source is None else flight.arrays[stream.source]
+            if stream.batch_size:
+                queued.append((name, stream, stream.inputs(source, flight.result)))  # each (T, ...)
             else:
-                flow = flight.arrays["flow"] = self._opencv().opencv(first, second)  # (T, 2, h, w)
-        flight.missing = n * (1 + (x.flow is not None) + self.raft)
-        for start in range(0, n, size):
-            self._put(("rgb", flight, start, x.backbone.preprocess(video.frames[start : start + size])))
-        if flow is not None:
-            images = flow_to_image(flow)  # (T, h, w, 3)
-            for start in range(0, n, size):
-                self._put(("flow_cnn", flight, start, x.flow_backbone.preprocess(images[start : start + size])))
-        elif self.raft:
-            step = x.flow.batch_size
+                flight.arrays[name] = stream.compute(source, flight.result)
+        for name, stream, inputs in queued:
+            step = stream.batch_size
             for start in range(0, n, step):
-                pair = (torch.from_numpy(frames[start : start + step]) for frames in (first, second))
-                self._put(("raft", flight, start, *pair))
-
-    def _opencv(self) -> FlowEstimator:
-        if getattr(self.local, "flow", None) is None:
-            self.local.flow = FlowEstimator(self.config.flow, size=self.config.flow_size)
-        return self.local.flow
+                self._put((name, flight, start, *stream.prepare(*(x[start : start + step] for x in inputs))))
+        if not self.batched:  # nothing goes through the device: the video is complete
+            self.finished.put(flight)
 
     # ------------------------------------------------------------------------------------ the task's thread
 
-    def _batcher(self, kind: str, flight: Flight) -> Batcher:
-        if kind != "raft":
-            return self.batchers[kind]
-        shape = tuple(flight.arrays["flow"].shape[-2:])
-        if shape not in self.raft_batchers:
-            self.raft_batchers[shape] = Batcher(self.x.flow.batch_size, self.x.flow.raft, self._raft_done, self._fail)
-        return self.raft_batchers[shape]
+    def _batcher(self, name: str, tensors: tuple[torch.Tensor, ...]) -> Batcher:
+        key = (name, tuple(tensors[0].shape[1:]))
+        if key not in self.batchers:
+            stream = self.streams[name]
+            self.batchers[key] = Batcher(stream.batch_size, stream.run, self._done(name), self._fail)
+        return self.batchers[key]
 
-    def _cnn_done(self, stream: str) -> Callable:
-        def done(flight: Flight, start: int, features: torch.Tensor) -> None:
-            flight.arrays[stream][start : start + len(features)] = features.cpu().numpy()  # (b, C, K, K)
-            self._arrived(flight, len(features))
+    def _done(self, name: str) -> Callable:
+        def done(flight: Flight, start: int, out: torch.Tensor) -> None:
+            """A batch's outputs (b, ...) for frames ``start, ...``; streams computed from them go on from the
+            device (RAFT's flow into the flow-stream CNN)."""
+            if name not in flight.arrays:
+                flight.arrays[name] = np.empty((flight.result["n_frames"], *out.shape[1:]), np.float32)
+            flight.arrays[name][start : start + len(out)] = out.cpu().numpy()  # (b, ...)
+            self._arrived(flight, len(out))
+            for follower, stream in self.streams.items():
+                if stream.source == name and stream.batch_size:
+                    tensors = stream.prepare(*stream.inputs(out, flight.result))
+                    self._batcher(follower, tensors).add(flight, start, *tensors)
 
         return done
-
-    def _raft_done(self, flight: Flight, start: int, flow: torch.Tensor) -> None:
-        """RAFT's flow (b, 2, h, w), still on the device, goes on into the flow-stream CNN from there."""
-        flight.arrays["flow"][start : start + len(flow)] = flow.cpu().numpy()
-        self._arrived(flight, len(flow))
-        self.batchers["flow_cnn"].add(flight, start, self.x.flow_backbone.preprocess(flow_to_image(flow)))
 
     def _arrived(self, flight: Flight, frames: int) -> None:
         flight.missing -= frames
@@ -283,6 +278,9 @@ class Pipeline:
         while (flight := self.finished.get()) is not _END:
             try:
                 if flight.error is None:
+                    for name in self.late:
+                        stream = self.streams[name]
+                        flight.arrays[name] = stream.compute(flight.arrays[stream.source], flight.result)
                     self.writer.write_video(flight.key, flight.arrays, flight.result)  # data first, "done" last
             except Exception as exc:
                 flight.error = failure_reason(exc, flight.record["path"])
@@ -298,10 +296,3 @@ class Pipeline:
         """Drop a video's claim (once it is written, failed, or given up)."""
         self.flights.discard(flight)
         flight.claim.close()
-
-
-def extract_pipelined(store_path: str, records: list[dict[str, Any]], config: ExtractConfig, runtime: Runtime,
-                      writer: StoreWriter, extractor: Extractor) -> list[dict[str, Any]]:
-    """Extract a group of videos through one :class:`Pipeline`; one outcome ({"id", "status", "error",
-    "frames"}) per video, failures recorded in the store with their reasons, never raised."""
-    return Pipeline(store_path, config, runtime, writer, extractor).run(records)

@@ -6,6 +6,8 @@ import inspect
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,9 @@ CALIBRATION_FRAMES = 8
 
 def lab_store_path(lab: str | os.PathLike, config: Any) -> Path:
     """Where a lab root keeps the store of ``config``: LAB/<dataset>/<backbone>-<config hash>."""
-    from dataclasses import asdict
-
     from glimpse.store.layout import config_hash
 
-    return Path(lab) / config.dataset / f"{config.backbone}-{config_hash(asdict(config))}"
+    return Path(lab) / config.dataset / f"{config.backbone}-{config_hash(config.to_dict())}"
 
 
 class Progress:
@@ -71,6 +71,9 @@ class Progress:
 @click.option("--backbone", default="googlenet", help="googlenet | inception_v3 | vgg16 | vgg16_pool5 | resnet152")
 @click.option("--weights", default="imagenet", help="imagenet (torchvision cache, TORCH_HOME) | none | PATH")
 @click.option("--flow", default="none", type=click.Choice(["none", "tvl1", "farneback", "raft"]))
+@click.option("--streams", default=None,
+              help="Streams to extract, comma-separated names of the stream registry (glimpse.store.schema.STREAMS). "
+                   "[rgb; rgb,flow,flow_cnn with --flow]")
 @click.option("--flow-weights", default=None, help="State dict for the flow-stream CNN [same as --weights].")
 @click.option("--raft-weights", default="none", help="RAFT weights for --flow raft: none | default | PATH.")
 @click.option("--flow-size", type=click.IntRange(min=16), help="Shorter side flow is computed at. [source]")
@@ -94,6 +97,28 @@ def main(**opts: Any) -> None:
         sys.exit(1)
 
 
+def select_streams(streams: str | Sequence[str] | None, config: Any) -> tuple[str, ...] | None:
+    """The registry names ``--streams`` selects for ``config``, in registry order (None: the default set of
+    ``config.flow``); a usage error names an unknown stream or one that ``config`` cannot extract."""
+    from glimpse.extract.pipeline import default_streams
+    from glimpse.extract.streams import plan_streams
+    from glimpse.store.schema import STREAMS
+
+    if streams is None:
+        return None
+    wanted = [n.strip() for n in streams.split(",")] if isinstance(streams, str) else list(streams)
+    unknown = [name for name in wanted if name not in STREAMS]
+    if unknown or not wanted:
+        raise click.BadParameter(f"unknown stream {(unknown or [''])[0]!r}; streams are {', '.join(STREAMS)}",
+                                 param_hint="'--streams'")
+    names = tuple(name for name in STREAMS if name in wanted)
+    try:
+        plan_streams([STREAMS[name] for name in names], config)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--streams'") from None
+    return None if names == default_streams(config.flow) else names
+
+
 def extract_dataset(
     dataset: str,
     root: str,
@@ -107,6 +132,7 @@ def extract_dataset(
     backbone: str = "googlenet",
     weights: str = "imagenet",
     flow: str = "none",
+    streams: str | Sequence[str] | None = None,
     flow_weights: str | None = None,
     raft_weights: str = "none",
     flow_size: int | None = None,
@@ -156,6 +182,7 @@ def extract_dataset(
         raft_weights=weights_identity(raft_weights) if flow == "raft" else "none",
         flow_size=flow_size, calibration=calibration,
     )
+    config = replace(config, streams=select_streams(streams, config))
     if (out is None) == (lab is None):
         raise click.UsageError("give exactly one of --out STORE and --lab ROOT")
     if lab is not None:

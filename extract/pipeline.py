@@ -19,12 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-from glimpse.media.decode import DecodeError, Sampling, decode_video
+from glimpse.media.decode import DecodeError, Sampling
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
 from glimpse.store.claims import claim_video, is_claimed
 from glimpse.store.layout import video_key
-from glimpse.store.schema import DONE, FAILED
+from glimpse.store.schema import DONE, FAILED, StreamSpec, stream_spec
 
 #: Task outcomes besides done / failed: another run holds the video, or finished it meanwhile.
 CLAIMED, SKIPPED = "claimed", "skipped"
@@ -55,10 +54,34 @@ class ExtractConfig:
     raft_weights: str = "none"
     flow_size: int | None = None
     calibration: tuple[str, int] | None = None  # (video id, frames) random-init batch norm was calibrated on
+    streams: tuple[str, ...] | None = None  # registry names; None: rgb, and flow and flow_cnn with a flow method
 
     @property
     def sampling(self) -> Sampling:
         return Sampling(frames=self.frames, fps=self.fps, max_frames=self.max_frames)
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """The streams this config extracts."""
+        return self.streams or default_streams(self.flow)
+
+    def stream_specs(self) -> tuple[StreamSpec, ...]:
+        """The registry entries of :attr:`stream_names` (a SchemaError names an unknown one)."""
+        return tuple(stream_spec(name) for name in self.stream_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as stored and hashed; ``streams`` only when not the default (older stores keep their hash)."""
+        out = asdict(self)
+        if self.streams is None:
+            del out["streams"]
+        else:
+            out["streams"] = list(self.streams)
+        return out
+
+
+def default_streams(flow: str) -> tuple[str, ...]:
+    """The streams extracted when none are named: rgb, and flow and flow_cnn with a flow method."""
+    return ("rgb",) if flow == "none" else ("rgb", "flow", "flow_cnn")
 
 
 @dataclass(frozen=True)
@@ -75,74 +98,15 @@ class Runtime:
     pipelined: bool = True  # decode threads feed batches across videos (False: each video in sequence)
     group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
     decode_threads: int = 2  # threads decoding ahead of the CNN in each worker
+    #: the config's registry entries as the client holds them: a stream registered in the client process at run
+    #: time reaches the workers this way (empty: the workers look the config's streams up in their own registry)
+    streams: tuple[StreamSpec, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- worker side
 
-_MODELS: dict[tuple, Any] = {}  # per worker process: (config, runtime) -> Extractor
+_MODELS: dict[tuple, Any] = {}  # per worker process: (config, runtime) -> streams.Extractor
 _WRITERS: dict[str, StoreWriter] = {}
-
-
-class Extractor:
-    """The models one worker needs, built once: backbone for rgb (and flow_cnn), flow estimator."""
-
-    def __init__(self, config: ExtractConfig, runtime: Runtime) -> None:
-        from glimpse.extract.backbones import build_backbone
-
-        calibration_frames = None
-        if config.calibration is not None and runtime.calibration_path:
-            calibration_frames = decode_video(runtime.calibration_path, Sampling(frames=config.calibration[1])).frames
-        self.backbone = build_backbone(
-            config.backbone, runtime.weights_path, runtime.device, calibration_frames=calibration_frames,
-            size=config.size,
-        )
-        self.flow = self.flow_backbone = None
-        if config.flow != "none":
-            from glimpse.extract.flow import FlowEstimator
-
-            self.flow = FlowEstimator(
-                config.flow, device=runtime.device, weights=runtime.raft_weights_path, size=config.flow_size,
-                batch_size=runtime.batch_size,
-            )
-            self.flow_backbone = self.backbone
-            if runtime.flow_cnn_weights_path is not None:
-                self.flow_backbone = build_backbone(
-                    config.backbone, runtime.flow_cnn_weights_path, runtime.device, size=config.size
-                )
-
-    def decode(self, record: dict[str, Any], config: ExtractConfig):
-        """Decode one video as ``config`` samples it: (DecodedVideo, its result attributes but the flow's size)."""
-        video = decode_video(record["path"], config.sampling, with_next=self.flow is not None)
-        result: dict[str, Any] = {
-            "n_frames": len(video.indices),
-            "frame_indices": video.indices.tolist(),
-            "timestamps": video.timestamps.tolist(),
-            "source": video.source,
-        }
-        if self.flow is not None:
-            result["flow_pairs"] = video.flow_pairs.tolist()
-        if record.get("boxes"):
-            from glimpse.extract.datasets import read_boxes
-
-            boxes = read_boxes(record["boxes"])  # (n_source_frames, 4)
-            rows = np.full((len(video.indices), 4), np.nan, dtype=np.float32)
-            inside = video.indices < len(boxes)
-            rows[inside] = boxes[video.indices[inside]]
-            result["boxes"] = rows.tolist()
-        return video, result
-
-    def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
-        """Decode and compute every stream of one video, one step after the other: (arrays, result attributes)."""
-        video, result = self.decode(record, config)
-        arrays = {"rgb": self.backbone.features(video.frames, runtime.batch_size)}  # (T, C, K, K)
-        if self.flow is not None:
-            from glimpse.extract.flow import flow_to_image
-
-            flow = self.flow(video.flow_from, video.flow_to)  # (T, 2, h, w)
-            arrays["flow"] = flow
-            arrays["flow_cnn"] = self.flow_backbone.features(flow_to_image(flow), runtime.batch_size)
-            result["flow_computed_at"] = list(flow.shape[-2:])
-        return arrays, result
 
 
 def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWriter]:
@@ -161,8 +125,11 @@ def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWrite
     return runtime, _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
 
 
-def worker_models(config: ExtractConfig, runtime: Runtime) -> Extractor:
-    """The worker's models for ``config``, built once per worker process (whichever path runs them)."""
+def worker_models(config: ExtractConfig, runtime: Runtime):
+    """The worker's :class:`glimpse.extract.streams.Extractor` for ``config``, built once per worker process
+    (whichever path runs them)."""
+    from glimpse.extract.streams import Extractor
+
     model_key = (config, dataclasses.replace(runtime, pipelined=True, group=None, decode_threads=0))
     if model_key not in _MODELS:
         _MODELS.clear()
@@ -205,14 +172,14 @@ def extract_group(store_path: str, records: list[dict[str, Any]], config: Extrac
     """
     if not runtime.pipelined:
         return [extract_video(store_path, record, config, runtime) for record in records]
-    from glimpse.extract.batched import extract_pipelined
+    from glimpse.extract.batched import Pipeline
 
     runtime, writer = worker_setup(store_path, runtime)
     try:
-        extractor = worker_models(config, runtime)
-    except Exception:  # e.g. weights that do not load: each video records the reason under its claim
-        return [extract_video(store_path, record, config, runtime) for record in records]
-    return extract_pipelined(store_path, records, config, runtime, writer, extractor)
+        pipeline = Pipeline(store_path, config, runtime, writer, worker_models(config, runtime))
+    except Exception:  # weights that do not load, streams the pipeline cannot feed: each video goes the sequential
+        return [extract_video(store_path, record, config, runtime) for record in records]  # way (a failure: its reason)
+    return pipeline.run(records)
 
 
 # ---------------------------------------------------------------------------------------------- client side
@@ -278,16 +245,11 @@ def prepare_store(
     ``source`` records where the dataset and weights files were (not part of the config hash), so
     that ``store repair`` can run the extraction again; ``multi_label`` is the dataset adapter's declaration.
     """
-    from glimpse.extract.backbones import BACKBONES, output_grid
+    from glimpse.extract.backbones import BACKBONES
+    from glimpse.extract.streams import describe_streams
 
     spec = BACKBONES[config.backbone]
-    grid = output_grid(config.backbone, config.size)  # (C, K, K) of every stored cube
-    streams: dict[str, dict[str, Any]] = {
-        "rgb": {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
-    }
-    if config.flow != "none":
-        streams["flow"] = {"method": config.flow, "size": config.flow_size, "units": "pixels at flow_computed_at"}
-        streams["flow_cnn"] = {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
+    streams = describe_streams(config.stream_specs(), config)
     info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights, "versions": store_versions(),
             "source": dict(source or {})}
     return create_store(
@@ -295,7 +257,7 @@ def prepare_store(
         dataset=config.dataset,
         classes=classes,
         records=records,
-        config=asdict(config),
+        config=config.to_dict(),
         streams=streams,
         info=info,
         overwrite=overwrite,
@@ -320,6 +282,7 @@ def run_extraction(
 
     start = time.perf_counter()
     writer = prepare_store(out, config, classes, records, overwrite, source, multi_label)
+    runtime = dataclasses.replace(runtime, streams=runtime.streams or config.stream_specs())  # for the workers
     status = {v.id: v.status for v in open_store(out).videos}
     by_id = {r.id: r for r in records}
     todo = [r for r in records if status.get(r.id) != DONE]

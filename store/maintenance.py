@@ -101,7 +101,8 @@ def extraction_options(path: str | Path, root: str | None = None, weights: str |
         raise StoreError(f"{path}: the store does not record which weights file it used; pass --weights PATH")
     options: dict[str, Any] = {"dataset": store.dataset, "root": root, "out": str(path), "backbone": config["backbone"],
                                "weights": weights, "size": config["size"], "flow": config.get("flow", "none")}
-    options.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size") if config.get(k) is not None})
+    options.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size", "streams")
+                    if config.get(k) is not None})
     recorded = ("flow_weights", "raft_weights", "seed", "batch_size")
     options.update({k: source[k] for k in recorded if source.get(k) is not None})
     return options

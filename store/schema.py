@@ -87,7 +87,9 @@ PENDING, WRITING, DONE, FAILED, UNREADABLE = "pending", "writing", "done", "fail
 class StreamSpec:
     """A kind of stream: its per-video array is (frames, ...) with these ``dims``, stored as ``dtype``.
 
-    ``computed_by`` is the extraction code that makes it, as "module:attribute" (the store never imports it).
+    ``computed_by`` is the extraction code that makes it, as "module:attribute" (the store never imports it): a
+    ``glimpse.extract.streams.StreamCompute`` subclass, or a plain function of a video's decoded frames,
+    (T, H, W, 3) uint8 -> (T, ...) array.
     """
 
     name: str
@@ -125,11 +127,11 @@ def stream_spec(name: str) -> StreamSpec:
         raise SchemaError(f"unknown stream {name!r}; streams are {sorted(STREAMS)}") from None
 
 
-register_stream(StreamSpec("rgb", ("frame", "channel", "y", "x"), "glimpse.extract.pipeline:Extractor",
+register_stream(StreamSpec("rgb", ("frame", "channel", "y", "x"), "glimpse.extract.streams:RGBStream",
                            "CNN conv feature cubes of the decoded frames (C, K, K)"))
-register_stream(StreamSpec("flow", ("frame", "component", "y", "x"), "glimpse.extract.flow:FlowEstimator",
+register_stream(StreamSpec("flow", ("frame", "component", "y", "x"), "glimpse.extract.streams:FlowStream",
                            "optical flow to the next frame (2, H, W): x (right), y (down), in pixels"))
-register_stream(StreamSpec("flow_cnn", ("frame", "channel", "y", "x"), "glimpse.extract.pipeline:Extractor",
+register_stream(StreamSpec("flow_cnn", ("frame", "channel", "y", "x"), "glimpse.extract.streams:FlowCNNStream",
                            "CNN conv feature cubes of the flow rendered as an image (C, K, K)"))
 
 
@@ -180,6 +182,11 @@ class ManifestRow:
     labels: tuple[int, ...]
     splits: Mapping[str, str]
     group: str | None = None
+
+    @property
+    def label(self) -> int:
+        """The primary (first) class index."""
+        return self.labels[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "key": self.key, "path": self.path, "labels": list(self.labels),
@@ -294,41 +301,41 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class VideoEntry:
-    """One video as a store holds it: the dataset record plus what extraction made of it.
+def _values(record: Any, cls: type) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` as ``record`` holds them."""
+    return {f.name: getattr(record, f.name) for f in fields(cls)}
 
-    ``frame_indices`` are source frame numbers (0-based, in decode order) of the stored frames and
-    ``timestamps`` their presentation times in seconds. ``boxes`` holds one ``[x0, y0, x1, y1]``
-    source-pixel box per stored frame where the dataset has ground truth (NaN where a frame has
-    none). ``checksums`` maps each stream to the sha256 of its float16 bytes, recorded at write time.
+
+@dataclass(frozen=True)
+class VideoEntry(VideoResult, ManifestRow):
+    """One video as a store holds it: its :class:`ManifestRow` (id, key, path, labels, splits, group) and its
+    :class:`VideoResult` (status, error, frames, timestamps, boxes, ...) as one record, what training and
+    evaluation read. :attr:`row` and :attr:`result` give the two parts back; the stored forms are theirs.
     """
 
-    id: str
-    key: str
-    path: str
-    labels: tuple[int, ...]
-    splits: Mapping[str, str]
-    group: str | None = None
-    status: str = PENDING
-    error: str | None = None
-    n_frames: int = 0
-    frame_indices: tuple[int, ...] = ()
-    timestamps: tuple[float, ...] = ()
-    boxes: tuple[tuple[float, float, float, float], ...] | None = None
-    source: Mapping[str, object] = field(default_factory=dict)
-    checksums: Mapping[str, str] = field(default_factory=dict)
-    flow_pairs: tuple[tuple[int, int], ...] | None = None
-    flow_computed_at: tuple[int, int] | None = None
+    @property
+    def row(self) -> ManifestRow:
+        """The manifest row part."""
+        return ManifestRow(**_values(self, ManifestRow))
 
     @property
-    def label(self) -> int:
-        """The primary (first) class index."""
-        return self.labels[0]
+    def result(self) -> VideoResult:
+        """The extraction result part."""
+        return VideoResult(**_values(self, VideoResult))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row's and the result's JSON forms in one mapping."""
+        return {**self.row.to_dict(), **self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VideoEntry:
+        data = _known(cls, data, "video entry")
+        in_row = {f.name for f in fields(ManifestRow)}
+        return cls.of(ManifestRow.from_dict({k: v for k, v in data.items() if k in in_row}),
+                      VideoResult.from_dict({k: v for k, v in data.items() if k not in in_row}))
 
     @classmethod
     def of(cls, row: ManifestRow, result: VideoResult | None) -> VideoEntry:
         """A manifest row and its result (None: nothing written yet, pending) as one entry."""
-        result = result or VideoResult()
-        return cls(id=row.id, key=row.key, path=row.path, labels=row.labels, splits=dict(row.splits), group=row.group,
-                   **{f.name: getattr(result, f.name) for f in fields(VideoResult)})
+        return cls(**{**_values(row, ManifestRow), "splits": dict(row.splits)},
+                   **_values(result or VideoResult(), VideoResult))

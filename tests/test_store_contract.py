@@ -1,5 +1,6 @@
 """The store contract (store/schema.py): typed metadata that round-trips, a stream registry every stream follows, a
-toy stream that one registry entry makes storable, and old schema versions refused with the way out."""
+toy stream that one registry entry (and its compute function) makes extractable, storable and verifiable, and old
+schema versions refused with the way out."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from glimpse.extract.cli import extract_dataset
+from glimpse.extract.cli import main as extract_main
+from glimpse.media.decode import Sampling, decode_video
 from glimpse.store import StoreError, open_store
 from glimpse.store.cli import main as store_main
 from glimpse.store.layout import video_key
@@ -22,12 +26,13 @@ from glimpse.store.schema import (
     StoreMeta,
     StreamInfo,
     StreamSpec,
+    VideoEntry,
     VideoRecord,
     VideoResult,
     register_stream,
 )
-from glimpse.store.verify import run_verify
 from glimpse.store.writer import create_store
+from test_extract import TINY_OPTS
 
 RECORDS = [VideoRecord(id=f"c{c}/v{i}", path=f"/v/c{c}{i}.avi", labels=(c,), splits={"1": "test" if i else "train"})
            for c in range(2) for i in range(2)]
@@ -61,6 +66,9 @@ def test_the_dataclasses_round_trip_through_json():
                      streams={"rgb": StreamInfo.of("rgb", frame_shape=[4, 2, 2], backbone="net")},
                      videos=(ManifestRow("a/1", "a__1", "/a/1.avi", (0, 1), {"1": "train"}),), multi_label=True)
     assert StoreMeta.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+    entry = VideoEntry.of(meta.videos[0], result)  # a manifest row plus its result
+    assert VideoEntry.from_dict(json.loads(json.dumps(entry.to_dict()))) == entry
+    assert (entry.row, entry.result, entry.label) == (meta.videos[0], result, 0)
     holes = VideoResult(n_frames=1, frame_indices=(0,), timestamps=(None,), boxes=((math.nan,) * 4,))
     stored = json.loads(json.dumps(holes.to_dict(), allow_nan=False))  # NaN is stored as null (JSON has no NaN)
     back = VideoResult.from_dict(stored)
@@ -112,21 +120,54 @@ def toy_stream():
         STREAMS.pop("toy")
 
 
-def test_a_registered_toy_stream_is_stored_read_and_verified(toy_stream, tmp_path):
-    store = tmp_path / "toy"
-    writer = create_store(store, dataset="d", classes=["a", "b"], records=RECORDS, config={"toy": True},
-                          streams={"toy": {"frame_shape": [1, 2, 2]}})
-    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)  # (T, H, W, 3)
-    for record in RECORDS:
-        writer.write_video(video_key(record.id), {"toy": toy_energy(frames)},
-                           {"n_frames": 3, "frame_indices": [0, 1, 2], "timestamps": [0.0, 0.04, 0.08]})
-    s = open_store(store)
-    assert s.stream_info["toy"].dims == ("frame", "value", "y", "x")
-    np.testing.assert_allclose(s.read(RECORDS[0].id, "toy"), toy_energy(frames), atol=1e-3)
-    assert run_verify(store).ok
-    chunk = next((store / "videos" / video_key(RECORDS[0].id) / "toy").rglob("c/*/*/*/*"))
+def quadrant_means(frames: np.ndarray) -> np.ndarray:
+    """toy_energy written independently: each quadrant's mean over its pixels and three channels, (T, 1, 2, 2)."""
+    h, w = frames.shape[1] // 2, frames.shape[2] // 2
+    out = np.empty((len(frames), 1, 2, 2))
+    for y in range(2):
+        for x in range(2):
+            out[:, 0, y, x] = frames[:, y * h : (y + 1) * h, x * w : (x + 1) * w].astype(np.float64).mean((1, 2, 3))
+    return out / 255
+
+
+def test_a_registered_toy_stream_is_extracted_stored_read_and_verified(toy_stream, tiny_synthetic, dask_client,
+                                                                        tmp_path):
+    stores = {path: tmp_path / path for path in ("pipelined", "alone", "sequential")}
+    # pipelined next to the batched CNN stream, and on its own both ways (no CNN is built for it)
+    for path, streams, sequential in (("pipelined", "rgb,toy", False), ("alone", ["toy"], False),
+                                      ("sequential", ["toy"], True)):
+        extract_dataset("synthetic", str(tiny_synthetic), str(stores[path]), client=dask_client, streams=streams,
+                        sequential=sequential, **TINY_OPTS)
+        assert {v.status for v in open_store(stores[path]).videos} == {"done"}, path
+    pipelined, alone, sequential = (open_store(stores[path]) for path in ("pipelined", "alone", "sequential"))
+    assert list(pipelined.streams) == ["rgb", "toy"] and list(sequential.streams) == ["toy"]
+    assert pipelined.stream_info["toy"].dims == ("frame", "value", "y", "x")
+    assert pipelined.config["streams"] == ["rgb", "toy"]  # part of the config, so of its hash
+    for video in pipelined.videos:
+        assert video.status == "done", video.error
+        frames = decode_video(video.path, Sampling(frames=TINY_OPTS["frames"])).frames  # (T, H, W, 3)
+        stored = pipelined.stream(video.id, "toy").read()  # (T, 1, 2, 2) float16
+        np.testing.assert_allclose(stored, quadrant_means(frames), atol=1e-3, err_msg=video.id)
+        np.testing.assert_array_equal(stored, sequential.read(video.id, "toy"))
+        np.testing.assert_array_equal(stored, alone.read(video.id, "toy"))
+    runner = CliRunner()
+    assert runner.invoke(store_main, ["verify", str(stores["pipelined"])]).exit_code == 0
+    victim = pipelined.videos[0]
+    chunk = next((stores["pipelined"] / "videos" / victim.key / "toy").rglob("c/*/*/*/*"))
     chunk.write_bytes(chunk.read_bytes()[:-1] + bytes([chunk.read_bytes()[-1] ^ 0xFF]))
-    assert [vid for vid, _ in run_verify(store).bad] == [RECORDS[0].id]  # verify checks the toy stream too
+    broken = runner.invoke(store_main, ["verify", str(stores["pipelined"])])
+    assert broken.exit_code != 0 and victim.id in broken.output  # verify checks the toy stream too
+
+
+def test_stream_selection_errors_name_the_stream_and_the_fix(tiny_synthetic, tmp_path):
+    args = ["--dataset", "synthetic", "--root", str(tiny_synthetic), "--out", str(tmp_path / "s"), "--quiet"]
+    unknown = CliRunner().invoke(extract_main, [*args, "--streams", "rgb,audio"])
+    assert unknown.exit_code == 2 and "unknown stream 'audio'" in unknown.output and "flow_cnn" in unknown.output
+    no_flow = CliRunner().invoke(extract_main, [*args, "--streams", "rgb,flow_cnn"])
+    assert no_flow.exit_code == 2 and "flow_cnn is computed from flow: select it too" in no_flow.output
+    no_method = CliRunner().invoke(extract_main, [*args, "--streams", "flow"])
+    assert no_method.exit_code == 2 and "--flow tvl1" in no_method.output
+    assert not (tmp_path / "s").exists()
 
 
 def test_an_unregistered_stream_is_refused_at_creation(tmp_path):

@@ -1,0 +1,307 @@
+"""How extraction computes each stream of the registry (``glimpse.store.schema.STREAMS``).
+
+A :class:`~glimpse.store.schema.StreamSpec` names its compute as "module:attribute", one of:
+
+- a plain function of a video's decoded frames, ``(T, H, W, 3) uint8 -> (T, ...)`` array: computed whole, on the
+  CPU (in a decode thread of the pipelined path);
+- a :class:`StreamCompute` subclass, which may be computed from another stream (``source``) and may run batched
+  across videos on the device (``batch_size`` > 0: the CNN cubes, RAFT flow).
+
+The sequential path (:class:`glimpse.extract.pipeline.Extractor`) calls each stream's :meth:`StreamCompute.compute`
+in order; the pipelined one (:mod:`glimpse.extract.batched`) calls the same ``compute`` for whole streams and
+``inputs`` / ``prepare`` / ``run`` for batched ones. Both store the same bits.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from glimpse.media.decode import Sampling, decode_video
+from glimpse.store.schema import StreamSpec
+
+if TYPE_CHECKING:
+    from glimpse.extract.pipeline import ExtractConfig, Runtime
+    from glimpse.media.decode import DecodedVideo
+
+
+class StreamCompute:
+    """How extraction computes one stream: built once per worker from its models, config and runtime.
+
+    ``source``: the stream whose (T, ...) array this one is computed from (None: the decoded video).
+    ``needs_next``: the decoder must also return each sampled frame's successor (flow).
+    ``batch_size`` > 0: the pipelined path runs it batched across videos: :meth:`inputs` (in a decode thread, or on
+    the device when the source is batched too) cut into pieces of ``batch_size`` frames, :meth:`prepare` on each,
+    :meth:`run` on batches of exactly ``batch_size``. Its outputs must not depend on their batch-mates (pad short
+    batches), so that batched equals :meth:`compute`. A batched stream may not come from a whole stream whose own
+    source is batched.
+    """
+
+    source: str | None = None
+    needs_next: bool = False
+    batch_size: int = 0
+
+    def __init__(self, models: Extractor, config: ExtractConfig, runtime: Runtime) -> None:
+        self.models, self.config, self.runtime = models, config, runtime
+
+    @classmethod
+    def check(cls, config: ExtractConfig) -> str | None:
+        """Why ``config`` cannot compute this stream (None: it can)."""
+        return None
+
+    @classmethod
+    def describe(cls, config: ExtractConfig) -> dict[str, Any]:
+        """The stream's :class:`~glimpse.store.schema.StreamInfo` fields (dims aside) in a store of ``config``."""
+        return {}
+
+    def compute(self, source: Any, result: dict[str, Any]) -> np.ndarray:
+        """The (T, ...) array of one video from ``source`` (its DecodedVideo or the source stream's array);
+        may add attributes to the video's ``result``."""
+        raise NotImplementedError
+
+    def inputs(self, source: Any, result: dict[str, Any]) -> tuple[Any, ...]:
+        """Batched streams: the whole video's model inputs, each (T, ...) (numpy, or device tensors)."""
+        raise NotImplementedError
+
+    def prepare(self, *pieces: Any) -> tuple[torch.Tensor, ...]:
+        """Batched streams: a piece of :meth:`inputs` (n <= ``batch_size`` frames) -> tensors for :meth:`run`."""
+        raise NotImplementedError
+
+    def run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """Batched streams: n <= ``batch_size`` frames' prepared tensors -> (n, ...) outputs."""
+        raise NotImplementedError
+
+
+class FrameFunction(StreamCompute):
+    """A stream computed by a plain function of the decoded frames, ``(T, H, W, 3) uint8 -> (T, ...)``."""
+
+    def __init__(self, name: str, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.name, self.function = name, function
+
+    def compute(self, source: DecodedVideo, result: dict[str, Any]) -> np.ndarray:
+        out = np.asarray(self.function(source.frames))  # (T, ...)
+        if out.ndim < 1 or len(out) != len(source.frames):
+            raise ValueError(f"stream {self.name}: {len(source.frames)} frames gave an array of shape {out.shape}")
+        return out
+
+
+class RGBStream(StreamCompute):
+    """CNN conv cubes (T, C, K, K) of the decoded frames."""
+
+    def __init__(self, models: Extractor, config: ExtractConfig, runtime: Runtime) -> None:
+        super().__init__(models, config, runtime)
+        self.backbone, self.batch_size = self.cnn(), runtime.batch_size
+
+    def cnn(self):
+        return self.models.backbone
+
+    @classmethod
+    def describe(cls, config: ExtractConfig) -> dict[str, Any]:
+        from glimpse.extract.backbones import BACKBONES, output_grid
+
+        spec, grid = BACKBONES[config.backbone], output_grid(config.backbone, config.size)
+        return {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
+
+    def compute(self, source: Any, result: dict[str, Any]) -> np.ndarray:
+        return self.backbone.features(self.inputs(source, result)[0], self.batch_size)  # (T, C, K, K)
+
+    def inputs(self, source: DecodedVideo, result: dict[str, Any]) -> tuple[Any, ...]:
+        return (source.frames,)  # (T, H, W, 3)
+
+    def prepare(self, *pieces: Any) -> tuple[torch.Tensor, ...]:
+        return (self.backbone.preprocess(pieces[0]),)  # (n, 3, S, S)
+
+    def run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.backbone.fixed_batch(tensors[0], self.batch_size)  # (n, C, K, K)
+
+
+class FlowStream(StreamCompute):
+    """Optical flow (T, 2, h, w) from each sampled frame to its successor: OpenCV whole, RAFT batched."""
+
+    needs_next = True
+
+    def __init__(self, models: Extractor, config: ExtractConfig, runtime: Runtime) -> None:
+        super().__init__(models, config, runtime)
+        self.raft = models.flow if config.flow == "raft" else None
+        self.batch_size = self.raft.batch_size if self.raft is not None else 0
+        self.local = threading.local()  # an OpenCV estimator per thread (TV-L1 is stateful)
+
+    @classmethod
+    def check(cls, config: ExtractConfig) -> str | None:
+        return None if config.flow != "none" else "needs an optical flow method (--flow tvl1, farneback or raft)"
+
+    @classmethod
+    def describe(cls, config: ExtractConfig) -> dict[str, Any]:
+        return {"method": config.flow, "size": config.flow_size, "units": "pixels at flow_computed_at"}
+
+    def compute(self, source: DecodedVideo, result: dict[str, Any]) -> np.ndarray:
+        if self.raft is not None:
+            flow = self.raft(source.flow_from, source.flow_to)  # (T, 2, h, w)
+        else:
+            first, second = self.inputs(source, result)
+            flow = self._opencv().opencv(first, second)  # (T, 2, h, w)
+        result["flow_pairs"], result["flow_computed_at"] = source.flow_pairs.tolist(), list(flow.shape[-2:])
+        return flow
+
+    def _opencv(self):
+        if getattr(self.local, "flow", None) is None:
+            from glimpse.extract.flow import FlowEstimator
+
+            self.local.flow = FlowEstimator(self.config.flow, size=self.config.flow_size)
+        return self.local.flow
+
+    def inputs(self, source: DecodedVideo, result: dict[str, Any]) -> tuple[Any, ...]:
+        first, second = (self.raft or self._opencv()).prepare(source.flow_from, source.flow_to)  # (T, h, w, 3)
+        result["flow_pairs"], result["flow_computed_at"] = source.flow_pairs.tolist(), list(first.shape[1:3])
+        return first, second
+
+    def prepare(self, *pieces: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(piece) for piece in pieces)  # (n, h, w, 3) each
+
+    def run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.raft.raft(*tensors)  # (n, 2, h, w)
+
+
+class FlowCNNStream(RGBStream):
+    """CNN conv cubes (T, C, K, K) of the flow rendered as an image (the flow-stream backbone)."""
+
+    source = "flow"
+
+    @classmethod
+    def check(cls, config: ExtractConfig) -> str | None:
+        return FlowStream.check(config)
+
+    def cnn(self):
+        return self.models.flow_backbone
+
+    def inputs(self, source: Any, result: dict[str, Any]) -> tuple[Any, ...]:
+        from glimpse.extract.flow import flow_to_image
+
+        return (flow_to_image(source),)  # (T, h, w, 3), numpy or on the device
+
+
+class Extractor:
+    """The models and stream computes one worker needs, built once: backbone for rgb (and flow_cnn), flow
+    estimator, and the StreamCompute of each stream of the config, in order, sources first."""
+
+    def __init__(self, config: ExtractConfig, runtime: Runtime) -> None:
+        self.config, self.runtime = config, runtime
+        self.streams = build_streams(runtime.streams or config.stream_specs(), self, config, runtime)
+
+    @functools.cached_property
+    def backbone(self):
+        """The rgb CNN (built on first use; random-init batch norm calibrated on config.calibration's video)."""
+        from glimpse.extract.backbones import build_backbone
+
+        config, runtime = self.config, self.runtime
+        calibration_frames = None
+        if config.calibration is not None and runtime.calibration_path:
+            calibration_frames = decode_video(runtime.calibration_path, Sampling(frames=config.calibration[1])).frames
+        return build_backbone(config.backbone, runtime.weights_path, runtime.device,
+                              calibration_frames=calibration_frames, size=config.size)
+
+    @functools.cached_property
+    def flow_backbone(self):
+        """The flow-stream CNN: the rgb backbone itself, or one with weights of its own."""
+        from glimpse.extract.backbones import build_backbone
+
+        if self.runtime.flow_cnn_weights_path is None:
+            return self.backbone
+        return build_backbone(self.config.backbone, self.runtime.flow_cnn_weights_path, self.runtime.device,
+                              size=self.config.size)
+
+    @functools.cached_property
+    def flow(self):
+        """The flow estimator of config.flow (RAFT on the runtime's device)."""
+        from glimpse.extract.flow import FlowEstimator
+
+        config, runtime = self.config, self.runtime
+        return FlowEstimator(config.flow, device=runtime.device, weights=runtime.raft_weights_path,
+                             size=config.flow_size, batch_size=runtime.batch_size)
+
+    def decode(self, record: dict[str, Any], config: ExtractConfig):
+        """Decode one video as ``config`` samples it: (DecodedVideo, its result attributes but the streams')."""
+        with_next = any(stream.needs_next for stream in self.streams.values())
+        video = decode_video(record["path"], config.sampling, with_next=with_next)
+        result: dict[str, Any] = {
+            "n_frames": len(video.indices),
+            "frame_indices": video.indices.tolist(),
+            "timestamps": video.timestamps.tolist(),
+            "source": video.source,
+        }
+        if record.get("boxes"):
+            from glimpse.extract.datasets import read_boxes
+
+            boxes = read_boxes(record["boxes"])  # (n_source_frames, 4)
+            rows = np.full((len(video.indices), 4), np.nan, dtype=np.float32)
+            inside = video.indices < len(boxes)
+            rows[inside] = boxes[video.indices[inside]]
+            result["boxes"] = rows.tolist()
+        return video, result
+
+    def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
+        """Decode and compute every stream of one video, one after the other: (arrays, result attributes)."""
+        video, result = self.decode(record, config)
+        arrays: dict[str, np.ndarray] = {}
+        for name, stream in self.streams.items():  # sources first
+            arrays[name] = stream.compute(video if stream.source is None else arrays[stream.source], result)
+        return arrays, result
+
+
+def compute_of(spec: StreamSpec) -> type[StreamCompute] | Callable[[np.ndarray], np.ndarray]:
+    """What ``spec.computed_by`` names: a StreamCompute subclass or a function of the decoded frames."""
+    module, _, attribute = spec.computed_by.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"stream {spec.name}: cannot import its compute {spec.computed_by!r} ({err})") from None
+    if not callable(found):
+        raise ValueError(f"stream {spec.name}: {spec.computed_by!r} is neither a StreamCompute nor a function")
+    return found
+
+
+def _is_class(compute: Any) -> bool:
+    return isinstance(compute, type) and issubclass(compute, StreamCompute)
+
+
+def plan_streams(specs: Sequence[StreamSpec], config: ExtractConfig) -> tuple[StreamSpec, ...]:
+    """``specs`` ordered so that each stream's source comes before it; a ValueError naming the stream and why
+    ``config`` cannot extract it (its source not selected, no flow method, ...)."""
+    by_name = {spec.name: spec for spec in specs}
+    ordered: list[StreamSpec] = []
+    for spec in specs:
+        chain = [spec]
+        while _is_class(compute := compute_of(chain[-1])) and compute.source is not None:
+            if compute.source not in by_name:
+                raise ValueError(f"stream {chain[-1].name} is computed from {compute.source}: select it too")
+            if by_name[compute.source] in chain:
+                raise ValueError(f"stream {spec.name}: its sources go round in a circle")
+            chain.append(by_name[compute.source])
+        for link in reversed(chain):
+            why = compute_of(link).check(config) if _is_class(compute_of(link)) else None
+            if why:
+                raise ValueError(f"stream {link.name} {why}")
+            if link not in ordered:
+                ordered.append(link)
+    return tuple(ordered)
+
+
+def describe_streams(specs: Sequence[StreamSpec], config: ExtractConfig) -> dict[str, dict[str, Any]]:
+    """Each stream's StreamInfo fields (dims aside) in a store of ``config``, for store creation."""
+    return {spec.name: compute_of(spec).describe(config) if _is_class(compute_of(spec)) else {} for spec in specs}
+
+
+def build_streams(specs: Sequence[StreamSpec], models: Extractor, config: ExtractConfig,
+                  runtime: Runtime) -> dict[str, StreamCompute]:
+    """The computes of ``specs`` (ordered by :func:`plan_streams`) on a worker, by name."""
+    streams: dict[str, StreamCompute] = {}
+    for spec in plan_streams(specs, config):
+        compute = compute_of(spec)
+        streams[spec.name] = compute(models, config, runtime) if _is_class(compute) else FrameFunction(spec.name,
+                                                                                                      compute)
+    return streams
