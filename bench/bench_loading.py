@@ -12,6 +12,7 @@ time is the best of a few rounds taken in turn, because the machines these run o
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import tempfile
@@ -34,9 +35,9 @@ from glimpse.train.sampling import RandomWindows, Windows
 from zarr.codecs import BloscCodec, ZstdCodec
 
 FULL = {"videos": 24, "frames": 90, "channels": 1024, "size": 7, "clip": 30, "batch": 16, "clips": 64,
-        "workers": 2, "rounds": 3, "hidden": 128, "codec_videos": 6}
+        "workers": 2, "rounds": 3, "hidden": 128, "codec_videos": 6, "min_round_s": 0.5}
 QUICK = {"videos": 8, "frames": 12, "channels": 16, "size": 4, "clip": 6, "batch": 4, "clips": 8,
-         "workers": 1, "rounds": 1, "hidden": 8, "codec_videos": 2}
+         "workers": 1, "rounds": 1, "hidden": 8, "codec_videos": 2, "min_round_s": 0.0}
 CLASSES = ("a", "b", "c", "d")
 #: codec candidates: name -> (zarr compressor, frames per chunk); the first is the writer's default
 CANDIDATES = {
@@ -219,10 +220,12 @@ def run(quick: bool = False) -> str:
         for policy_name, policy in (("dense windows", dense), ("one random clip per video", RandomWindows(T))):
             loads = {(policy_name, source, workers): make(policy, workers) for source, make in sources.items()
                      for workers in ((0, shape["workers"]) if source == "store" else (0,))}
-            for load in loads.values():
-                epoch(load)  # warm-up: workers started, page cache filled
-            measured = interleaved(shape["rounds"], {k: lambda x=load: epoch(x) for k, load in loads.items()})
-            rates.update({k: loads[k].batches / wall for k, (wall, _) in measured.items()})
+            reps = {}
+            for k, load in loads.items():  # warm-up: workers started, page cache filled
+                reps[k] = max(1, math.ceil(shape["min_round_s"] / best(1, lambda x=load: epoch(x))))  # short epochs
+            measured = interleaved(shape["rounds"], {k: lambda x=load, n=reps[k]: [epoch(x) for _ in range(n)]
+                                                     for k, load in loads.items()})
+            rates.update({k: reps[k] * loads[k].batches / wall for k, (wall, _) in measured.items()})
             del loads
         training = train_epochs(store_path, tmp, shape)
     finally:
@@ -343,7 +346,8 @@ def report(shape, n_videos, codecs, codec_h5, random_ms, store_bpv, h5_bpv, dens
         *dense_rows,
         "",
         "**Batches through the epoch loader** (train.data.EpochLoader, video-major; workers spawned, each decoding "
-        "into shared memory; with 0 workers a thread reads one group of videos ahead):",
+        "into shared memory; with 0 workers a thread reads one group of videos ahead; a round repeats a short "
+        f"epoch to last {shape['min_round_s']} s or more):",
         "",
         "| epoch | source | workers | batches/s | vs RAM |",
         "|---|---|---|---|---|",
