@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -237,19 +240,44 @@ class Store:
         return problems
 
 
+#: Threads that decode the chunks of one read (chunk decoders release the GIL); 1 decodes in the calling thread.
+READ_THREADS = min(4, os.cpu_count() or 1)
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+_scratch = threading.local()  # per thread: compressed bytes of one chunk, and one decoded chunk for partial reads
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    """The process's chunk-decoding threads, started on first use."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(READ_THREADS, thread_name_prefix="glimpse-read"))
+    return _pool[1]
+
+
+def _buffer(name: str, size: int) -> memoryview:
+    """A reusable writable buffer of at least ``size`` bytes, this thread's own (its pages stay mapped)."""
+    held = getattr(_scratch, name, None)
+    if held is None or len(held) < size:
+        held = bytearray(max(size, 2 * len(held or b"")))
+        setattr(_scratch, name, held)
+    return memoryview(held)[:size]
+
+
 class StoredStream:
     """One stored (frames, ...) array opened for repeated reads of frame ranges.
 
     Zarr's own read path costs milliseconds per call (async machinery, selection planning), as much as
     decoding a clip. When the array is in a local directory, chunked along frames only, with plain
-    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` opens
-    the chunk files itself and decodes them straight into the output; any other layout (sharding,
-    other codecs, remote stores) is read through zarr. Both follow the array's own metadata.
+    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` reads
+    the chunk files itself into a reused buffer and decodes whole chunks straight into the output
+    (only a chunk the range cuts is decoded aside and copied), in ``threads`` threads; any other layout
+    (sharding, other codecs, remote stores) is read through zarr. Both follow the array's own metadata.
     """
 
-    def __init__(self, array: zarr.Array, where: str, local: Path | None) -> None:
+    def __init__(self, array: zarr.Array, where: str, local: Path | None, threads: int | None = None) -> None:
         self.array, self.where = array, where
         self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+        self.threads = READ_THREADS if threads is None else threads
         self._decoder, self._direct = None, None
         meta = array.metadata
         chunks = tuple(array.chunks)
@@ -264,6 +292,7 @@ class StoredStream:
         elif plain and len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
             self._direct, self._decoder = local, Blosc()
         self._per = chunks[0] if chunks else 1
+        self._frame = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize  # bytes per frame
         self._fill = meta.fill_value
         self._key = meta.chunk_key_encoding.encode_chunk_key if self._direct is not None else None
 
@@ -272,29 +301,59 @@ class StoredStream:
         """Whether reads bypass zarr (local chunk files decoded here)."""
         return self._direct is not None
 
-    def read(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """(hi - lo, ...) the frames lo..hi-1 (clipped to the array), decoding only the chunks they touch."""
+    def read(self, lo: int = 0, hi: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """(hi - lo, ...) the frames lo..hi-1 (clipped to the array), decoding only the chunks they touch.
+
+        ``out``, a C-contiguous array of that shape and dtype, receives the frames instead of a new array.
+        """
         n = self.shape[0]
         hi = n if hi is None else min(hi, n)
         lo = max(0, min(lo, hi))
+        if out is None:
+            out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
+        elif out.shape != (hi - lo, *self.shape[1:]) or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{self.where}: out is {out.dtype} {out.shape}, frames {lo}..{hi} need a C-contiguous "
+                             f"{self.dtype} {(hi - lo, *self.shape[1:])}")
         if self._direct is None:
-            return np.asarray(self.array[lo:hi])
-        first, last = lo // self._per, (hi - 1) // self._per if hi > lo else lo // self._per - 1
-        buffer = np.empty(((last - first + 1) * self._per, *self.shape[1:]), self.dtype)  # whole chunks
+            out[...] = self.array[lo:hi]
+            return out
+        if hi == lo:
+            return out
+        flat = out.reshape(hi - lo, -1).view(np.uint8)  # (frames, bytes per frame)
+        parts = [(c, max(lo, c * self._per), min(hi, (c + 1) * self._per))
+                 for c in range(lo // self._per, (hi + self._per - 1) // self._per)]
+        if self.threads > 1 and len(parts) > 1:
+            list(_decode_pool().map(lambda p: self._chunk(*p, flat[p[1] - lo : p[2] - lo]), parts))
+        else:
+            for c, a, b in parts:
+                self._chunk(c, a, b, flat[a - lo : b - lo])
+        return out
+
+    def _chunk(self, c: int, a: int, b: int, into: np.ndarray) -> None:
+        """Frames a..b-1 (all in chunk ``c``) into ``into`` (b - a, bytes per frame) uint8."""
         zeros = (0,) * (len(self.shape) - 1)
-        for c in range(first, last + 1):
-            part = buffer[(c - first) * self._per : (c - first + 1) * self._per].reshape(-1)
-            try:
-                with open(self._direct / self._key((c, *zeros)), "rb") as f:
-                    raw = f.read()
-            except FileNotFoundError:  # a chunk never written holds the fill value
-                part[:] = self._fill
-                continue
-            if self._decoder is None:
-                part.view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
-            else:
-                self._decoder.decode(raw, out=part.view(np.uint8))
-        return buffer[lo - first * self._per : hi - first * self._per]
+        whole = a == c * self._per and b == (c + 1) * self._per  # the range covers the chunk: decode in place
+        target = into.reshape(-1) if whole else np.frombuffer(_buffer("chunk", self._per * self._frame), np.uint8)
+        try:
+            with open(self._direct / self._key((c, *zeros)), "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if self._decoder is None and size != len(target):
+                    raise StoreError(f"{self.where}: chunk {c} holds {size} bytes, an uncompressed chunk has "
+                                     f"{len(target)}")
+                raw = target.data if self._decoder is None else _buffer("raw", size)
+                got = 0
+                while got < size:
+                    step = f.readinto(raw[got:])
+                    if not step:
+                        raise StoreError(f"{self.where}: chunk {c} ended after {got} of {size} bytes")
+                    got += step
+        except FileNotFoundError:  # a chunk never written holds the fill value
+            into.view(self.dtype)[...] = self._fill
+            return
+        if self._decoder is not None:
+            self._decoder.decode(raw, out=target)
+        if not whole:
+            into[...] = target.reshape(self._per, self._frame)[a - c * self._per : b - c * self._per]
 
 
 def open_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> Store:

@@ -115,6 +115,28 @@ def test_the_loader_cuts_each_clip_from_the_frames_it_names_and_resumes_mid_epoc
     assert torch.equal(torch.cat([b[0][0] for b in loader]), clips[4:])
 
 
+def test_store_batches_equal_ram_batches_read_ahead_in_process_and_in_a_spawned_worker(store):
+    s = open_store(store)
+    videos = role_videos(s, "1", "train")
+    ram = {(v.key, "rgb"): s.read(v.id, "rgb") for v in videos}
+    targets = targets_for(videos, 2, False)
+
+    def batches(reader, workers):
+        policy = RandomWindows(4)
+        loader = EpochLoader(ClipDataset(reader, videos, ["rgb"], policy, targets, None), policy, seed=0,
+                             batch_size=3, workers=workers, group=2)
+        loader.set_epoch(2)
+        next(iter(loader))  # an epoch left after one batch stops its read-ahead and starts cleanly again
+        return [(b[0][0].clone(), b[1]) for b in loader]
+
+    expected = batches(FeatureReader(str(store), ram), 0)
+    for workers in (0, 1):  # read ahead by a thread here; decoded into shared memory by a spawned worker
+        got = batches(FeatureReader(str(store)).open(videos, ["rgb"]), workers)
+        assert len(got) == len(expected)
+        for (cubes, labels), (want, want_labels) in zip(got, expected, strict=True):
+            assert torch.equal(cubes, want) and torch.equal(labels, want_labels)
+
+
 def test_regattn_votes_over_every_segment_of_every_test_video(store, tmp_path):
     result = train_model(store, "regattn", tmp_path / "run", epochs=1, frames=4, stride=3,
                          model_args={"hidden": 8, "blocks": 1}, **FAST)

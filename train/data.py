@@ -14,6 +14,7 @@ import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from glimpse.store import Store, open_store
 from glimpse.store.reader import StoredStream
 from glimpse.train.clips import Video
 from glimpse.train.sampling import Policy, epoch_plan, items_per_epoch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 log = logging.getLogger("train")
 
@@ -209,9 +210,25 @@ class ClipDataset(Dataset):
                      for s in self.streams)
 
     def __getitem__(self, ranges: tuple[tuple[int, int, int], ...]) -> tuple[list[torch.Tensor], ...]:
-        """One plan group's frames: per stream, per (video index, lo, hi) the frames lo..hi-1, each read once."""
-        return tuple([torch.from_numpy(np.ascontiguousarray(self.reader.frames(self.videos[i], s, lo, hi)))
-                      for i, lo, hi in ranges] for s in self.streams)
+        """One plan group's frames: per stream, per (video index, lo, hi) the frames lo..hi-1, each read once.
+
+        In a DataLoader worker, store reads are decoded straight into shared memory, which the batch then
+        travels in without another copy.
+        """
+        shared = get_worker_info() is not None
+        return tuple([self.frames(self.videos[i], s, lo, hi, shared) for i, lo, hi in ranges] for s in self.streams)
+
+    def frames(self, video: Video, stream: str, lo: int, hi: int, shared: bool) -> torch.Tensor:
+        """(<= hi - lo, C, K, K) float16 frames of one stream; ``shared``: in shared memory when read from the store."""
+        if self.reader.cache is None and self.reader.disk is None:
+            source = self.reader.stream(video, stream)
+            count = max(0, min(hi, source.shape[0]) - max(0, lo))
+            out = torch.empty((count, *source.shape[1:]), dtype=torch.float16)  # (frames, C, K, K)
+            if shared:
+                out.share_memory_()
+            source.read(lo, hi, out=out.numpy())
+            return out
+        return torch.from_numpy(np.ascontiguousarray(self.reader.frames(video, stream, lo, hi)))
 
 
 class VideoDataset(ClipDataset):
@@ -264,7 +281,9 @@ class EpochLoader:
         self.items = items_per_epoch(self.n_frames, policy)
         self.epoch, self.skip = 0, 0
         self._ring: dict[tuple, list[torch.Tensor]] = {}
-        self.reader = make_loader(dataset, batch_size=None, sampler=GroupSampler(self), workers=workers, prefetch=2)
+        self.workers = workers
+        self.reader = (make_loader(dataset, batch_size=None, sampler=GroupSampler(self), workers=workers, prefetch=2)
+                       if workers else None)
 
     @property
     def batches(self) -> int:
@@ -291,7 +310,7 @@ class EpochLoader:
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         B, targets, streams = self.batch_size, self.dataset.targets, len(self.dataset.streams)
         pending: list[tuple[list, int, np.ndarray, int]] = []  # (group frames, video slot, clip in its range, video)
-        for (group, skip), frames in zip(self.remaining(), self.reader, strict=True):
+        for (group, skip), frames in zip(self.remaining(), self.groups(), strict=True):
             slot = {i: j for j, (i, _, _) in enumerate(group.ranges)}
             starts = {i: lo for i, lo, _ in group.ranges}
             for video, clip in zip(group.items[skip:], group.clips[skip:], strict=True):
@@ -301,6 +320,20 @@ class EpochLoader:
                     pending = []
         if pending:
             yield self.batch(pending, streams, targets)
+
+    def groups(self) -> Iterator[tuple[list[torch.Tensor], ...]]:
+        """The frames of this epoch's remaining plan groups, in order: from the workers, or, without workers, read
+        in a background thread one group ahead (decoding releases the GIL, so it overlaps the training step)."""
+        if self.workers:
+            yield from self.reader
+            return
+        ranges = [g.ranges for g, _ in self.remaining()]
+        with ThreadPoolExecutor(1, thread_name_prefix="glimpse-prefetch") as ahead:
+            pending = ahead.submit(self.dataset.__getitem__, ranges[0]) if ranges else None
+            for nxt in [*ranges[1:], None]:
+                frames = pending.result()
+                pending = ahead.submit(self.dataset.__getitem__, nxt) if nxt is not None else None
+                yield frames
 
     def batch(self, pending: list, streams: int, targets: torch.Tensor
               ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:

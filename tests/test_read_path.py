@@ -1,0 +1,73 @@
+"""The store's direct read path (StoredStream.read) against zarr's own read of the same arrays, for every codec
+the reader decodes itself, in one thread and in several, with a partial last chunk and chunks never written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from glimpse.store.reader import StoredStream, StoreError
+from zarr.codecs import BloscCodec, ZstdCodec
+
+CODECS = {
+    "zstd": ZstdCodec(level=3),
+    "blosc-lz4-shuffle": BloscCodec(cname="lz4", shuffle="shuffle"),
+    "blosc-zstd-bitshuffle": BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+    "blosc-lz4hc-noshuffle": BloscCodec(cname="lz4hc", shuffle="noshuffle"),
+    "none": None,
+}
+RANGES = [(0, 17), (3, 4), (4, 11), (5, 10), (15, 17), (14, 16), (10, 99), (5, 5), (0, 5), (12, 17)]
+
+
+def relu_cube(frames: int = 17, shape=(6, 3, 3), seed: int = 0) -> np.ndarray:
+    """(frames, C, K, K) float16, half zeros, like the feature cubes a store holds."""
+    data = np.random.default_rng(seed).standard_normal((frames, *shape), dtype=np.float32)
+    return np.maximum(data, 0).astype(np.float16)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_direct_reads_equal_zarrs_reads(codec, threads, tmp_path):
+    where = tmp_path / "rgb"
+    data = relu_cube()  # 17 frames in chunks of 5: the last chunk holds 2
+    zarr.create_array(str(where), data=data, chunks=(5, *data.shape[1:]), compressors=CODECS[codec],
+                      fill_value=7.0)
+    array = zarr.open_array(str(where), mode="r")
+    stream = StoredStream(array, str(where), where, threads=threads)
+    assert stream.direct
+    for lo, hi in RANGES:
+        np.testing.assert_array_equal(stream.read(lo, hi), array[lo:hi], err_msg=f"{codec} {lo}..{hi}")
+    out = np.full((6, *data.shape[1:]), np.nan, np.float16)
+    assert stream.read(9, 15, out=out) is out
+    np.testing.assert_array_equal(out, array[9:15])
+    np.testing.assert_array_equal(stream.read(), data)
+    for c in ("1", "3"):  # chunks never written (a middle one and the partial last one) read as the fill value
+        (where / "c" / c / "0" / "0" / "0").unlink()
+    again = zarr.open_array(str(where), mode="r")
+    for lo, hi in RANGES:
+        np.testing.assert_array_equal(stream.read(lo, hi), again[lo:hi], err_msg=f"{codec} {lo}..{hi}, missing")
+
+
+def test_layouts_the_reader_does_not_decode_itself_go_through_zarr(tmp_path):
+    data = relu_cube()
+    zarr.create_array(str(tmp_path / "sharded"), data=data, chunks=(5, *data.shape[1:]),
+                      shards=(10, *data.shape[1:]), compressors=ZstdCodec(level=3))
+    zarr.create_array(str(tmp_path / "split"), data=data, chunks=(5, 3, 3, 3), compressors=ZstdCodec(level=3))
+    for name in ("sharded", "split"):
+        array = zarr.open_array(str(tmp_path / name), mode="r")
+        stream = StoredStream(array, name, tmp_path / name)
+        assert not stream.direct
+        for lo, hi in RANGES:
+            np.testing.assert_array_equal(stream.read(lo, hi), array[lo:hi])
+
+
+def test_a_bad_out_or_a_short_chunk_is_a_clear_error(tmp_path):
+    where = tmp_path / "rgb"
+    zarr.create_array(str(where), data=relu_cube(), chunks=(5, 6, 3, 3), compressors=None)
+    stream = StoredStream(zarr.open_array(str(where), mode="r"), str(where), where)
+    with pytest.raises(ValueError, match="out is float32"):
+        stream.read(0, 5, out=np.empty((5, 6, 3, 3), np.float32))
+    chunk = where / "c" / "1" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-2])
+    with pytest.raises(StoreError, match="chunk 1 holds"):
+        stream.read(4, 12)
