@@ -44,8 +44,9 @@ from zarr.codecs import ZstdCodec
 
 #: float16 values compressed with zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit
 #: shuffle in bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value). Level 3 stores as small
-#: as level 5 and decodes as fast (bench/bench_loading.py's codec table); only Blosc-LZ4 or no compression
-#: decode faster, at 1.8-2.0 bytes per value. Stores keep whatever codec their metadata names.
+#: as level 5 and decodes as fast (bench/bench_loading.py's codec table); only the LZ codecs (Blosc-LZ4HC with
+#: bit shuffle, Blosc-LZ4) or no compression decode faster, at 1.76-2.0 bytes per value. Stores keep whatever
+#: codec their metadata names.
 COMPRESSOR = ZstdCodec(level=3)
 
 
