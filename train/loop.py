@@ -192,6 +192,7 @@ def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
     config, model, optimizer = setup.config, setup.model, setup.optimizer
     B, batches = config.batch_size, setup.sampler.batches
     tensorboard = TensorBoard(run, purge_step=state["epoch"] + 1)
+    state["plotted"] = time.monotonic()  # curves after PLOT_SECONDS, then as often, and after the last epoch
     try:
         while state["epoch"] < config.epochs:
             epoch = state["epoch"]
@@ -277,7 +278,7 @@ def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, 
     save(setup, run, state, *(("last", "best") if better else ("last",)))
     run.write_metrics(state["history"])
     tb.epoch(row)
-    if state["stopped"] or time.monotonic() - state.get("plotted", -PLOT_SECONDS) >= PLOT_SECONDS:
+    if state["stopped"] or time.monotonic() - state["plotted"] >= PLOT_SECONDS:
         run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
         state["plotted"] = time.monotonic()
     name = "mAP" if setup.multi_label else "acc"
