@@ -193,6 +193,21 @@ def test_softattn_code_is_the_released_codes_content_attention():
     assert torch.allclose(eq1(moved).attention[0, 0], eq1(X).attention[0, 0])
 
 
+@pytest.mark.parametrize(("name", "args"), [("softattn_code", {}), ("regattn", {"attention": "content", "blocks": 2})])
+def test_a_temperature_below_one_sharpens_the_first_map_as_a_power_of_the_plain_one(name, args):
+    maps = {}
+    for temperature in (1.0, 0.5):
+        torch.manual_seed(0)  # the same weights at both temperatures
+        model = build_model(name, channels=C, size=K, classes=CLASSES, hidden=HIDDEN, temperature=temperature, **args)
+        model.eval()
+        maps[temperature] = model(*cubes(name)).attention[:, 0].flatten(1)  # (B, K*K), the map before any read
+    squared = maps[1.0] ** 2  # softmax(z / 0.5) = softmax(z)^2 / sum softmax(z)^2
+    assert torch.allclose(maps[0.5], squared / squared.sum(-1, keepdim=True), atol=1e-6)
+    assert not torch.allclose(maps[0.5], maps[1.0], atol=1e-3)
+    with pytest.raises(ValueError, match="temperature"):
+        build_model(name, channels=C, size=K, classes=CLASSES, temperature=0.0, **args)
+
+
 def test_regattn_content_attention_and_block_sparsity_written_independently():
     torch.manual_seed(0)
     model = build_model("regattn", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, attention="content",

@@ -1,16 +1,20 @@
 """A differential reference: a short PyTorch trainer written here, independent of glimpse's training code, and the
 training service with its defaults must reach the same test accuracy on the same store and split.
 
-The store: 4 classes, 16 videos each (10 train, 6 test), 10 frames of 16 x 3 x 3 cubes. Each class has its own
-16-d feature vector; a video shows it at one cell (fixed for the video, random between videos) over unit noise,
-and one decoy cell shows another class's vector at 0.6 of the strength. Averaged over the 9 cells the signal is
-weak, so a model must integrate over frames, and a model that attends can do better.
+The store: 4 classes, 40 videos each (10 train, 30 test: a test video is 0.8 points of accuracy), 6 frames of
+16 x 3 x 3 cubes. Each class has its own 16-d feature vector; a video shows it at one cell (fixed for the video,
+random between videos) over unit noise, and one decoy cell shows another class's vector at 0.6 of the strength.
+Averaged over the 9 cells the signal is weak, so a model must integrate over frames and resist overfitting 40
+training videos.
 
-The reference (full batch, Adam, no validation, no standardization, 1 LSTM layer of 32): "avgpool" feeds the
-spatial mean of each frame, "attention" a_t = softmax(W h_{t-1}) over the cells (Sharma's Eq. 1, h-only); both
-classify every step and predict the mean softmax over steps. The service trains avgpool_lstm and softattn with
-the same hidden size and layer count and everything else at its defaults (learning rate, batch size, epochs,
-validation, dropout, initial-state MLPs). Over training seeds 0, 1 and 2 the mean test accuracies must be
+The reference is what a plain trainer does with the same model: inputs standardized per channel with the training
+set's statistics, one LSTM layer of 32 whose h_0, c_0 are a tanh layer of the video's mean feature (Sharma's
+Eq. 6), dropout 0.5 on its input and output, full batch, Adam at 3e-3 for 300 epochs, no validation. "avgpool"
+feeds the spatial mean of each frame, "attention" a_t = softmax(W h_{t-1}) over the cells (Sharma's Eq. 1,
+h-only); both classify every step and predict the mean softmax over steps. The service trains avgpool_lstm and
+softattn with the same hidden size and layer count and everything else at its defaults (learning rate 1e-4,
+batch size and epochs from the small-store rules: 5 clips a batch, 250 epochs = 2,000 steps, no validation;
+dropout, initial-state MLPs, standardization). Over training seeds 0, 1 and 2 the mean test accuracies must be
 within 0.05 of each other.
 """
 
@@ -26,14 +30,15 @@ from glimpse.store.layout import video_key
 from glimpse.train.loop import train_model
 from torch import nn
 
-#: Not yet passing, so skipped: measured once (training seed 0, 2 loaded cores), the service with its small-store
-#: defaults (batch 5, 250 epochs = 2,000 steps, no validation) reached 0.792 test accuracy with avgpool_lstm
-#: where this reference reached 0.500, and softattn 0.875 where the h-only attention reference reached 0.750 (the
-#: service runs took 250 s and 92 s, the references 156 s and 7 s). The reference, not the service, is the weak
-#: side: it needs tuning (learning rate, epochs, standardization) before 0.05 can be asked of both.
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="differential reference not yet measured (see module)")]
+#: Measured (2 loaded cores, training seeds 0, 1, 2): the service's avgpool_lstm 0.758, 0.733, 0.750 (mean 0.747)
+#: against the reference's 0.758, 0.750, 0.758 (0.756); softattn 0.750, 0.750, 0.717 (0.739) against 0.742, 0.758,
+#: 0.742 (0.747). The comparison has teeth: the same reference without standardization, dropout and the mean-feature
+#: initial state reached 0.578 and 0.519 (0.17 and 0.22 below the service). Cost: the service's 2,000 steps are about
+#: 20 s (avgpool_lstm) and 27 s (softattn) of CPU a run, the six references 17 s together: about 2.5 CPU minutes in
+#: all, hence slow.
+pytestmark = pytest.mark.slow
 
-CLASSES, PER_CLASS, TEST_PER_CLASS, FRAMES, C, K, HIDDEN = 4, 16, 6, 10, 16, 3, 32
+CLASSES, PER_CLASS, TEST_PER_CLASS, FRAMES, C, K, HIDDEN = 4, 40, 30, 6, 16, 3, 32
 SEEDS = (0, 1, 2)
 MARGIN = 0.05
 
@@ -78,33 +83,38 @@ class Reference(nn.Module):
         self.cell = nn.LSTMCell(C, HIDDEN)
         self.where = nn.Linear(HIDDEN, K * K)
         self.out = nn.Linear(HIDDEN, CLASSES)
+        self.start = nn.Linear(C, 2 * HIDDEN)
+        self.drop = nn.Dropout(0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, C, K, K) -> (N, T, classes)
         cells = x.flatten(3)  # (N, T, C, K*K)
-        h = c = x.new_zeros(x.shape[0], HIDDEN)
+        h, c = torch.tanh(self.start(x.mean((1, 3, 4)))).chunk(2, -1)  # (N, HIDDEN) each, from the mean feature
         steps = []
         for t in range(x.shape[1]):
             a = torch.softmax(self.where(h), -1) if self.kind == "attention" else x.new_full((x.shape[0], K * K),
                                                                                              1 / (K * K))
-            h, c = self.cell((cells[:, t] * a[:, None]).sum(-1), (h, c))
-            steps.append(self.out(h))
+            h, c = self.cell(self.drop((cells[:, t] * a[:, None]).sum(-1)), (h, c))
+            steps.append(self.out(self.drop(h)))
         return torch.stack(steps, 1)
 
 
-def reference_accuracy(data, kind: str, seed: int, epochs: int = 400, lr: float = 3e-3) -> float:
+def reference_accuracy(data, kind: str, seed: int, epochs: int = 300, lr: float = 3e-3) -> float:
     torch.manual_seed(seed)
     model = Reference(kind)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data["train"]
+    mean, std = x.mean((0, 1, 3, 4), keepdim=True), x.std((0, 1, 3, 4), keepdim=True)  # (1, 1, C, 1, 1) each
+    x = (x - mean) / std
     for _ in range(epochs):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(x.shape[1]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    model.eval()
     with torch.no_grad():
         xt, yt = data["test"]
-        predicted = model(xt).softmax(-1).mean(1).argmax(-1)
+        predicted = model((xt - mean) / std).softmax(-1).mean(1).argmax(-1)
     return float((predicted == yt).float().mean())
 
 
@@ -118,7 +128,8 @@ def test_the_service_with_its_defaults_reaches_a_plain_reference_trainer(model, 
     data = read_split(store)
     reference = [reference_accuracy(data, kind, seed) for seed in SEEDS]
     service = [train_model(store, model, tmp_path / f"seed{seed}", seed=seed, workers=0, progress=False,
-                           model_args={"hidden": HIDDEN, "layers": 1}).test_accuracy for seed in SEEDS]
+                           cache_ram=2**26, model_args={"hidden": HIDDEN, "layers": 1}).test_accuracy
+               for seed in SEEDS]  # cache_ram: the store is read once (where cubes come from, not what is learned)
     chance = 1 / CLASSES
     assert np.mean(reference) > chance + 0.2, f"the reference itself does not learn: {reference}"
     assert abs(np.mean(service) - np.mean(reference)) <= MARGIN, f"{model}: service {service}, reference {reference}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from glimpse.extract.cli import extract_dataset
+from glimpse.train.config import TrainConfig
 from glimpse.train.run import RunDir
 from glimpse.train.sweep import grid_points, parse_grid, point_name, point_options, results_table, sweep
 from reliability_log import record
@@ -43,6 +44,21 @@ def test_grids_parse_into_typed_points():
     table = results_table(parse_grid(GRID), rows).splitlines()
     assert table[0] == "| test accuracy (%) | penalty=l21 | penalty=sqrt_mass |"
     assert table[2] == "| lambda=1e-4 | 50.0 | 50.0 |"
+
+
+def test_every_sampling_field_is_a_grid_name_and_a_table_of_failed_points_says_so():
+    options = point_options("softattn", {}, {"sampling": "random", "clips_per_video": "3", "steps": "40",
+                                             "shuffle_videos": "2", "cache_dir": "/tmp/c", "lr_drop_step": "9"})
+    assert options == {"sampling": "random", "clips_per_video": 3, "steps": 40, "shuffle_videos": 2,
+                       "cache_dir": "/tmp/c", "lr_drop_step": 9, "model_args": {}}
+    TrainConfig(store="s", model="softattn", out="o", **options)  # every field a TrainConfig takes, typed
+    grid = parse_grid(["lr=1e-3,1e-2"])
+    failed = [{"point": p, "error": "ValueError: no videos"} for p in grid_points(grid)]
+    table = results_table(grid, failed).splitlines()
+    assert table[0].startswith("| lr | test accuracy (%) |") and len(table) == 4
+    assert all("| failed |" in line and "no videos" in line for line in table[2:])
+    matrix = results_table(parse_grid(GRID), []).splitlines()  # a two-name grid: write_results drops failed rows
+    assert matrix[2] == "| lambda=1e-4 | failed | failed |"
 
 
 def check_results(out: Path, expected_points: int) -> list[dict]:

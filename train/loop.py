@@ -33,6 +33,10 @@ from glimpse.train.run import RunDir, RunFileError, TensorBoard, atomic_write_te
 from glimpse.train.setup import Setup, prepare
 from tqdm import tqdm
 
+#: curves.png is redrawn at most this often (and after the last epoch): drawing costs more than a small store's
+#: epoch
+PLOT_SECONDS = 60.0
+
 log = logging.getLogger("train")
 
 
@@ -180,9 +184,7 @@ def save(setup: Setup, run: RunDir, state: dict[str, Any], *which: str) -> None:
     if not finite_parameters(setup.model):
         raise NonFiniteLossError(f"{run.path}: parameters became NaN or infinite by step {state['step']}; "
                                  f"last good checkpoint kept: {run.file('last.pt')}")
-    payload = checkpoint(setup, state)
-    for name in which:
-        run.save_checkpoint(name, payload)
+    run.save_checkpoint(checkpoint(setup, state), *which)
 
 
 def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
@@ -190,6 +192,7 @@ def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
     config, model, optimizer = setup.config, setup.model, setup.optimizer
     B, batches = config.batch_size, setup.sampler.batches
     tensorboard = TensorBoard(run, purge_step=state["epoch"] + 1)
+    state["plotted"] = time.monotonic()  # curves after PLOT_SECONDS, then as often, and after the last epoch
     try:
         while state["epoch"] < config.epochs:
             epoch = state["epoch"]
@@ -275,8 +278,9 @@ def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, 
     save(setup, run, state, *(("last", "best") if better else ("last",)))
     run.write_metrics(state["history"])
     tb.epoch(row)
-    if epoch % 10 == 0 or state["stopped"]:  # drawing costs more than a small store's epoch: every 10th, and the last
+    if state["stopped"] or time.monotonic() - state["plotted"] >= PLOT_SECONDS:
         run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
+        state["plotted"] = time.monotonic()
     name = "mAP" if setup.multi_label else "acc"
     line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
             + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")

@@ -108,13 +108,12 @@ class RunDir:
         path = self.file("events.log")
         return [line.split(" ", 2)[2] for line in path.read_text().splitlines()] if path.exists() else []
 
-    def save_checkpoint(self, which: str, payload: dict[str, Any]) -> Path:
-        """Write ``which``.pt atomically."""
+    def save_checkpoint(self, payload: dict[str, Any], *which: str) -> None:
+        """Write ``payload`` atomically to each ``which``.pt (pickled once, however many files)."""
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        path = self.file(f"{which}.pt")
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        for name in which:
+            atomic_write_bytes(self.file(f"{name}.pt"), buffer.getvalue())
 
     def load_checkpoint(self, which: str = "last", map_location: str = "cpu") -> dict[str, Any]:
         """``which``.pt loaded with weights_only=True: tensors and plain data only, never code.

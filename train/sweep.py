@@ -29,7 +29,8 @@ log = logging.getLogger("train")
 #: grid names that set a TrainConfig field, with the field's type; any other name is a model setting
 TRAIN_FIELDS = {"epochs": int, "batch_size": int, "seed": int, "frames": int, "stride": int, "patience": int,
                 "lr": float, "val_fraction": float, "momentum": float, "optimizer": str, "aggregation": str,
-                "split": str}
+                "split": str, "sampling": str, "clips_per_video": int, "steps": int, "shuffle_videos": int,
+                "cache_dir": str, "lr_drop_step": int, "lr_drop_to": float}
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -88,7 +89,7 @@ def run_point(store: str, model: str, out: str, options: dict[str, Any], threads
 
 def results_table(grid: dict[str, list[str]], rows: list[dict[str, Any]]) -> str:
     """Markdown: a two-name grid as a matrix of test scores (%), any other grid one row per point."""
-    metric = rows[0]["metric"] if rows else "accuracy"
+    metric = next((r["metric"] for r in rows if "metric" in r), "accuracy")  # failed points have none
     names = list(grid)
     if len(names) == 2:
         first, second = names

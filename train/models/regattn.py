@@ -32,7 +32,7 @@ class RegAttentionConfig(ModelConfig):
     ``blocks`` None means N = 4 where the map allows 2 x 2 blocks (K >= 8, as the paper's 8 x 8 maps), else
     floor(K / 2). ``layout`` "even" or "floor" and ``stride`` (overlapping blocks, Table 4) place them, see
     train.losses.block_layout; ``penalty`` "l21" (Eq. 10) or "sqrt_mass"; ``attention`` "hidden" (Eq. 8) or
-    "content" (Sec. 4.4).
+    "content" (Sec. 4.4); ``temperature`` divides the attention scores before the softmax (1, the paper's).
     """
 
     hidden: int = 512
@@ -43,6 +43,7 @@ class RegAttentionConfig(ModelConfig):
     attention: str = "hidden"
     lam: float = 1e-4
     weight_decay: float = 1e-5
+    temperature: float = 1.0
 
 
 class RegAttention(nn.Module):
@@ -53,6 +54,8 @@ class RegAttention(nn.Module):
         if config.penalty not in PENALTIES or config.attention not in ("hidden", "content"):
             raise ValueError(f"regattn: penalty must be in {PENALTIES} and attention 'hidden' or 'content', got "
                              f"{config.penalty!r}, {config.attention!r}")
+        if not config.temperature > 0:
+            raise ValueError(f"regattn: temperature must be > 0, got {config.temperature}")
         self.blocks = config.blocks or default_blocks(config.size)
         block_layout(config.size, self.blocks, config.stride, config.layout)  # refuses a geometry that cannot act
         self.config = config
@@ -79,11 +82,11 @@ class RegAttention(nn.Module):
         for t in range(T):
             h = X.new_zeros(B, cfg.hidden) if state is None else state[-1][0]  # h2_{t-1}, (B, H)
             if content is not None:
-                a_t = torch.softmax(self.locate(torch.cat([h, content[:, t]], -1)), dim=-1)  # (B, P), Sec. 4.4
+                a_t = torch.softmax(self.locate(torch.cat([h, content[:, t]], -1)) / cfg.temperature, -1)  # (B, P)
             elif t == 0:
                 a_t = X.new_full((B, P), 1.0 / P)  # (B, P), a_1 uniform (Eq. 8)
             else:
-                a_t = torch.softmax(self.locate(h), dim=-1)  # (B, P), from h2_{t-1} (Eq. 8)
+                a_t = torch.softmax(self.locate(h) / cfg.temperature, dim=-1)  # (B, P), from h2_{t-1} (Eq. 8)
             x_t = attend(a_t, X[:, t])  # (B, C), X_t a_t (Eq. 9)
             state = self.stack.step(self.drop(x_t), state)  # both levels, one step
             outs.append(state[-1][0])  # h2_t, (B, H)

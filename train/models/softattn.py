@@ -143,11 +143,13 @@ class SoftAttention(SharmaLSTM):
 @dataclass(frozen=True)
 class SoftAttentionCodeConfig(StackConfig):
     """The released code's UCF-11 settings: one LSTM layer of 512, attention of ``att_dim`` (None: the cube's
-    channels, as the code's dimctx), penalty weight ``lam`` 0 (alpha_c = 0) and dropout on."""
+    channels, as the code's dimctx), penalty weight ``lam`` 0 (alpha_c = 0) and dropout on. ``temperature``
+    divides the scores before the location softmax (1, the code's; below 1 sharpens the maps)."""
 
     layers: int = 1
     att_dim: int | None = None
     lam: float = 0.0
+    temperature: float = 1.0
 
 
 class SoftAttentionCode(nn.Module):
@@ -155,6 +157,8 @@ class SoftAttentionCode(nn.Module):
 
     def __init__(self, config: SoftAttentionCodeConfig) -> None:
         super().__init__()
+        if not config.temperature > 0:
+            raise ValueError(f"softattn_code: temperature must be > 0, got {config.temperature}")
         self.config = config
         C, H, A = config.channels, config.hidden, config.att_dim or config.channels
         self.init_h = nn.Linear(C, config.layers * H)  # h_0 = tanh(W mean + b) (ff_state)
@@ -180,7 +184,7 @@ class SoftAttentionCode(nn.Module):
         outs, maps = [], []
         for t in range(T):
             pre = torch.tanh(from_input[:, t] + self.from_state(state[-1][0])[:, None])  # (B, P, A)
-            l_t = torch.softmax(self.score(pre).squeeze(-1), dim=-1)  # (B, P)
+            l_t = torch.softmax(self.score(pre).squeeze(-1) / cfg.temperature, dim=-1)  # (B, P)
             state = self.stack.step(attend(l_t, X[:, t]), state)  # the code feeds the context undropped
             outs.append(state[-1][0])
             maps.append(l_t)
