@@ -29,7 +29,16 @@ from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
 from glimpse.train.data import model_inputs
 from glimpse.train.losses import clip_loss, model_loss
 from glimpse.train.predict import predict_videos, score
-from glimpse.train.run import RunDir, RunFileError, TensorBoard, atomic_write_text, rng_state, set_rng_state
+from glimpse.train.run import (
+    RunDir,
+    RunFileError,
+    TensorBoard,
+    atomic_write_text,
+    pack_history,
+    rng_state,
+    set_rng_state,
+    unpack_history,
+)
 from glimpse.train.setup import Setup, prepare
 from tqdm import tqdm
 
@@ -160,7 +169,8 @@ def restore(setup: Setup, ckpt: dict | None) -> dict[str, Any]:
                 "rng": None}
     setup.model.load_state_dict(ckpt["state_dict"])
     setup.optimizer.load_state_dict(ckpt["optimizer"])
-    return {k: ckpt[k] for k in ("epoch", "batch", "step", "history", "best", "stopped", "partial", "rng")}
+    state = {k: ckpt[k] for k in ("epoch", "batch", "step", "best", "stopped", "partial", "rng")}
+    return {**state, "history": unpack_history(ckpt["history"])}
 
 
 def checkpoint(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +185,8 @@ def checkpoint(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
         "train_config": setup.config.to_dict(),
         "store": {"path": setup.store.path, "config_hash": setup.store.config_hash},
         "classes": list(setup.store.classes),
-        **{k: state[k] for k in ("epoch", "batch", "step", "history", "best", "stopped", "partial", "rng")},
+        **{k: state[k] for k in ("epoch", "batch", "step", "best", "stopped", "partial", "rng")},
+        "history": pack_history(state["history"]),
     }
 
 

@@ -30,6 +30,8 @@ from glimpse.train.config import ConfigError
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_score", "best",
                   "clips_per_s", "data_share", "seconds")
 TIMING_COLUMNS = ("clips_per_s", "data_share", "seconds")
+#: metrics.csv columns that hold whole numbers
+INTEGER_COLUMNS = ("epoch", "step", "best")
 
 #: what every config.json this glimpse writes holds, each a JSON object
 CONFIG_SECTIONS = ("train", "model", "store", "data")
@@ -63,6 +65,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._metric_lines: list[tuple[dict[str, Any], str]] = []  # (history row, its csv line) of the last write
 
     def file(self, name: str) -> Path:
         """A file inside the run directory."""
@@ -139,13 +142,17 @@ class RunDir:
         return ckpt
 
     def write_metrics(self, history: list[dict[str, float]]) -> None:
-        """metrics.csv from the whole history (so a resumed run never holds a row twice)."""
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-        atomic_write_text(self.file("metrics.csv"), out.getvalue())
+        """metrics.csv from the whole history (so a resumed run never holds a row twice).
+
+        Rows already formatted by the previous call (the same row objects) are not formatted again: a small
+        store's run has hundreds of short epochs, and formatting the whole history each epoch grew with its square.
+        """
+        known, keep = self._metric_lines, 0
+        while keep < min(len(known), len(history)) and known[keep][0] is history[keep]:
+            keep += 1
+        self._metric_lines = known[:keep] + [(row, _csv_line(row)) for row in history[keep:]]
+        text = ",".join(METRIC_COLUMNS) + "\n" + "".join(line for _, line in self._metric_lines)
+        atomic_write_text(self.file("metrics.csv"), text)
 
     def metrics(self) -> list[dict[str, str]]:
         """metrics.csv rows as strings."""
@@ -210,6 +217,31 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _csv_line(row: dict[str, Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow([_fmt(row.get(k)) for k in METRIC_COLUMNS])
+    return out.getvalue()
+
+
+def pack_history(history: list[dict[str, Any]]) -> torch.Tensor:
+    """The per-epoch rows as one (epochs, len(METRIC_COLUMNS)) float64 tensor, for checkpoints: pickling hundreds
+    of small dicts every epoch cost more than the model on small stores; float64 holds each value exactly."""
+    nan = float("nan")
+    return torch.tensor([[nan if _missing(row.get(k)) else float(row[k]) for k in METRIC_COLUMNS] for row in history],
+                        dtype=torch.float64).reshape(len(history), len(METRIC_COLUMNS))  # (E, columns)
+
+
+def unpack_history(packed: torch.Tensor | list) -> list[dict[str, Any]]:
+    """The rows :func:`pack_history` packed (a list, as older checkpoints hold it, is returned as it is)."""
+    if isinstance(packed, list):
+        return packed
+    rows = []
+    for values in packed.tolist():
+        row: dict[str, Any] = dict(zip(METRIC_COLUMNS, values, strict=True))
+        rows.append({k: int(v) if k in INTEGER_COLUMNS and not math.isnan(v) else v for k, v in row.items()})
+    return rows
 
 
 def _missing(value: Any) -> bool:
