@@ -152,14 +152,17 @@ def test_regattn_default_blocks_cover_the_map_and_an_unsound_n_is_refused():
         build_model("regattn", channels=C, size=7, classes=CLASSES, hidden=HIDDEN, blocks=4)
 
 
-def released_code_attention(model, X):
-    """Sharma's released code (src/actrec.py _step), written independently: one LSTM, tanh-affine initial state."""
+def released_code_attention(model, X, blank_start=False):
+    """Sharma's released code (src/actrec.py _step), written independently: one LSTM, tanh-affine initial state
+    (or, with ``blank_start``, h_0 = c_0 = 0)."""
     p = dict(model.named_parameters())
     B, T, Cc, K_, _ = X.shape
     ctx = X.flatten(3).transpose(2, 3)  # (B, T, P, C)
     mean = ctx.mean((1, 2))
     h = torch.tanh(mean @ p["init_h.weight"].T + p["init_h.bias"])
     c = torch.tanh(mean @ p["init_c.weight"].T + p["init_c.bias"])
+    if blank_start:
+        h, c = torch.zeros_like(h), torch.zeros_like(c)
     cell = model.stack.cells[0]
     alphas, logits = [], []
     for t in range(T):
@@ -191,6 +194,19 @@ def test_softattn_code_is_the_released_codes_content_attention():
     eq1 = tiny("softattn")
     eq1.eval()
     assert torch.allclose(eq1(moved).attention[0, 0], eq1(X).attention[0, 0])
+
+
+def test_softattn_code_with_a_blank_start_reads_the_class_only_through_its_attention():
+    torch.manual_seed(0)
+    model = build_model("softattn_code", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, init="zero")
+    model.eval()
+    X = cubes("softattn_code")[0]
+    logits, alphas = released_code_attention(model, X, blank_start=True)
+    out = model(X)
+    assert torch.allclose(out.logits, logits, atol=1e-5) and torch.allclose(out.attention, alphas, atol=1e-6)
+    assert not torch.allclose(released_code_attention(model, X)[0], logits, atol=1e-3)  # the start matters
+    with pytest.raises(ValueError, match="init must be 'mean' or 'zero'"):
+        build_model("softattn_code", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, init="noise")
 
 
 @pytest.mark.parametrize(("name", "args"), [("softattn_code", {}), ("regattn", {"attention": "content", "blocks": 2})])

@@ -144,12 +144,15 @@ class SoftAttention(SharmaLSTM):
 class SoftAttentionCodeConfig(StackConfig):
     """The released code's UCF-11 settings: one LSTM layer of 512, attention of ``att_dim`` (None: the cube's
     channels, as the code's dimctx), penalty weight ``lam`` 0 (alpha_c = 0) and dropout on. ``temperature``
-    divides the scores before the location softmax (1, the code's; below 1 sharpens the maps)."""
+    divides the scores before the location softmax (1, the code's; below 1 sharpens the maps). ``init`` is where
+    h_0 and c_0 come from: "mean" (the code's, from the clip's mean feature) or "zero" (the LSTM starts blank, so
+    the class must be read through the attended cells)."""
 
     layers: int = 1
     att_dim: int | None = None
     lam: float = 0.0
     temperature: float = 1.0
+    init: str = "mean"
 
 
 class SoftAttentionCode(nn.Module):
@@ -159,6 +162,8 @@ class SoftAttentionCode(nn.Module):
         super().__init__()
         if not config.temperature > 0:
             raise ValueError(f"softattn_code: temperature must be > 0, got {config.temperature}")
+        if config.init not in ("mean", "zero"):
+            raise ValueError(f"softattn_code: init must be 'mean' or 'zero', got {config.init!r}")
         self.config = config
         C, H, A = config.channels, config.hidden, config.att_dim or config.channels
         self.init_h = nn.Linear(C, config.layers * H)  # h_0 = tanh(W mean + b) (ff_state)
@@ -176,9 +181,12 @@ class SoftAttentionCode(nn.Module):
         cfg = self.config
         B, T = check_streams("softattn_code", cfg, cubes, 1)
         X = positions(cubes[0])  # (B, T, P, C)
-        mean = X.mean((1, 2))  # (B, C)
         shape = (B, cfg.layers, cfg.hidden)
-        h0, c0 = torch.tanh(self.init_h(mean)).view(shape), torch.tanh(self.init_c(mean)).view(shape)  # (B, L, H)
+        if cfg.init == "mean":
+            mean = X.mean((1, 2))  # (B, C)
+            h0, c0 = torch.tanh(self.init_h(mean)).view(shape), torch.tanh(self.init_c(mean)).view(shape)  # (B, L, H)
+        else:
+            h0 = c0 = X.new_zeros(shape)  # (B, L, H)
         state = list(zip(h0.unbind(1), c0.unbind(1), strict=True))  # L x ((B, H), (B, H))
         from_input = self.from_input(X)  # (B, T, P, A), Wc X_t,i + b for every step at once
         outs, maps = [], []
