@@ -310,7 +310,8 @@ class EpochLoader:
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         B, targets, streams = self.batch_size, self.dataset.targets, len(self.dataset.streams)
         pending: list[tuple[list, int, np.ndarray, int]] = []  # (group frames, video slot, clip in its range, video)
-        for (group, skip), frames in zip(self.remaining(), self.groups(), strict=True):
+        plan = self.remaining()
+        for (group, skip), frames in zip(plan, self.groups(plan), strict=True):
             slot = {i: j for j, (i, _, _) in enumerate(group.ranges)}
             starts = {i: lo for i, lo, _ in group.ranges}
             for video, clip in zip(group.items[skip:], group.clips[skip:], strict=True):
@@ -321,13 +322,13 @@ class EpochLoader:
         if pending:
             yield self.batch(pending, streams, targets)
 
-    def groups(self) -> Iterator[tuple[list[torch.Tensor], ...]]:
-        """The frames of this epoch's remaining plan groups, in order: from the workers, or, without workers, read
-        in a background thread one group ahead (decoding releases the GIL, so it overlaps the training step)."""
+    def groups(self, plan: list[tuple[object, int]]) -> Iterator[tuple[list[torch.Tensor], ...]]:
+        """The frames of ``plan``'s groups (this epoch's :meth:`remaining`), in order: from the workers, or, without
+        workers, read in a background thread one group ahead (decoding releases the GIL, so it overlaps the step)."""
         if self.workers:
             yield from self.reader
             return
-        ranges = [g.ranges for g, _ in self.remaining()]
+        ranges = [g.ranges for g, _ in plan]
         with ThreadPoolExecutor(1, thread_name_prefix="glimpse-prefetch") as ahead:
             pending = ahead.submit(self.dataset.__getitem__, ranges[0]) if ranges else None
             for nxt in [*ranges[1:], None]:
