@@ -29,6 +29,14 @@ SUMMARY = re.compile(r"(\d+) videos extracted, (\d+) already done, (\d+) done by
 
 
 @pytest.fixture(scope="module")
+def heavy_reference(heavy, dask_client, tmp_path_factory) -> Path:
+    """The heavy dataset extracted by one uninterrupted run with the CLI runs' torch thread count (workers=1)."""
+    out = tmp_path_factory.mktemp("reference") / "heavy"
+    extract_dataset("synthetic", str(heavy), str(out), client=dask_client, workers=1, **HEAVY_OPTS)
+    return out
+
+
+@pytest.fixture(scope="module")
 def reference(tiny_synthetic, dask_client, tmp_path_factory) -> Path:
     """The tiny dataset extracted by one uninterrupted run (workers=1: the CLI runs' torch thread count)."""
     out = tmp_path_factory.mktemp("reference") / "tiny"
@@ -86,9 +94,12 @@ def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_syntheti
 
 
 @pytest.mark.reliability
-def test_three_runs_started_together_extract_every_video_exactly_once(tiny_synthetic, reference, tmp_path):
+def test_three_runs_started_together_extract_every_video_exactly_once(heavy, heavy_reference, tmp_path):
+    # the heavy dataset: on the tiny one, the run whose worker started first sometimes finished all 12 videos before
+    # the others had started theirs (videos extracted per run [12, 0, 0]), so the runs never met
+    reference = heavy_reference
     out = tmp_path / "shared"
-    args = cli_args(tiny_synthetic, out, workers=1)
+    args = cli_args(heavy, out, workers=1, **HEAVY_OPTS)
     runs = [subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(3)]
     try:
