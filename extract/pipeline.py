@@ -98,6 +98,7 @@ class Runtime:
     pipelined: bool = True  # decode threads feed batches across videos (False: each video in sequence)
     group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
     decode_threads: int = 2  # threads decoding ahead of the CNN in each worker
+    codec: str | None = None  # how a new store's chunks are stored (store.layout.CODECS); None: zstd, or the store's
     #: the config's registry entries as the client holds them: a stream registered in the client process at run
     #: time reaches the workers this way (empty: the workers look the config's streams up in their own registry)
     streams: tuple[StreamSpec, ...] = ()
@@ -238,12 +239,13 @@ def store_versions() -> dict[str, str]:
 
 def prepare_store(
     out: str, config: ExtractConfig, classes: Sequence[str], records: Sequence[VideoRecord], overwrite: bool,
-    source: dict[str, Any] | None = None, multi_label: bool | None = None,
+    source: dict[str, Any] | None = None, multi_label: bool | None = None, codec: str | None = None,
 ) -> StoreWriter:
     """Create the store for ``config`` at ``out`` (or reopen it to resume).
 
     ``source`` records where the dataset and weights files were (not part of the config hash), so
-    that ``store repair`` can run the extraction again; ``multi_label`` is the dataset adapter's declaration.
+    that ``store repair`` can run the extraction again; ``multi_label`` is the dataset adapter's declaration;
+    ``codec`` how chunks are stored (see :func:`store.create_store`).
     """
     from glimpse.extract.backbones import BACKBONES
     from glimpse.extract.streams import describe_streams
@@ -262,6 +264,7 @@ def prepare_store(
         info=info,
         overwrite=overwrite,
         multi_label=multi_label,
+        codec=codec,
     )
 
 
@@ -281,7 +284,7 @@ def run_extraction(
     from distributed import as_completed
 
     start = time.perf_counter()
-    writer = prepare_store(out, config, classes, records, overwrite, source, multi_label)
+    writer = prepare_store(out, config, classes, records, overwrite, source, multi_label, runtime.codec)
     runtime = dataclasses.replace(runtime, streams=runtime.streams or config.stream_specs())  # for the workers
     status = {v.id: v.status for v in open_store(out).videos}
     by_id = {r.id: r for r in records}

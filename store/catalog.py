@@ -264,6 +264,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "dataset": store.dataset,
         "schema_version": meta.schema_version,
+        "codec": meta.codec,
         "multi_label": meta.multi_label,
         "created": meta.created,
         "created_by": meta.created_by,
@@ -293,7 +294,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"{videos['total'] - videos.get(DONE, 0) - videos.get(FAILED, 0) - videos.get(UNREADABLE, 0)} pending), "
         f"{info['frames']} frames",
         f"created      {info['created'] or '-'} by {info['created_by'] or '-'}",
-        f"schema       version {info['schema_version']}, {'multi' if info['multi_label'] else 'single'}-label",
+        f"schema       version {info['schema_version']}, {'multi' if info['multi_label'] else 'single'}-label, "
+        f"chunks stored with {info['codec']}",
         f"config hash  {info['config_hash']}",
         f"backbone     {info['backbone']} / {info['layer']}",
         f"weights      {info['weights']}",

@@ -5,6 +5,7 @@
     python -m glimpse.store verify PATH                  read every done video back and check it; exit 1 if any is bad
     python -m glimpse.store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
     python -m glimpse.store import IN.h5 OUT_STORE --dataset NAME
+    python -m glimpse.store recode PATH OUT --codec none a copy with another codec (none: training reads, no decoding)
     python -m glimpse.store upgrade PATH                 bring a store of an older schema version up to date
     python -m glimpse.store gc PATH                      remove what crashed writers left (safe during extractions)
     python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos and extract them again
@@ -19,11 +20,12 @@ import sys
 
 import click
 from glimpse.errors import Group
+from glimpse.store.layout import CODECS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """The store stage: list, describe, verify, export, import, clean and repair feature stores."""
+    """The store stage: list, describe, verify, export, import, recode, clean and repair feature stores."""
 
 
 @main.command("ls")
@@ -87,12 +89,33 @@ def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype:
 @click.option("--dataset", required=True, help="The dataset name the new store records.")
 @click.option("--stream", default=None, help="Stream name in the new store. [the exported one, else rgb]")
 @click.option("--overwrite", is_flag=True, help="Replace a store made from another file or config.")
-def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite: bool) -> None:
+@click.option("--codec", default=None, type=click.Choice(CODECS), help="How chunks are stored (see 'recode'). [zstd]")
+def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite: bool, codec: str | None) -> None:
     """Build a new store at OUT from an HDF5 file written by 'export' (and its side text files)."""
     from glimpse.store.hdf5 import import_hdf5
 
-    counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite)
+    counts = import_hdf5(h5_path, out, dataset=dataset, stream=stream, overwrite=overwrite, codec=codec)
     click.echo(f"{out}: imported " + ", ".join(f"{role} {n} videos" for role, n in counts.items()))
+
+
+@main.command("recode")
+@click.argument("path")
+@click.argument("out")
+@click.option("--codec", required=True, type=click.Choice(CODECS),
+              help="How the copy stores chunks: none reads fastest (2 bytes per value), zstd is smallest.")
+def recode(path: str, out: str, codec: str) -> None:
+    """Copy the store at PATH to OUT with its chunks stored by another codec (values and config hash unchanged).
+
+    Extract once with zstd to share; keep a --codec none copy where a GPU trains, whose reads need no decoding.
+    An interrupted copy is finished by running the same command again.
+    """
+    from glimpse.store.catalog import disk_bytes
+    from glimpse.store.maintenance import recode_store
+
+    counts = recode_store(path, out, codec, progress=True)
+    click.echo(f"{out}: {counts['done']} videos copied with codec {codec} ({disk_bytes(out) / 2**20:.1f} MB; "
+               f"{path} {disk_bytes(path) / 2**20:.1f} MB), {counts['failed']} failures copied, "
+               f"{counts['pending']} pending videos left pending")
 
 
 @main.command("gc")

@@ -197,8 +197,9 @@ def _text_attr(value: Any) -> str:
 
 
 def import_hdf5(h5_path: str | Path, out: str | Path, *, dataset: str, stream: str | None = None,
-                overwrite: bool = False) -> dict[str, int]:
-    """Build a new store at ``out`` from a file in the layout above; returns {role: videos imported}."""
+                overwrite: bool = False, codec: str | None = None) -> dict[str, int]:
+    """Build a new store at ``out`` from a file in the layout above, its chunks stored with ``codec`` (None: zstd);
+    returns {role: videos imported}."""
     h5_path = Path(h5_path)
     if not h5_path.is_file():
         raise StoreError(f"{h5_path}: no such file")
@@ -232,7 +233,7 @@ def import_hdf5(h5_path: str | Path, out: str | Path, *, dataset: str, stream: s
         desc = {"frame_shape": frame_shape, **{k: v for k, v in info.items() if k in ("backbone", "layer")}}
         multi_label = bool(f.attrs["multi_label"]) if "multi_label" in f.attrs else None  # None: from the labels
         writer = create_store(out, dataset=dataset, classes=classes, records=[p[0] for p in plan], config=config,
-                              streams={stream: desc}, overwrite=overwrite, multi_label=multi_label,
+                              streams={stream: desc}, overwrite=overwrite, multi_label=multi_label, codec=codec,
                               info={**info, "versions": {"h5py": h5py.__version__}, "imported_from": str(h5_path)})
         counts = dict.fromkeys(roles, 0)
         for record, role, start, n, indices, timestamps in plan:

@@ -1,21 +1,23 @@
-"""Keeping a shared store healthy: removing what crashed writers left, and re-queueing bad videos.
+"""Keeping a shared store healthy: removing what crashed writers left, re-queueing bad videos, upgrading its
+schema, and copying it with another codec.
 
-Both work only on videos whose claim they can take (see store.claims), so they are safe to run
+gc and repair work only on videos whose claim they can take (see store.claims), so they are safe to run
 while extractions are going on: a video being written by a live run is left alone.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from glimpse.store.claims import claim_video
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP, video_key
 from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict
-from glimpse.store.schema import DONE, FAILED, SCHEMA_VERSION
-from glimpse.store.writer import StoreWriter
+from glimpse.store.schema import DONE, FAILED, SCHEMA_VERSION, UNREADABLE
+from glimpse.store.writer import StoreWriter, create_copy
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
 PARTIAL_SUFFIX = ".partial"
@@ -134,3 +136,42 @@ def upgrade_store(path: str | Path) -> int:
     upgraded = read_meta_dict(meta, str(path))
     root.attrs[ROOT_ATTR] = upgraded.to_dict()
     return version
+
+
+def recode_store(path: str | Path, out: str | Path, codec: str, progress: bool = False) -> dict[str, int]:
+    """Copy the store at ``path`` to a new store at ``out`` whose chunks are stored with ``codec``; returns
+    {"done": videos copied, "failed": failures copied, "pending": videos left pending}.
+
+    The values, checksums, metadata and config hash stay the same (a codec is a storage choice): extract once
+    with zstd to share, and keep a ``none`` copy on the disk a GPU machine trains from. Every copied video's
+    checksums are compared with the source's; ``out`` may hold an interrupted copy of the same store, which is
+    finished. A tqdm bar when ``progress`` and stderr is a terminal.
+    """
+    source = open_store(path)
+    writer = create_copy(out, replace(source.metadata, codec=codec))
+    counts = {DONE: 0, FAILED: 0, "pending": 0}
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(source.manifest), unit="video", desc=f"recode to {codec}", dynamic_ncols=True)
+    for entry in source.videos:
+        if writer.status(entry.key) == entry.status in (DONE, FAILED):
+            counts[entry.status] += 1  # copied by an earlier, interrupted recode
+        elif entry.status == DONE:
+            arrays = {name: source.read(entry.id, name) for name in source.streams}
+            written = writer.write_video(entry.key, arrays, entry.result)
+            if written.checksums != entry.checksums:
+                raise StoreError(f"{out}: video {entry.id} copied with other checksums than {path} records "
+                                  f"(run 'python -m glimpse.store verify {path}')")
+            counts[DONE] += 1
+        elif entry.status in (FAILED, UNREADABLE):
+            writer.write_failure(entry.key, entry.error or entry.status, entry.result)
+            counts[FAILED] += 1
+        else:
+            counts["pending"] += 1
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return counts

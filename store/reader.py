@@ -270,14 +270,15 @@ class StoredStream:
     decoding a clip. When the array is in a local directory, chunked along frames only, with plain
     bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` reads
     the chunk files itself into a reused buffer and decodes whole chunks straight into the output
-    (only a chunk the range cuts is decoded aside and copied), in ``threads`` threads; any other layout
+    (only a chunk the range cuts is decoded aside and copied), in ``threads`` threads (default: READ_THREADS for
+    compressed chunks; uncompressed ones are read straight into the output, only the frames asked for, in the
+    calling thread); any other layout
     (sharding, other codecs, remote stores) is read through zarr. Both follow the array's own metadata.
     """
 
     def __init__(self, array: zarr.Array, where: str, local: Path | None, threads: int | None = None) -> None:
         self.array, self.where = array, where
         self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
-        self.threads = READ_THREADS if threads is None else threads
         self._decoder, self._direct = None, None
         meta = array.metadata
         chunks = tuple(array.chunks)
@@ -291,6 +292,8 @@ class StoredStream:
             self._direct, self._decoder = local, Zstd()
         elif plain and len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
             self._direct, self._decoder = local, Blosc()
+        # raw chunks are copied, not decoded: more threads only add hand-offs (0.9 against 1.6 ms a 3 MB clip)
+        self.threads = (READ_THREADS if self._decoder is not None else 1) if threads is None else threads
         self._per = chunks[0] if chunks else 1
         self._frame = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize  # bytes per frame
         self._fill = meta.fill_value
@@ -330,30 +333,41 @@ class StoredStream:
         return out
 
     def _chunk(self, c: int, a: int, b: int, into: np.ndarray) -> None:
-        """Frames a..b-1 (all in chunk ``c``) into ``into`` (b - a, bytes per frame) uint8."""
+        """Frames a..b-1 (all in chunk ``c``) into ``into`` (b - a, bytes per frame) uint8.
+
+        An uncompressed chunk is read straight into ``into``, only the bytes of frames a..b-1; a compressed
+        one is read whole and decoded into ``into`` when the range covers it, else into a scratch chunk.
+        """
         zeros = (0,) * (len(self.shape) - 1)
         whole = a == c * self._per and b == (c + 1) * self._per  # the range covers the chunk: decode in place
-        target = into.reshape(-1) if whole else np.frombuffer(_buffer("chunk", self._per * self._frame), np.uint8)
         try:
             with open(self._direct / self._key((c, *zeros)), "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
-                if self._decoder is None and size != len(target):
-                    raise StoreError(f"{self.where}: chunk {c} holds {size} bytes, an uncompressed chunk has "
-                                     f"{len(target)}")
-                raw = target.data if self._decoder is None else _buffer("raw", size)
-                got = 0
-                while got < size:
-                    step = f.readinto(raw[got:])
-                    if not step:
-                        raise StoreError(f"{self.where}: chunk {c} ended after {got} of {size} bytes")
-                    got += step
+                if self._decoder is None:  # raw bytes: frame f of the chunk starts at f * bytes per frame
+                    if size != self._per * self._frame:
+                        raise StoreError(f"{self.where}: chunk {c} holds {size} bytes, an uncompressed chunk has "
+                                         f"{self._per * self._frame}")
+                    f.seek((a - c * self._per) * self._frame)
+                    self._fill_from(f, into.reshape(-1).data, c)
+                    return
+                raw = _buffer("raw", size)
+                self._fill_from(f, raw, c)
         except FileNotFoundError:  # a chunk never written holds the fill value
             into.view(self.dtype)[...] = self._fill
             return
-        if self._decoder is not None:
-            self._decoder.decode(raw, out=target)
+        target = into.reshape(-1) if whole else np.frombuffer(_buffer("chunk", self._per * self._frame), np.uint8)
+        self._decoder.decode(raw, out=target)
         if not whole:
             into[...] = target.reshape(self._per, self._frame)[a - c * self._per : b - c * self._per]
+
+    def _fill_from(self, f, buffer: memoryview, c: int) -> None:
+        """Read exactly len(buffer) bytes of chunk ``c``'s open file ``f`` into ``buffer``."""
+        got = 0
+        while got < len(buffer):
+            step = f.readinto(buffer[got:])
+            if not step:
+                raise StoreError(f"{self.where}: chunk {c} ended after {got} of {len(buffer)} bytes to read")
+            got += step
 
 
 def open_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> Store:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from glimpse.errors import GlimpseError
+from glimpse.store.layout import CODECS
 
 #: Version 2 added ``multi_label`` to the root metadata (``python -m glimpse.store upgrade`` brings a version 1
 #: store up to date) and reads back ``flow_pairs`` / ``flow_computed_at`` of each video.
@@ -204,7 +205,8 @@ class StoreMeta:
 
     ``multi_label`` says whether a video may have several classes (Hollywood2), as the dataset adapter declared
     it at extraction. ``source`` records where the dataset root and weights files were (not part of the config
-    hash) so that ``store repair`` can extract again.
+    hash) so that ``store repair`` can extract again. ``codec`` names how chunks are written
+    (:data:`store.layout.CODECS`): a storage choice that leaves the values, and so the config hash, unchanged.
     """
 
     dataset: str
@@ -223,6 +225,7 @@ class StoreMeta:
     versions: Mapping[str, str] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
     imported_from: str | None = None
+    codec: str = "zstd"  # how chunks are stored (store.layout.CODECS); not part of the config hash
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -238,6 +241,8 @@ class StoreMeta:
         missing = [name for name in required if name not in data]
         if missing:
             raise SchemaError(f"store metadata: field {missing[0]!r} is missing")
+        if data.get("codec", "zstd") not in CODECS:
+            raise SchemaError(f"store metadata: codec {data['codec']!r} is none of {', '.join(CODECS)}")
         return cls(**{**data, "classes": tuple(data["classes"]),
                       "streams": {n: StreamInfo.from_dict(s) for n, s in data["streams"].items()},
                       "videos": tuple(ManifestRow.from_dict(row) for row in data["videos"]),

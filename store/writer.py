@@ -19,10 +19,12 @@ import numpy as np
 import zarr
 from glimpse.store.claims import CLAIMS_DIR, creation_lock
 from glimpse.store.layout import (
+    DEFAULT_CODEC,
     ROOT_ATTR,
     VIDEO_ATTR,
     VIDEOS_GROUP,
     array_checksum,
+    compressor,
     config_hash,
     frames_per_chunk,
     video_key,
@@ -40,14 +42,11 @@ from glimpse.store.schema import (
     VideoRecord,
     VideoResult,
 )
-from zarr.codecs import ZstdCodec
 
-#: float16 values compressed with zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit
-#: shuffle in bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value). Level 3 stores as small
-#: as level 5 and decodes as fast (bench/bench_loading.py's codec table); only the LZ codecs (Blosc-LZ4HC with
-#: bit shuffle, Blosc-LZ4) or no compression decode faster, at 1.76-2.0 bytes per value. Stores keep whatever
-#: codec their metadata names.
-COMPRESSOR = ZstdCodec(level=3)
+# The default codec, zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit shuffle in
+# bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value). Level 3 stores as small as level 5 and
+# decodes as fast (bench/bench_loading.py's codec table); only the LZ codecs (Blosc-LZ4HC with bit shuffle,
+# Blosc-LZ4) or no compression decode faster, at 1.76-2.0 bytes per value: a store's ``codec`` chooses.
 
 
 class StoreExistsError(StoreError):
@@ -71,22 +70,20 @@ def create_store(
     info: Mapping[str, Any] | None = None,
     multi_label: bool | None = None,
     overwrite: bool = False,
+    codec: str | None = None,
 ) -> StoreWriter:
     """Create the store at ``path``, or reopen it when it holds the same config (a resume).
 
     ``streams`` describes each stream (a :class:`StreamInfo`, or its fields without ``dims``, which come from the
     stream registry); ``info`` fills the other :class:`StoreMeta` fields (backbone, layer, weights, versions,
     source, ...). ``multi_label`` is the dataset adapter's declaration (None: whether any record has several
-    labels). A store made with a different config is refused with :class:`StoreExistsError` unless
-    ``overwrite``; a non-empty directory that is not a store is always refused (nothing is deleted that glimpse
-    did not write).
+    labels). ``codec`` names how chunks are stored (:data:`store.layout.CODECS`; None: zstd for a new store,
+    the store's own when resuming). A store made with a different config, or another codec than one asked for, is
+    refused with :class:`StoreExistsError` unless ``overwrite``; a non-empty directory that is not a store is
+    always refused (nothing is deleted that glimpse did not write).
     """
     path = Path(path)
-    if path.is_dir() and any(p.name != CLAIMS_DIR for p in path.iterdir()):
-        try:
-            _open_root(path, "r")
-        except StoreError as exc:  # checked before the claims folder is made: a wrong --out is left untouched
-            raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
+    _refuse_non_store(path)
     keys = [video_key(r.id) for r in records]
     if len(set(keys)) != len(keys):
         raise StoreError(f"{path}: dataset {dataset!r} has duplicate video ids")
@@ -98,15 +95,33 @@ def create_store(
             "videos": [manifest_row(r).to_dict() for r in records],
             "multi_label": any(len(r.labels) > 1 for r in records) if multi_label is None else multi_label,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "created_by": getpass.getuser(),
-            **dict(info or {}),
+            "codec": codec or DEFAULT_CODEC, **dict(info or {}),
         })
     except SchemaError as exc:
         raise StoreError(f"{path}: cannot create the store: {exc}") from None
     with creation_lock(path):  # two runs started together: the second sees the first's store
-        return _create_or_reopen(path, meta, overwrite)
+        return _create_or_reopen(path, meta, overwrite, codec is not None)
 
 
-def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool) -> StoreWriter:
+def create_copy(path: str | Path, meta: StoreMeta) -> StoreWriter:
+    """Create a store at ``path`` with another store's metadata ``meta`` (or reopen it when it holds the same
+    config and codec: an interrupted copy). Refused as :func:`create_store` refuses."""
+    path = Path(path)
+    _refuse_non_store(path)
+    with creation_lock(path):
+        return _create_or_reopen(path, meta, False, True)
+
+
+def _refuse_non_store(path: Path) -> None:
+    """A StoreExistsError when ``path`` is a non-empty directory that holds no store (a wrong --out)."""
+    if path.is_dir() and any(p.name != CLAIMS_DIR for p in path.iterdir()):
+        try:
+            _open_root(path, "r")
+        except StoreError as exc:  # checked before the claims folder is made: a wrong --out is left untouched
+            raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
+
+
+def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked: bool) -> StoreWriter:
     contents = [p for p in path.iterdir() if p.name != CLAIMS_DIR]
     if contents:
         try:
@@ -114,6 +129,11 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool) -> StoreWrit
         except StoreError as exc:
             raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
         if old.config_hash == meta.config_hash and not overwrite:
+            if codec_asked and old.codec != meta.codec:
+                raise StoreExistsError(
+                    f"{path}: holds these features stored with codec {old.codec}, this run asks for {meta.codec}; "
+                    f"leave --codec out to finish it as it is, pass --overwrite to replace it, or choose another --out"
+                )
             return StoreWriter(path)
         if not overwrite:
             raise StoreExistsError(
@@ -136,6 +156,7 @@ class StoreWriter:
         self._root = _open_root(self.path, "r+")
         self.metadata: StoreMeta = read_meta(self._root, str(self.path))
         self.keys = frozenset(row.key for row in self.metadata.videos)
+        self.compressor = compressor(self.metadata.codec)
 
     def status(self, key: str) -> str:
         """The video's status as stored right now (pending when nothing is written yet)."""
@@ -182,7 +203,7 @@ class StoreWriter:
                 name,
                 data=half,
                 chunks=(min(len(half), frames_per_chunk(half.shape[1:])), *half.shape[1:]),
-                compressors=COMPRESSOR,
+                compressors=self.compressor,
                 dimension_names=self.metadata.streams[name].dims,
             )
         checksums = {n: array_checksum(a) for n, a in cast.items()}

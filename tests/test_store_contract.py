@@ -80,6 +80,9 @@ def test_an_unknown_field_is_a_schema_error_naming_it(tmp_path):
         VideoResult.from_dict({"n_frames": 1, "colour": "red"})
     with pytest.raises(SchemaError, match="'classes' is missing"):
         StoreMeta.from_dict({"dataset": "d", "config": {}, "config_hash": "0", "streams": {}, "videos": []})
+    with pytest.raises(SchemaError, match="codec 'brotli' is none of zstd, lz4, none"):
+        StoreMeta.from_dict({"dataset": "d", "classes": [], "config": {}, "config_hash": "0", "streams": {},
+                             "videos": [], "codec": "brotli"})
     writer = create_store(tmp_path / "s", dataset="d", classes=["a", "b"], records=RECORDS, config={},
                           streams={"rgb": {"frame_shape": [1, 1, 1]}})
     with pytest.raises(SchemaError, match="colour"):

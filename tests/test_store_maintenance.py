@@ -5,16 +5,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 from glimpse.extract.cli import extract_dataset
-from glimpse.store import StoreError, open_store
+from glimpse.store import StoreError, StoreExistsError, open_store
 from glimpse.store.catalog import resolve_store
 from glimpse.store.claims import claim_video
 from glimpse.store.layout import video_key
-from glimpse.store.maintenance import collect_garbage, extraction_options
+from glimpse.store.maintenance import collect_garbage, extraction_options, recode_store
 from glimpse.store.verify import verify_store
 from test_extract import REPO, TINY_OPTS
 
@@ -91,3 +93,81 @@ def test_repair_asks_the_extraction_api_for_nothing_it_does_not_take(lab):
     options = extraction_options(lab[1].store)
     assert set(options) <= set(inspect.signature(extract_dataset).parameters)
     assert options["out"] == lab[1].store and options["dataset"] == "synthetic"
+
+
+def chunk_files(store_path) -> dict[str, bytes]:
+    """Every chunk file of a store's videos, by its path inside the store."""
+    root = Path(store_path) / "videos"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("c/*/*/*/*"))}
+
+
+@pytest.fixture(scope="module")
+def raw_store(lab, tiny_synthetic, dask_client, tmp_path_factory):
+    """The lab's features extracted again with --codec none."""
+    out = tmp_path_factory.mktemp("raw") / "store"
+    summary = extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, codec="none",
+                              **TINY_OPTS)
+    assert summary.done == 12
+    return out
+
+
+def test_a_codec_is_a_storage_choice_the_values_and_config_hash_stay(lab, raw_store):
+    zstd, raw = open_store(lab[1].store), open_store(raw_store)
+    assert (zstd.metadata.codec, raw.metadata.codec) == ("zstd", "none")
+    assert raw.config_hash == zstd.config_hash and raw.config == zstd.config
+    frame_bytes = 2 * int(np.prod(raw.streams["rgb"]["frame_shape"]))
+    for video in raw.videos:
+        np.testing.assert_array_equal(raw.read(video.id, "rgb"), zstd.read(video.id, "rgb"))
+        assert video.checksums == zstd.video(video.id).checksums
+        stream = raw.stream(video.id, "rgb")
+        assert stream.direct
+        np.testing.assert_array_equal(stream.read(1, 5), zstd.read(video.id, "rgb")[1:5])  # cut chunks, no decoding
+    sizes = {len(data) for data in chunk_files(raw_store).values()}
+    assert sizes == {frame_bytes * raw.stream(raw.videos[0].id, "rgb").array.chunks[0]}  # raw float16, 2 B/value
+    assert sum(map(len, chunk_files(raw_store).values())) > 1.3 * sum(map(len, chunk_files(lab[1].store).values()))
+    assert verify_store(raw_store) == []
+    info = subprocess.run([sys.executable, "-m", "glimpse.store", "info", str(raw_store)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "chunks stored with none" in info.stdout
+
+
+def test_a_store_keeps_its_codec_and_refuses_another(lab, raw_store, tiny_synthetic, dask_client):
+    before = chunk_files(raw_store)
+    again = extract_dataset("synthetic", str(tiny_synthetic), str(raw_store), client=dask_client, **TINY_OPTS)
+    assert again.skipped == 12 and open_store(raw_store).metadata.codec == "none"  # no --codec: the store's own
+    with pytest.raises(StoreExistsError, match="stored with codec zstd, this run asks for none.*leave --codec out"):
+        extract_dataset("synthetic", str(tiny_synthetic), lab=str(lab[0]), client=dask_client, codec="none",
+                        **TINY_OPTS)
+    assert open_store(lab[1].store).metadata.codec == "zstd" and verify_store(lab[1].store) == []
+    assert chunk_files(raw_store) == before
+
+
+def test_recode_copies_a_store_to_another_codec_file_for_file(lab, raw_store, tmp_path):
+    """zstd -> none gives the chunk files --codec none extraction wrote; none -> zstd gives the original's back."""
+    copy = tmp_path / "copy"
+    run = subprocess.run([sys.executable, "-m", "glimpse.store", "recode", lab[1].store, str(copy), "--codec", "none"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "12 videos copied with codec none" in run.stdout
+    assert chunk_files(copy) == chunk_files(raw_store)
+    copied, source = open_store(copy), open_store(lab[1].store)
+    assert copied.metadata == replace(source.metadata, codec="none")
+    assert [v.to_dict() for v in copied.videos] == [v.to_dict() for v in source.videos]
+    back = recode_store(copy, tmp_path / "back", "zstd")
+    assert back == {"done": 12, "failed": 0, "pending": 0}
+    assert chunk_files(tmp_path / "back") == chunk_files(lab[1].store)
+    # an interrupted copy is finished; a folder that is no store is refused and left as it was
+    shutil.rmtree(copy / "videos" / copied.videos[3].key)
+    assert recode_store(lab[1].store, copy, "none") == {"done": 12, "failed": 0, "pending": 0}
+    assert chunk_files(copy) == chunk_files(raw_store)
+    with pytest.raises(StoreExistsError, match="codec none, this run asks for lz4"):
+        recode_store(lab[1].store, copy, "lz4")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(StoreExistsError, match="not a glimpse store; refusing"):
+        recode_store(lab[1].store, tmp_path / "notes", "none")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+    lz4 = recode_store(lab[1].store, tmp_path / "lz4", "lz4")
+    assert lz4["done"] == 12 and verify_store(tmp_path / "lz4") == []
+    assert open_store(tmp_path / "lz4").read(source.videos[0].id, "rgb").tobytes() == \
+        source.read(source.videos[0].id, "rgb").tobytes()
