@@ -1,7 +1,8 @@
 """Data loading for training, side by side in one run: the store's codecs and chunk shapes, random clip reads
 against h5py and RAM, a dense epoch (every 30-frame window) as the service reads it against the same windows
-read one by one from h5py, batches through the epoch loader against RAM and --cache-dir, and a training
-epoch at the papers' dense sampling against the old one-clip epoch.
+read one by one from h5py, batches through the epoch loader from stores of each --codec against RAM and
+--cache-dir, a dense epoch under a simulated accelerator step (batches cut ahead or between steps), and a
+training epoch at the papers' dense sampling against the old one-clip epoch.
 
 The stores are written directly (ReLU-like float16 cubes, half zeros, like real inception5b features) at
 the loading issue's shape, 1024 x 7 x 7, 90 frames per video. The HDF5 copy is ``python -m glimpse.store
@@ -23,7 +24,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import zarr
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.hdf5 import export_hdf5
 from glimpse.store.layout import CODECS, DEFAULT_CODEC, video_key
@@ -32,31 +32,14 @@ from glimpse.train.cache import DiskCache
 from glimpse.train.clips import role_videos
 from glimpse.train.data import ClipDataset, EpochLoader, FeatureReader, load_cache, targets_for
 from glimpse.train.sampling import RandomWindows, Windows
-from zarr.codecs import BloscCodec, ZstdCodec
+
+from bench.loading_tools import best, codec_table, cubes, interleaved, on_disk
 
 FULL = {"videos": 24, "frames": 90, "channels": 1024, "size": 7, "clip": 30, "batch": 16, "clips": 64,
-        "workers": 2, "rounds": 3, "hidden": 128, "codec_videos": 6, "min_round_s": 0.5}
+        "workers": 2, "rounds": 3, "hidden": 128, "codec_videos": 6, "min_round_s": 0.5, "steps_ms": (5, 10)}
 QUICK = {"videos": 8, "frames": 12, "channels": 16, "size": 4, "clip": 6, "batch": 4, "clips": 8,
-         "workers": 1, "rounds": 1, "hidden": 8, "codec_videos": 2, "min_round_s": 0.0}
+         "workers": 1, "rounds": 1, "hidden": 8, "codec_videos": 2, "min_round_s": 0.0, "steps_ms": (1,)}
 CLASSES = ("a", "b", "c", "d")
-#: codec candidates: name -> (zarr compressor, frames per chunk); the first is the writer's default
-CANDIDATES = {
-    "zstd-3, 5-frame chunks (default)": (ZstdCodec(level=3), 5),
-    "zstd-5, 20-frame chunks (before)": (ZstdCodec(level=5), 20),
-    "zstd-1, 5-frame chunks": (ZstdCodec(level=1), 5),
-    "zstd-3, 10-frame chunks": (ZstdCodec(level=3), 10),
-    "Blosc-zstd-1 byte shuffle, 5-frame chunks": (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), 5),
-    "Blosc-LZ4HC bit shuffle, 5-frame chunks": (BloscCodec(cname="lz4hc", clevel=9, shuffle="bitshuffle"), 5),
-    "Blosc-LZ4 byte shuffle, 5-frame chunks": (BloscCodec(cname="lz4", shuffle="shuffle"), 5),
-    "no compression, 5-frame chunks": (None, 5),
-}
-
-
-def cubes(shape: dict, count: int, seed: int = 0) -> list[np.ndarray]:
-    """``count`` ReLU-like float16 cubes (frames, C, K, K), half zeros."""
-    rng = np.random.default_rng(seed)
-    frame = (shape["frames"], shape["channels"], shape["size"], shape["size"])
-    return [np.maximum(rng.standard_normal(frame, dtype=np.float32), 0).astype(np.float16) for _ in range(count)]
 
 
 def make_store(path: Path, shape: dict, codec: str | None = None) -> Path:
@@ -71,77 +54,6 @@ def make_store(path: Path, shape: dict, codec: str | None = None) -> Path:
         writer.write_video(video_key(r.id), {"rgb": cube}, {"n_frames": shape["frames"],
                                                             "frame_indices": list(range(shape["frames"]))})
     return path
-
-
-def best(rounds: int, fn) -> float:
-    """The shortest of ``rounds`` timed calls of ``fn``, in seconds."""
-    return timed(rounds, fn)[0]
-
-
-def timed(rounds: int, fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of every thread of this process) of the fastest of ``rounds`` calls of ``fn``."""
-    times = []
-    for _ in range(rounds):
-        start, cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
-    return min(times)
-
-
-def interleaved(rounds: int, fns: dict) -> dict[str, tuple[float, float]]:
-    """:func:`timed` of each of ``fns``, their rounds taken in turn (so a load that comes and goes hits them alike)."""
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k].append(timed(1, fn))
-    return {k: min(v) for k, v in times.items()}
-
-
-def on_disk(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "zarr.json")
-
-
-def codec_table(tmp: Path, shape: dict) -> tuple[list[dict], float]:
-    """Bytes per value, decoding speed and random-clip time of each candidate through the store's direct path, with
-    its chunks decoded in the calling thread and in the reader's pool (Blosc's own threads off: one decoder each),
-    and (last) ms per clip of the same clips from an uncompressed h5py copy, every source's rounds taken in turn."""
-    import numcodecs.blosc
-    from glimpse.store.reader import StoredStream
-
-    data = cubes(shape, shape["codec_videos"], seed=1)
-    rng = np.random.default_rng(2)
-    T, frames = shape["clip"], shape["frames"]
-    picks = [(int(rng.integers(len(data))), int(rng.integers(frames - T + 1))) for _ in range(shape["clips"])]
-    values = sum(c.size for c in data)
-    with h5py.File(tmp / "codecs.h5", "w") as f:  # the export's layout: (frames, C*K*K) uncompressed float16 rows
-        f.create_dataset("features", data=np.concatenate(data).reshape(len(data) * frames, -1))
-    rows, whole, clips = [], {}, {}
-    for name, (codec, per) in CANDIDATES.items():
-        folder = tmp / "codecs" / name.split(",")[0].replace(" ", "_") / str(per)
-        arrays = []
-        for i, cube in enumerate(data):
-            zarr.create_array(str(folder / str(i)), data=cube, chunks=(per, *cube.shape[1:]), compressors=codec)
-            arrays.append(zarr.open_array(str(folder / str(i)), mode="r"))
-        rows.append({"name": name, "bpv": on_disk(folder) / values})
-        for threads in (1, READ_THREADS):
-            s = [StoredStream(a, str(folder), folder / str(i), threads=threads) for i, a in enumerate(arrays)]
-            whole[(name, threads)] = lambda s=s: [x.read() for x in s]
-            clips[(name, threads)] = lambda s=s: [s[v].read(a, a + T) for v, a in picks]
-    h5 = h5py.File(tmp / "codecs.h5", "r")
-    rows_h5 = h5["features"]
-    clips["h5py"] = lambda: [rows_h5[v * frames + a : v * frames + a + T] for v, a in picks]
-    numcodecs.blosc.use_threads = False
-    try:
-        whole_s, clip_s = interleaved(shape["rounds"], whole), interleaved(shape["rounds"], clips)
-    finally:
-        numcodecs.blosc.use_threads = None
-        h5.close()
-    for row in rows:
-        for threads in (1, READ_THREADS):
-            row[threads] = (2 * values / whole_s[(row["name"], threads)][0] / 1e9,
-                            1e3 * clip_s[(row["name"], threads)][0] / len(picks))
-    return rows, 1e3 * clip_s["h5py"][0] / len(picks)
-
 
 def run(quick: bool = False) -> str:
     """Markdown section: every loading comparison of the loading issue, measured side by side."""
@@ -232,15 +144,44 @@ def run(quick: bool = False) -> str:
             reps = {}
             for k, load in loads.items():  # warm-up: workers started, page cache filled
                 reps[k] = max(1, math.ceil(shape["min_round_s"] / best(1, lambda x=load: epoch(x))))  # short epochs
-            measured = interleaved(shape["rounds"], {k: lambda x=load, n=reps[k]: [epoch(x) for _ in range(n)]
+            measured = interleaved(shape["rounds"] + 2, {k: lambda x=load, n=reps[k]: [epoch(x) for _ in range(n)]
                                                      for k, load in loads.items()})
             rates.update({k: reps[k] * loads[k].batches / wall for k, (wall, _) in measured.items()})
             del loads
+        steps = step_overlap(shape, {"RAM (--cache-ram)": sources["RAM (--cache-ram)"],
+                                     **{f"store, {c}": sources[f"store, {c}"] for c in ("none", DEFAULT_CODEC)}}, dense)
         training = train_epochs(store_path, tmp, shape)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report(shape, len(videos), codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, len(windows), rates,
-                  training)
+                  training, steps)
+
+
+def step_overlap(shape: dict, sources: dict, policy) -> dict[tuple[str, float, str], tuple[float, float]]:
+    """(epoch seconds, share waiting for data) of a dense epoch whose consumer sleeps ``step`` ms a batch (releasing
+    the GIL, as waiting on a GPU step does), with batches cut in the loader's thread or in the consumer's."""
+    out = {}
+    for source, make in sources.items():
+        load = make(policy, 0)
+
+        def epoch(background: bool, step: float, load=load) -> tuple[float, float]:
+            load.set_epoch(0)
+            start = waited = time.perf_counter()
+            wait = 0.0
+            for _ in load if background else load.cut():
+                got = time.perf_counter()
+                wait += got - waited
+                time.sleep(step)
+                waited = time.perf_counter()
+            return waited - start, wait / (waited - start)
+
+        for step in shape["steps_ms"]:
+            runs = {mode: [] for mode in ("cut ahead (the loader)", "cut in the step's thread (before)")}
+            for _ in range(shape["rounds"]):
+                for mode in runs:
+                    runs[mode].append(epoch(mode.startswith("cut ahead"), step / 1e3))
+            out.update({(source, step, mode): min(r) for mode, r in runs.items()})
+    return out
 
 
 def train_epochs(store: Path, tmp: Path, shape: dict) -> dict[str, tuple[float, int, float]]:
@@ -268,7 +209,8 @@ def train_epochs(store: Path, tmp: Path, shape: dict) -> dict[str, tuple[float, 
     return out
 
 
-def report(shape, n_videos, codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, n_windows, rates, training) -> str:
+def report(shape, n_videos, codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, n_windows, rates, training,
+           steps) -> str:
     def disk(source: str) -> float:  # bytes per value on disk of a source's row
         return next((v for k, v in bpv.items() if source.startswith(k)), h5_bpv if source.startswith("h5py") else 2.0)
 
@@ -289,6 +231,8 @@ def report(shape, n_videos, codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, n
     loader_ratio = {(p, c): max(r for (q, s, _), r in rates.items() if q == p and s == f"store, {c}")
                     / rates[(p, "RAM (--cache-ram)", 0)] for p in policies for c in CODECS}
     cache_ratio = {p: rates[(p, "--cache-dir file", 0)] / rates[(p, "RAM (--cache-ram)", 0)] for p in policies}
+    step_rows = [f"| {source} | {step:g} | {mode} | {s:.2f} | {100 * share:.0f}% |"
+                 for (source, step, mode), (s, share) in steps.items()]
     train_rows = [f"| {k} | {w} | {clips} | {s:.1f} | {clips / s:.1f} | {100 * share:.0f}% |"
                   for (k, w), (s, clips, share) in training.items()]
     (d_s, d_c, _), (o_s, o_c, _), *_ = training.values()
@@ -377,6 +321,14 @@ def report(shape, n_videos, codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, n
         "| epoch | source | workers | batches/s | vs RAM | bytes/value on disk |",
         "|---|---|---|---|---|---|",
         *rate_rows,
+        "",
+        f"**Batches cut ahead of the step**: a dense epoch ({n_windows} windows) whose consumer waits a fixed "
+        "time per batch with the GIL released, as a training step waits on a GPU; the loader cuts batches in its own "
+        "thread, one batch ahead (before: in the consumer's thread, between steps):",
+        "",
+        "| source | step ms | batches | epoch seconds | waiting for data |",
+        "|---|---|---|---|---|",
+        *step_rows,
         "",
         f"**A training epoch** of softattn (hidden {shape['hidden']}, batches of {shape['batch']}, "
         "one torch thread) on the same store, at the papers' sampling and at the old one:",

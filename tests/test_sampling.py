@@ -17,7 +17,7 @@ from glimpse.store.layout import video_key
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Video, role_videos
 from glimpse.train.config import TrainConfig, resolve
-from glimpse.train.data import ClipDataset, EpochLoader, FeatureReader, targets_for
+from glimpse.train.data import ClipDataset, EpochLoader, FeatureReader, in_background, targets_for
 from glimpse.train.loop import train_model
 from glimpse.train.predict import predict_run
 from glimpse.train.run import TIMING_COLUMNS, RunDir
@@ -135,6 +135,37 @@ def test_store_batches_equal_ram_batches_read_ahead_in_process_and_in_a_spawned_
         assert len(got) == len(expected)
         for (cubes, labels), (want, want_labels) in zip(got, expected, strict=True):
             assert torch.equal(cubes, want) and torch.equal(labels, want_labels)
+
+
+def test_batches_cut_in_the_background_arrive_in_order_with_the_error_and_stop_when_left():
+    import threading
+
+    log = []
+
+    def source(fail_at=None):
+        try:
+            for i in range(10):
+                if i == fail_at:
+                    raise OSError(f"chunk {i}: unreadable")
+                log.append(("made", i, threading.current_thread().name))
+                yield i
+        finally:
+            log.append(("closed",))
+
+    assert list(in_background(source(), 2)) == list(range(10))
+    assert {entry[2] for entry in log if entry[0] == "made"} == {"glimpse-batches"} and log[-1] == ("closed",)
+    got = []
+    with pytest.raises(OSError, match="chunk 3: unreadable"):  # the items before the error, then the error itself
+        for item in in_background(source(fail_at=3), 2):
+            got.append(item)
+    assert got == [0, 1, 2]
+    log.clear()
+    for item in in_background(source(), 1):
+        if item == 2:
+            break  # the consumer leaves: the thread stops at once (at most depth + 2 made) and closes the source
+    made = [entry[1] for entry in log if entry[0] == "made"]
+    assert made == list(range(len(made))) and len(made) <= 5 and log[-1] == ("closed",)
+    assert not any(t.name == "glimpse-batches" for t in threading.enumerate())
 
 
 def test_regattn_votes_over_every_segment_of_every_test_video(store, tmp_path):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import re
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -264,13 +266,64 @@ class GroupSampler(Sampler):
         return len(self.loader.remaining())
 
 
+#: Batches the epoch loader builds ahead of the training step, in its own thread.
+BATCHES_AHEAD = 1
+
+
+def in_background(items: Iterator, depth: int) -> Iterator:
+    """Yield what ``items`` yields, computed in a thread up to ``depth`` items ahead; its exception is raised here.
+
+    When the consumer stops early (a break, an exception in the loop body), the thread stops after the item it is
+    on and ``items`` is closed there.
+    """
+    ready: queue.Queue = queue.Queue(depth)
+    stop, end = threading.Event(), object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as exc:  # handed to the consumer, which raises it with its traceback
+            put((end, exc))
+        finally:
+            items.close()
+
+    worker = threading.Thread(target=produce, name="glimpse-batches", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+            del item  # the batch's buffer is free for reuse once the step is done with it
+    finally:
+        stop.set()
+        worker.join()
+
+
 class EpochLoader:
     """Training batches of one epoch at a time, video-major: each video's frames are read once per epoch
     (one call per video and stream, in a worker when there are workers) and cut into all its clips.
 
-    Iterating yields (cubes, targets): cubes one (B, T, C, K, K) float16 tensor per stream. Call
-    :meth:`set_epoch` before each epoch; ``skip`` leaves out the first clips (those a resumed run
-    already trained on). ``pin`` builds batches in pinned memory, for non-blocking copies to a GPU.
+    Iterating yields (cubes, targets): cubes one (B, T, C, K, K) float16 tensor per stream. Batches are
+    cut in a thread :data:`BATCHES_AHEAD` ahead of the consumer, so that the training step never waits on
+    copying clips (only on reading, when the store is slower than the model). Call :meth:`set_epoch` before
+    each epoch; ``skip`` leaves out the first clips (those a resumed run already trained on). ``pin`` builds
+    batches in pinned memory, for non-blocking copies to a GPU.
     """
 
     def __init__(self, dataset: ClipDataset, policy: Policy, *, seed: int, batch_size: int, workers: int,
@@ -308,6 +361,10 @@ class EpochLoader:
         return max(math.ceil((self.items - self.skip) / self.batch_size), 0)
 
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        return in_background(self.cut(), BATCHES_AHEAD)
+
+    def cut(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """The epoch's batches (from the resume point), cut from the groups' frames in the calling thread."""
         B, targets, streams = self.batch_size, self.dataset.targets, len(self.dataset.streams)
         pending: list[tuple[list, int, np.ndarray, int]] = []  # (group frames, video slot, clip in its range, video)
         plan = self.remaining()
@@ -356,8 +413,9 @@ class EpochLoader:
 
 
     def buffer(self, stream: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An empty batch tensor: pinned (torch caches those), or on the CPU one of two reused buffers that
-        nobody holds any more (a fresh 50 MB tensor costs more in page faults than filling it)."""
+        """An empty batch tensor: pinned (torch caches those), or on the CPU one of a few reused buffers that
+        nobody holds any more (a fresh 50 MB tensor costs more in page faults than filling it): one for the
+        step, :data:`BATCHES_AHEAD` waiting, one being cut."""
         if self.pin:
             return torch.empty(shape, dtype=dtype, pin_memory=True)
         ring = self._ring.setdefault((stream, shape, dtype), [])
@@ -365,7 +423,7 @@ class EpochLoader:
             if sys.getrefcount(tensor) <= 3:  # the ring, this loop and getrefcount's argument: free again
                 return tensor
         tensor = torch.empty(shape, dtype=dtype)
-        if len(ring) < 2:
+        if len(ring) < BATCHES_AHEAD + 2:
             ring.append(tensor)
         return tensor
 
