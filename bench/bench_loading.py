@@ -30,7 +30,7 @@ from glimpse.store.layout import CODECS, DEFAULT_CODEC, video_key
 from glimpse.store.reader import READ_THREADS
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import role_videos
-from glimpse.train.data import ClipDataset, EpochLoader, FeatureReader, load_cache, targets_for
+from glimpse.train.data import BATCHES_AHEAD, ClipDataset, EpochLoader, FeatureReader, load_cache, targets_for
 from glimpse.train.sampling import RandomWindows, Windows
 
 from bench.loading_tools import best, codec_table, cubes, interleaved, on_disk
@@ -112,9 +112,9 @@ def run(quick: bool = False) -> str:
         dense = Windows(T)
         targets = targets_for(videos, len(CLASSES), False)
 
-        def loader(reader, policy, workers=0):
+        def loader(reader, policy, workers=0, ahead=0):
             dataset = ClipDataset(reader, videos, ["rgb"], policy, targets, None)
-            return EpochLoader(dataset, policy, seed=0, batch_size=B, workers=workers)
+            return EpochLoader(dataset, policy, seed=0, batch_size=B, workers=workers, ahead=ahead)
 
         def epoch(load):
             load.set_epoch(0)
@@ -133,10 +133,12 @@ def run(quick: bool = False) -> str:
 
         # batches through the loader: dense and one-clip epochs, store / RAM / --cache-dir
         disk = DiskCache.build(store, videos, ["rgb"], tmp / "cache")
-        sources = {**{f"store, {c}": lambda p, w, at=at: loader(FeatureReader(str(at)).open(videos, ["rgb"]), p, w)
+        sources = {**{f"store, {c}": lambda p, w, ahead=0, at=at: loader(FeatureReader(str(at)).open(videos, ["rgb"]),
+                                                                           p, w, ahead)
                       for c, at in stores.items()},
-                   "RAM (--cache-ram)": lambda p, w: loader(FeatureReader(str(store_path), ram), p, w),
-                   "--cache-dir file": lambda p, w: loader(FeatureReader(str(store_path), disk=disk), p, w)}
+                   "RAM (--cache-ram)": lambda p, w, ahead=0: loader(FeatureReader(str(store_path), ram), p, w, ahead),
+                   "--cache-dir file": lambda p, w, ahead=0: loader(FeatureReader(str(store_path), disk=disk), p, w,
+                                                                    ahead)}
         rates = {}
         for policy_name, policy in (("dense windows", dense), ("one random clip per video", RandomWindows(T))):
             loads = {(policy_name, source, workers): make(policy, workers) for source, make in sources.items()
@@ -159,16 +161,18 @@ def run(quick: bool = False) -> str:
 
 def step_overlap(shape: dict, sources: dict, policy) -> dict[tuple[str, float, str], tuple[float, float]]:
     """(epoch seconds, share waiting for data) of a dense epoch whose consumer sleeps ``step`` ms a batch (releasing
-    the GIL, as waiting on a GPU step does), with batches cut in the loader's thread or in the consumer's."""
+    the GIL, as waiting on a GPU step does), with batches cut in the loader's thread (``ahead``, what training on a
+    GPU does) or in the consumer's."""
     out = {}
     for source, make in sources.items():
-        load = make(policy, 0)
+        loads = {True: make(policy, 0, BATCHES_AHEAD), False: make(policy, 0)}
 
-        def epoch(background: bool, step: float, load=load) -> tuple[float, float]:
+        def epoch(background: bool, step: float, loads=loads) -> tuple[float, float]:
+            load = loads[background]
             load.set_epoch(0)
             start = waited = time.perf_counter()
             wait = 0.0
-            for _ in load if background else load.cut():
+            for _ in load:
                 got = time.perf_counter()
                 wait += got - waited
                 time.sleep(step)
@@ -176,7 +180,7 @@ def step_overlap(shape: dict, sources: dict, policy) -> dict[tuple[str, float, s
             return waited - start, wait / (waited - start)
 
         for step in shape["steps_ms"]:
-            runs = {mode: [] for mode in ("cut ahead (the loader)", "cut in the step's thread (before)")}
+            runs = {mode: [] for mode in ("cut ahead (GPU training)", "cut in the step's thread (CPU training)")}
             for _ in range(shape["rounds"]):
                 for mode in runs:
                     runs[mode].append(epoch(mode.startswith("cut ahead"), step / 1e3))
@@ -323,8 +327,9 @@ def report(shape, n_videos, codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, n
         *rate_rows,
         "",
         f"**Batches cut ahead of the step**: a dense epoch ({n_windows} windows) whose consumer waits a fixed "
-        "time per batch with the GIL released, as a training step waits on a GPU; the loader cuts batches in its own "
-        "thread, one batch ahead (before: in the consumer's thread, between steps):",
+        "time per batch with the GIL released, as a training step waits on a GPU; training on a GPU, the loader cuts "
+        "batches in its own thread, one batch ahead (on the CPU, in the consumer's thread, between steps: a second "
+        "Python thread costs small CPU models more in GIL hand-offs than it gains):",
         "",
         "| source | step ms | batches | epoch seconds | waiting for data |",
         "|---|---|---|---|---|",

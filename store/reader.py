@@ -304,14 +304,17 @@ class StoredStream:
         """Whether reads bypass zarr (local chunk files decoded here)."""
         return self._direct is not None
 
+    def clip(self, lo: int = 0, hi: int | None = None) -> tuple[int, int]:
+        """The frame range lo..hi clipped to the array (what :meth:`read` returns; hi None: the last frame)."""
+        hi = self.shape[0] if hi is None else min(hi, self.shape[0])
+        return max(0, min(lo, hi)), hi
+
     def read(self, lo: int = 0, hi: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """(hi - lo, ...) the frames lo..hi-1 (clipped to the array), decoding only the chunks they touch.
 
         ``out``, a C-contiguous array of that shape and dtype, receives the frames instead of a new array.
         """
-        n = self.shape[0]
-        hi = n if hi is None else min(hi, n)
-        lo = max(0, min(lo, hi))
+        lo, hi = self.clip(lo, hi)
         if out is None:
             out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
         elif out.shape != (hi - lo, *self.shape[1:]) or out.dtype != self.dtype or not out.flags.c_contiguous:

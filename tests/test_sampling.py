@@ -121,17 +121,19 @@ def test_store_batches_equal_ram_batches_read_ahead_in_process_and_in_a_spawned_
     ram = {(v.key, "rgb"): s.read(v.id, "rgb") for v in videos}
     targets = targets_for(videos, 2, False)
 
-    def batches(reader, workers):
+    def batches(reader, workers, ahead=0):
         policy = RandomWindows(4)
         loader = EpochLoader(ClipDataset(reader, videos, ["rgb"], policy, targets, None), policy, seed=0,
-                             batch_size=3, workers=workers, group=2)
+                             batch_size=3, workers=workers, group=2, ahead=ahead)
         loader.set_epoch(2)
         next(iter(loader))  # an epoch left after one batch stops its read-ahead and starts cleanly again
         return [(b[0][0].clone(), b[1]) for b in loader]
 
     expected = batches(FeatureReader(str(store), ram), 0)
-    for workers in (0, 1):  # read ahead by a thread here; decoded into shared memory by a spawned worker
-        got = batches(FeatureReader(str(store)).open(videos, ["rgb"]), workers)
+    # groups read ahead by a thread here or decoded into shared memory by a spawned worker; batches cut between
+    # steps (CPU training) or in a thread one batch ahead (GPU training)
+    for workers, ahead in ((0, 0), (0, 1), (1, 1)):
+        got = batches(FeatureReader(str(store)).open(videos, ["rgb"]), workers, ahead)
         assert len(got) == len(expected)
         for (cubes, labels), (want, want_labels) in zip(got, expected, strict=True):
             assert torch.equal(cubes, want) and torch.equal(labels, want_labels)

@@ -224,8 +224,8 @@ class ClipDataset(Dataset):
         """(<= hi - lo, C, K, K) float16 frames of one stream; ``shared``: in shared memory when read from the store."""
         if self.reader.cache is None and self.reader.disk is None:
             source = self.reader.stream(video, stream)
-            count = max(0, min(hi, source.shape[0]) - max(0, lo))
-            out = torch.empty((count, *source.shape[1:]), dtype=torch.float16)  # (frames, C, K, K)
+            lo, hi = source.clip(lo, hi)
+            out = torch.empty((hi - lo, *source.shape[1:]), dtype=torch.float16)  # (frames, C, K, K)
             if shared:
                 out.share_memory_()
             source.read(lo, hi, out=out.numpy())
@@ -266,7 +266,9 @@ class GroupSampler(Sampler):
         return len(self.loader.remaining())
 
 
-#: Batches the epoch loader builds ahead of the training step, in its own thread.
+#: Batches the epoch loader cuts ahead of a GPU training step, in its own thread. On the CPU it cuts them between
+#: steps: a second Python thread costs small models more in GIL hand-offs than the overlap gains (a softattn run of
+#: 480 steps took 13.2-15.9 s with it, 11.1-12.5 s without).
 BATCHES_AHEAD = 1
 
 
@@ -319,17 +321,17 @@ class EpochLoader:
     """Training batches of one epoch at a time, video-major: each video's frames are read once per epoch
     (one call per video and stream, in a worker when there are workers) and cut into all its clips.
 
-    Iterating yields (cubes, targets): cubes one (B, T, C, K, K) float16 tensor per stream. Batches are
-    cut in a thread :data:`BATCHES_AHEAD` ahead of the consumer, so that the training step never waits on
-    copying clips (only on reading, when the store is slower than the model). Call :meth:`set_epoch` before
-    each epoch; ``skip`` leaves out the first clips (those a resumed run already trained on). ``pin`` builds
-    batches in pinned memory, for non-blocking copies to a GPU.
+    Iterating yields (cubes, targets): cubes one (B, T, C, K, K) float16 tensor per stream. With ``ahead``
+    (training on a GPU: :data:`BATCHES_AHEAD`), batches are cut in a thread that many batches ahead of the
+    consumer, so that the step never waits on copying clips, only on reading when the store is slower than
+    the model. Call :meth:`set_epoch` before each epoch; ``skip`` leaves out the first clips (those a resumed
+    run already trained on). ``pin`` builds batches in pinned memory, for non-blocking copies to a GPU.
     """
 
     def __init__(self, dataset: ClipDataset, policy: Policy, *, seed: int, batch_size: int, workers: int,
-                 group: int = 8, pin: bool = False) -> None:
+                 group: int = 8, pin: bool = False, ahead: int = 0) -> None:
         self.dataset, self.policy, self.seed, self.batch_size = dataset, policy, seed, batch_size
-        self.group, self.pin = group, pin
+        self.group, self.pin, self.ahead = group, pin, ahead
         self.n_frames = [v.n_frames for v in dataset.videos]
         self.items = items_per_epoch(self.n_frames, policy)
         self.epoch, self.skip = 0, 0
@@ -361,7 +363,7 @@ class EpochLoader:
         return max(math.ceil((self.items - self.skip) / self.batch_size), 0)
 
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-        return in_background(self.cut(), BATCHES_AHEAD)
+        return in_background(self.cut(), self.ahead) if self.ahead else self.cut()
 
     def cut(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """The epoch's batches (from the resume point), cut from the groups' frames in the calling thread."""
@@ -415,7 +417,7 @@ class EpochLoader:
     def buffer(self, stream: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An empty batch tensor: pinned (torch caches those), or on the CPU one of a few reused buffers that
         nobody holds any more (a fresh 50 MB tensor costs more in page faults than filling it): one for the
-        step, :data:`BATCHES_AHEAD` waiting, one being cut."""
+        step, ``ahead`` waiting, one being cut."""
         if self.pin:
             return torch.empty(shape, dtype=dtype, pin_memory=True)
         ring = self._ring.setdefault((stream, shape, dtype), [])
@@ -423,7 +425,7 @@ class EpochLoader:
             if sys.getrefcount(tensor) <= 3:  # the ring, this loop and getrefcount's argument: free again
                 return tensor
         tensor = torch.empty(shape, dtype=dtype)
-        if len(ring) < BATCHES_AHEAD + 2:
+        if len(ring) < self.ahead + 2:
             ring.append(tensor)
         return tensor
 

@@ -17,6 +17,7 @@ from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Selection, select
 from glimpse.train.config import DEFAULT_VAL_FRACTION, MIN_VALIDATION, ConfigError, TrainConfig, resolve
 from glimpse.train.data import (
+    BATCHES_AHEAD,
     ClipDataset,
     EpochLoader,
     FeatureReader,
@@ -225,7 +226,8 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     val_dataset = dataset(VideoDataset, selection.val)
     test_dataset = dataset(VideoDataset, selection.test)
     sampler = EpochLoader(train_dataset, clip, seed=config.seed, batch_size=config.batch_size, workers=workers,
-                          group=config.shuffle_videos, pin=device == "cuda")
+                          group=config.shuffle_videos, pin=device == "cuda",
+                          ahead=BATCHES_AHEAD if device == "cuda" else 0)
     val_loader = (make_loader(val_dataset, batch_size=None, sampler=None, workers=min(workers, len(selection.val)))
                   if selection.val else None)
     return Setup(config, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
