@@ -30,7 +30,8 @@ from glimpse.store.layout import CODECS, DEFAULT_CODEC, video_key
 from glimpse.store.reader import READ_THREADS
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import role_videos
-from glimpse.train.data import BATCHES_AHEAD, ClipDataset, EpochLoader, FeatureReader, load_cache, targets_for
+from glimpse.train.data import ClipDataset, FeatureReader, load_cache, targets_for
+from glimpse.train.loader import BATCHES_AHEAD, EpochLoader
 from glimpse.train.sampling import RandomWindows, Windows
 
 from bench.loading_tools import best, codec_table, cubes, interleaved, on_disk
@@ -318,7 +319,7 @@ def report(shape, n_videos, codecs, codec_h5, random_ms, bpv, h5_bpv, dense_s, n
         "|---|---|---|---|",
         *dense_rows,
         "",
-        "**Batches through the epoch loader** (train.data.EpochLoader, video-major; workers spawned, each decoding "
+        "**Batches through the epoch loader** (train.loader.EpochLoader, video-major; workers spawned, each decoding "
         "into shared memory; with 0 workers a thread reads one group of videos ahead; a round repeats a short "
         f"epoch to last {shape['min_round_s']} s or more):",
         "",

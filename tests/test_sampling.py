@@ -17,7 +17,8 @@ from glimpse.store.layout import video_key
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Video, role_videos
 from glimpse.train.config import TrainConfig, resolve
-from glimpse.train.data import ClipDataset, EpochLoader, FeatureReader, in_background, targets_for
+from glimpse.train.data import ClipDataset, FeatureReader, targets_for
+from glimpse.train.loader import EpochLoader, in_background
 from glimpse.train.loop import train_model
 from glimpse.train.predict import predict_run
 from glimpse.train.run import TIMING_COLUMNS, RunDir

@@ -21,11 +21,11 @@ from glimpse.train.data import (
     FeatureReader,
     Normalization,
     VideoDataset,
-    make_loader,
     model_inputs,
     targets_for,
     unfit_videos,
 )
+from glimpse.train.loader import make_loader
 from glimpse.train.losses import clip_loss
 from glimpse.train.metrics import average_precisions, multi_hot
 from glimpse.train.models import build_model

@@ -17,18 +17,16 @@ from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Selection, select
 from glimpse.train.config import DEFAULT_VAL_FRACTION, MIN_VALIDATION, ConfigError, TrainConfig, resolve
 from glimpse.train.data import (
-    BATCHES_AHEAD,
     ClipDataset,
-    EpochLoader,
     FeatureReader,
     Normalization,
     VideoDataset,
     compute_normalization,
     load_cache,
-    make_loader,
     targets_for,
     unfit_videos,
 )
+from glimpse.train.loader import BATCHES_AHEAD, EpochLoader, make_loader
 from glimpse.train.models import MODELS, build_model
 from glimpse.train.models.base import make_config
 from glimpse.train.sampling import Policy
