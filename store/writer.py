@@ -113,7 +113,9 @@ def create_copy(path: str | Path, meta: StoreMeta) -> StoreWriter:
 
 
 def _refuse_non_store(path: Path) -> None:
-    """A StoreExistsError when ``path`` is a non-empty directory that holds no store (a wrong --out)."""
+    """A StoreExistsError when ``path`` is a file, or a non-empty directory that holds no store (a wrong --out)."""
+    if path.exists() and not path.is_dir():
+        raise StoreExistsError(f"{path}: is a file, not a store or a folder to make one in; refusing to write")
     if path.is_dir() and any(p.name != CLAIMS_DIR for p in path.iterdir()):
         try:
             _open_root(path, "r")

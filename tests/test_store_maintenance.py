@@ -167,6 +167,9 @@ def test_recode_copies_a_store_to_another_codec_file_for_file(lab, raw_store, tm
     with pytest.raises(StoreExistsError, match="not a glimpse store; refusing"):
         recode_store(lab[1].store, tmp_path / "notes", "none")
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+    with pytest.raises(StoreExistsError, match="mine.txt: is a file, not a store"):
+        recode_store(lab[1].store, tmp_path / "notes" / "mine.txt", "none")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
     lz4 = recode_store(lab[1].store, tmp_path / "lz4", "lz4")
     assert lz4["done"] == 12 and verify_store(tmp_path / "lz4") == []
     assert open_store(tmp_path / "lz4").read(source.videos[0].id, "rgb").tobytes() == \
