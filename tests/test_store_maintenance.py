@@ -174,3 +174,19 @@ def test_recode_copies_a_store_to_another_codec_file_for_file(lab, raw_store, tm
     assert lz4["done"] == 12 and verify_store(tmp_path / "lz4") == []
     assert open_store(tmp_path / "lz4").read(source.videos[0].id, "rgb").tobytes() == \
         source.read(source.videos[0].id, "rgb").tobytes()
+
+
+def test_recode_copies_failures_with_their_reasons_and_leaves_pending_videos_pending(tmp_path):
+    from glimpse.store import VideoRecord, create_store
+
+    records = [VideoRecord(id=f"a/v{i}", path=f"/v{i}.avi", labels=(0,), splits={"1": "train"}) for i in range(3)]
+    writer = create_store(tmp_path / "src", dataset="d", classes=["a"], records=records, config={"n": 1},
+                          streams={"rgb": {"frame_shape": [2, 1, 1]}})
+    cube = np.arange(8, dtype=np.float16).reshape(4, 2, 1, 1)
+    writer.write_video(video_key("a/v0"), {"rgb": cube}, {"n_frames": 4, "frame_indices": [0, 1, 2, 3]})
+    writer.write_failure(video_key("a/v1"), "a/v1.avi: moov atom not found")
+    assert recode_store(tmp_path / "src", tmp_path / "copy", "none") == {"done": 1, "failed": 1, "pending": 1}
+    copied = {v.id: v for v in open_store(tmp_path / "copy").videos}
+    assert [copied[f"a/v{i}"].status for i in range(3)] == ["done", "failed", "pending"]
+    assert copied["a/v1"].error == "a/v1.avi: moov atom not found"
+    np.testing.assert_array_equal(open_store(tmp_path / "copy").read("a/v0", "rgb"), cube)
