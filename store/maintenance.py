@@ -149,17 +149,16 @@ def recode_store(path: str | Path, out: str | Path, codec: str, progress: bool =
     """
     source = open_store(path)
     writer = create_copy(out, replace(source.metadata, codec=codec))
-    counts = {DONE: 0, FAILED: 0, "pending": 0}
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(source.manifest), unit="video", desc=f"recode to {codec}", dynamic_ncols=True)
+    counts = {DONE: 0, FAILED: 0, "pending": 0}
+    bar = tqdm(total=len(source.manifest), unit="video", desc=f"recode to {codec}", dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))
     for entry in source.videos:
-        if writer.status(entry.key) == entry.status in (DONE, FAILED):
+        if entry.status in (DONE, FAILED) and writer.status(entry.key) == entry.status:
             counts[entry.status] += 1  # copied by an earlier, interrupted recode
         elif entry.status == DONE:
-            arrays = {name: source.read(entry.id, name) for name in source.streams}
+            arrays = {name: source.stream(entry.id, name).read() for name in source.streams}  # chunks read directly
             written = writer.write_video(entry.key, arrays, entry.result)
             if written.checksums != entry.checksums:
                 raise StoreError(f"{out}: video {entry.id} copied with other checksums than {path} records "
@@ -170,8 +169,6 @@ def recode_store(path: str | Path, out: str | Path, codec: str, progress: bool =
             counts[FAILED] += 1
         else:
             counts["pending"] += 1
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return counts

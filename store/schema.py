@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from glimpse.errors import GlimpseError
-from glimpse.store.layout import CODECS
+from glimpse.store.layout import CODECS, DEFAULT_CODEC
 
 #: Version 2 added ``multi_label`` to the root metadata (``python -m glimpse.store upgrade`` brings a version 1
 #: store up to date) and reads back ``flow_pairs`` / ``flow_computed_at`` of each video.
@@ -225,7 +225,7 @@ class StoreMeta:
     versions: Mapping[str, str] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
     imported_from: str | None = None
-    codec: str = "zstd"  # how chunks are stored (store.layout.CODECS); not part of the config hash
+    codec: str = DEFAULT_CODEC  # how chunks are stored (store.layout.CODECS); not part of the config hash
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -241,7 +241,7 @@ class StoreMeta:
         missing = [name for name in required if name not in data]
         if missing:
             raise SchemaError(f"store metadata: field {missing[0]!r} is missing")
-        if data.get("codec", "zstd") not in CODECS:
+        if data.get("codec", DEFAULT_CODEC) not in CODECS:
             raise SchemaError(f"store metadata: codec {data['codec']!r} is none of {', '.join(CODECS)}")
         return cls(**{**data, "classes": tuple(data["classes"]),
                       "streams": {n: StreamInfo.from_dict(s) for n, s in data["streams"].items()},

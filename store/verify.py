@@ -123,11 +123,10 @@ def run_verify(path: str | Path, progress: bool = False,
     entries = store.videos
     bad: list[tuple[str, str]] = []
     not_done: Counter = Counter()
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(entries), unit="video", desc="verify", dynamic_ncols=True)
+    bar = tqdm(total=len(entries), unit="video", desc="verify", dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))
     checked = 0
     for entry in entries:
         if entry.status == UNREADABLE:
@@ -140,11 +139,9 @@ def run_verify(path: str | Path, progress: bool = False,
             problems = check_video(store, entry)
             if problems:
                 bad.append((entry.id, "; ".join(problems)))
-        if bar is not None:
-            bar.set_postfix(bad=len(bad))
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix(bad=len(bad))
+        bar.update(1)
+    bar.close()
     return Verification(str(path), tuple(store.streams), checked, dict(not_done), tuple(bad))
 
 
