@@ -121,8 +121,12 @@ def run(quick: bool = False) -> str:
             load.set_epoch(0)
             return sum(1 for _ in load)
 
-        services = {f"store, {c}, video-major (the service)": loader(FeatureReader(str(p)).open(videos, ["rgb"]), dense)
-                    for c, p in stores.items()}
+        disk = DiskCache.build(store, videos, ["rgb"], tmp / "cache")
+        readers = {  # source name -> a fresh reader of it
+            **{f"store, {c}": lambda at=at: FeatureReader(str(at)).open(videos, ["rgb"]) for c, at in stores.items()},
+            "RAM (--cache-ram)": lambda: FeatureReader(str(store_path), ram),
+            "--cache-dir file": lambda: FeatureReader(str(store_path), disk=disk)}
+        services = {f"store, {c}, video-major (the service)": loader(readers[f"store, {c}"](), dense) for c in stores}
         windows = [(v, int(a)) for v in videos for a in dense.starts(v.n_frames)]
 
         def h5_dense():
@@ -133,16 +137,9 @@ def run(quick: bool = False) -> str:
             **{k: lambda x=x: epoch(x) for k, x in services.items()}, "h5py, window by window": h5_dense}).items()}
 
         # batches through the loader: dense and one-clip epochs, store / RAM / --cache-dir
-        disk = DiskCache.build(store, videos, ["rgb"], tmp / "cache")
-        sources = {**{f"store, {c}": lambda p, w, ahead=0, at=at: loader(FeatureReader(str(at)).open(videos, ["rgb"]),
-                                                                           p, w, ahead)
-                      for c, at in stores.items()},
-                   "RAM (--cache-ram)": lambda p, w, ahead=0: loader(FeatureReader(str(store_path), ram), p, w, ahead),
-                   "--cache-dir file": lambda p, w, ahead=0: loader(FeatureReader(str(store_path), disk=disk), p, w,
-                                                                    ahead)}
         rates = {}
         for policy_name, policy in (("dense windows", dense), ("one random clip per video", RandomWindows(T))):
-            loads = {(policy_name, source, workers): make(policy, workers) for source, make in sources.items()
+            loads = {(policy_name, source, workers): loader(read(), policy, workers) for source, read in readers.items()
                      for workers in ((0, shape["workers"]) if source == f"store, {DEFAULT_CODEC}" else (0,))}
             reps = {}
             for k, load in loads.items():  # warm-up: workers started, page cache filled
@@ -151,8 +148,9 @@ def run(quick: bool = False) -> str:
                                                      for k, load in loads.items()})
             rates.update({k: reps[k] * loads[k].batches / wall for k, (wall, _) in measured.items()})
             del loads
-        steps = step_overlap(shape, {"RAM (--cache-ram)": sources["RAM (--cache-ram)"],
-                                     **{f"store, {c}": sources[f"store, {c}"] for c in ("none", DEFAULT_CODEC)}}, dense)
+        steps = step_overlap(shape, {name: {ahead: loader(readers[name](), dense, 0, ahead)
+                                            for ahead in (BATCHES_AHEAD, 0)}
+                                     for name in ("RAM (--cache-ram)", "store, none", f"store, {DEFAULT_CODEC}")})
         training = train_epochs(store_path, tmp, shape)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -160,16 +158,16 @@ def run(quick: bool = False) -> str:
                   training, steps)
 
 
-def step_overlap(shape: dict, sources: dict, policy) -> dict[tuple[str, float, str], tuple[float, float]]:
+def step_overlap(shape: dict, sources: dict[str, dict[int, EpochLoader]]) -> dict[tuple[str, float, str],
+                                                                                 tuple[float, float]]:
     """(epoch seconds, share waiting for data) of a dense epoch whose consumer sleeps ``step`` ms a batch (releasing
     the GIL, as waiting on a GPU step does), with batches cut in the loader's thread (``ahead``, what training on a
-    GPU does) or in the consumer's."""
+    GPU does) or in the consumer's; ``sources`` holds each source's loaders by their ``ahead``."""
     out = {}
-    for source, make in sources.items():
-        loads = {True: make(policy, 0, BATCHES_AHEAD), False: make(policy, 0)}
+    for source, loads in sources.items():
 
         def epoch(background: bool, step: float, loads=loads) -> tuple[float, float]:
-            load = loads[background]
+            load = loads[BATCHES_AHEAD if background else 0]
             load.set_epoch(0)
             start = waited = time.perf_counter()
             wait = 0.0
