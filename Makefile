@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 EXTRACT_ARGS ?=
 TRAIN_ARGS  ?=
 
-.PHONY: help install extract train evaluate table demo test lint bench clean
+.PHONY: help install extract train evaluate table demo test lint typecheck bench clean
 
 help:
 	@echo "make demo                         synthetic dataset -> store -> models -> comparison table"
@@ -65,6 +65,10 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# pyright (pyrightconfig.json): no unresolved import, and no more errors than .ci/pyright-baseline.json
+typecheck: install
+	$(PY) .ci/typecheck.py $(TYPECHECK_ARGS)
 
 bench: install
 	$(PY) -m bench

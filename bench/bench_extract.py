@@ -48,6 +48,7 @@ def _long_videos(folder: Path, frames: int, size: tuple[int, int]) -> dict[str, 
 
 def decode_section(folder: Path, quick: bool) -> list[str]:
     import av
+
     from glimpse.media.decode import Sampling, decode_video
 
     frames = 60 if quick else 750
@@ -78,6 +79,7 @@ def decode_section(folder: Path, quick: bool) -> list[str]:
 
 def pipeline_section(folder: Path, quick: bool) -> list[str]:
     import torch
+
     from glimpse.extract.backbones import build_backbone
     from glimpse.extract.datasets import load_dataset
     from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_video, prepare_store
@@ -143,6 +145,7 @@ def overlap_section(folder: Path, quick: bool) -> list[str]:
 
 def _overlap_rows(folder: Path, data: Path, size: int, batch: int, sampled: int, threads: int) -> list[str]:
     import torch
+
     from glimpse.extract.datasets import load_dataset
     from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_group, prepare_store, worker_models
 
@@ -196,8 +199,9 @@ def gpu_note() -> list[str]:
 
 def codec_rows(store_path: Path, stored: int, values: int) -> list[str]:
     import zarr
-    from glimpse.store import open_store
     from zarr.codecs import BloscCodec, ZstdCodec
+
+    from glimpse.store import open_store
 
     s = open_store(store_path)
     cube = np.concatenate([s.read(v.id, "rgb") for v in s.videos])  # (N, C, K, K) float16
@@ -219,6 +223,7 @@ def codec_rows(store_path: Path, stored: int, values: int) -> list[str]:
 
 def scaling_section(folder: Path, quick: bool) -> list[str]:
     from distributed import Client, LocalCluster
+
     from glimpse.extract.cli import extract_dataset
     from glimpse.extract.synth import SynthConfig, make_synthetic
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+
+from bench.loading_tools import best, codec_table, cubes, interleaved, on_disk
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.hdf5 import export_hdf5
 from glimpse.store.layout import CODECS, DEFAULT_CODEC, video_key
@@ -33,8 +35,6 @@ from glimpse.train.clips import role_videos
 from glimpse.train.data import ClipDataset, FeatureReader, load_cache, targets_for
 from glimpse.train.loader import BATCHES_AHEAD, EpochLoader
 from glimpse.train.sampling import RandomWindows, Windows
-
-from bench.loading_tools import best, codec_table, cubes, interleaved, on_disk
 
 FULL = {"videos": 24, "frames": 90, "channels": 1024, "size": 7, "clip": 30, "batch": 16, "clips": 64,
         "workers": 2, "rounds": 3, "hidden": 128, "codec_videos": 6, "min_round_s": 0.5, "steps_ms": (5, 10)}

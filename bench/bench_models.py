@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from glimpse.train.losses import model_loss
 from glimpse.train.models import MODELS, build_model
 

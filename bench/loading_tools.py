@@ -8,8 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import zarr
-from glimpse.store.reader import READ_THREADS
 from zarr.codecs import BloscCodec, ZstdCodec
+
+from glimpse.store.reader import READ_THREADS
 
 #: codec candidates: name -> (zarr compressor, frames per chunk); the first is the writer's default
 CANDIDATES = {
@@ -63,6 +64,7 @@ def codec_table(tmp: Path, shape: dict) -> tuple[list[dict], float]:
     its chunks decoded in the calling thread and in the reader's pool (Blosc's own threads off: one decoder each),
     and (last) ms per clip of the same clips from an uncompressed h5py copy, every source's rounds taken in turn."""
     import numcodecs.blosc
+
     from glimpse.store.reader import StoredStream
 
     data = cubes(shape, shape["codec_videos"], seed=1)

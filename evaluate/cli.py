@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import click
+
 from glimpse.errors import Group
 
 

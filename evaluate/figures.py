@@ -16,9 +16,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
 from glimpse.media.decode import decode_indices
 from glimpse.media.encode import write_video
-from PIL import Image, ImageDraw, ImageFont
 
 #: Heat colour over the frame: 0 shows the frame only, 1 the heat map only.
 ALPHA = 0.5

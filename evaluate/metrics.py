@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
+
 from glimpse.files import atomic_write_text
 from glimpse.train.metrics import average_precisions, multi_hot
-from sklearn.metrics import confusion_matrix
 
 __all__ = ["classification_metrics", "multi_hot", "prediction_metrics", "save_json", "save_metrics", "top_k_hits"]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from glimpse.evaluate.figures import video_attention_figures
 from glimpse.evaluate.localization import frame_attention, localization_scores
 from glimpse.evaluate.metrics import prediction_metrics, save_metrics

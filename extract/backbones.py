@@ -27,11 +27,12 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from glimpse.errors import GlimpseError
 from torch import Tensor, nn
 from torchvision.models import get_model, get_model_weights
 from torchvision.models._api import WeightsEnum
 from torchvision.models.feature_extraction import create_feature_extractor
+
+from glimpse.errors import GlimpseError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from glimpse.extract.pipeline import CLAIMED, SKIPPED, ExtractConfig, Runtime, failure_reason
 from glimpse.extract.streams import Extractor
 from glimpse.store import StoreWriter

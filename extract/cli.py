@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from glimpse.errors import Command
 from glimpse.store.layout import CODECS
 
@@ -156,6 +157,7 @@ def extract_dataset(
 ):
     """Run one extraction (the CLI's body; tests call it with a ``client`` of their own)."""
     import torch
+
     from glimpse.extract.backbones import BACKBONES, weights_identity
     from glimpse.extract.datasets import DATASETS, load_dataset
     from glimpse.extract.pipeline import ExtractConfig, Runtime, run_extraction

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from glimpse.extract.backbones import cached_weights_file, file_sha256, load_checked_state_dict, read_state_dict
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
+
+from glimpse.extract.backbones import cached_weights_file, file_sha256, load_checked_state_dict, read_state_dict
 
 FLOW_METHODS = ("tvl1", "farneback", "raft")  # "none" (no flow stream) is the caller's business
 

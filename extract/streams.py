@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
 from glimpse.media.decode import Sampling, decode_video
 from glimpse.store.schema import StreamSpec
 

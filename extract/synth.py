@@ -21,9 +21,10 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+from tqdm import tqdm
+
 from glimpse.errors import Command
 from glimpse.media.encode import write_video
-from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
 # class registry

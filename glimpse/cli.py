@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import click
+
 from glimpse.errors import Command, Group
 from glimpse.store.catalog import default_root
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from glimpse.evaluate.metrics import save_json
 from glimpse.evaluate.published import published_for
 from glimpse.evaluate.report import compare_runs, evaluate_run, format_table, table_row

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP
 from glimpse.store.reader import Store, StoreError, open_store
 from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry

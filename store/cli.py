@@ -19,6 +19,7 @@ import json
 import sys
 
 import click
+
 from glimpse.errors import Group
 from glimpse.store.layout import CODECS
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+
 from glimpse.store.layout import video_key
 from glimpse.store.reader import StoreError, open_store
 from glimpse.store.schema import DONE, TEST, TRAIN, UNUSED, VideoRecord

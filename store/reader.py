@@ -20,6 +20,10 @@ from typing import Any
 
 import numpy as np
 import zarr
+from numcodecs import Blosc, Zstd
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.errors import GroupNotFoundError
+
 from glimpse.errors import GlimpseError
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
 from glimpse.store.schema import (
@@ -35,9 +39,6 @@ from glimpse.store.schema import (
     VideoEntry,
     VideoResult,
 )
-from numcodecs import Blosc, Zstd
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-from zarr.errors import GroupNotFoundError
 
 
 class StoreError(GlimpseError, RuntimeError):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+
 from glimpse.store.layout import VIDEOS_GROUP, array_checksum
 from glimpse.store.reader import Store, open_store
 from glimpse.store.schema import DONE, UNREADABLE, StreamInfo, VideoEntry

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+
 from glimpse.store.claims import CLAIMS_DIR, creation_lock
 from glimpse.store.layout import (
     DEFAULT_CODEC,

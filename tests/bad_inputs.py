@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from glimpse.media.encode import write_video
 
 DONE, FAILED, EITHER = "done", "failed", "either"

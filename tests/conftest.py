@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_inputs import Case, add_corpus, corpus_ids
+from reliability_log import MARKER, RECORDS, blockers, unmarked_recorders, write_report
+
 from glimpse.extract.synth import SynthConfig, make_synthetic
 from glimpse.media.encode import write_video
-from reliability_log import MARKER, RECORDS, blockers, unmarked_recorders, write_report
 
 #: Tiny but real: 3 classes x 4 clips of 10 frames at 64 x 64.
 TINY = SynthConfig(classes=3, per_class=4, frames=10, size=64, seed=3)

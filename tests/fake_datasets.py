@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from glimpse.extract.datasets import hollywood2, ucf11, ucfsports
 from glimpse.media.encode import write_video
 

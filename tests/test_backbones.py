@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torchvision.transforms.v2 import functional as TF
+
 from glimpse.extract.backbones import (
     BACKBONES,
     FeatureExtractor,
@@ -17,7 +19,6 @@ from glimpse.extract.backbones import (
     weights_identity,
 )
 from glimpse.media.encode import write_video
-from torchvision.transforms.v2 import functional as TF
 
 #: small input sides that keep CPU tests fast (Inception v3 needs >= 75 px; 112 gives a 2x2 grid)
 SMALL = {name: 112 if name == "inception_v3" else 64 for name in BACKBONES}

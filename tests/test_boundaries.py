@@ -12,6 +12,8 @@ through ``Store`` / ``StoreWriter`` methods.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,14 @@ ZARR_PATHS = re.compile(r"VIDEOS_GROUP|VIDEO_ATTR|ROOT_ATTR|zarr\.json|[\"']vide
 OUTSIDE_STORE = ("extract", "evaluate", "glimpse", "train")
 
 
+#: The stage folders at the repository root; glimpse/<stage> is a symbolic link to each.
+STAGES = ("extract", "store", "train", "evaluate")
+
+
 def _sources(folder: str) -> list[Path]:
-    files = sorted((REPO / folder).rglob("*.py"))
+    """The folder's Python files, each once: glimpse/'s links to the stage folders are the stages' own files."""
+    files = sorted(path for path in (REPO / folder).rglob("*.py")
+                   if not any(parent.is_symlink() for parent in path.parents))
     assert files, f"no Python files under {folder}/"
     return files
 
@@ -71,6 +79,27 @@ def test_a_stage_imports_only_what_the_design_allows(folder):
                  if any(module == f"glimpse.{stage}" or module.startswith(f"glimpse.{stage}.") for stage in banned)
                  and (str(path.relative_to(REPO)), module) not in EXEMPT]
     assert not offenders, "\n".join(offenders)
+
+
+def _bare_stage_imports(path: Path) -> list[str]:
+    """Imports of a stage folder by its bare name (``from store.reader import ...``): a second copy of the module."""
+    return [f"{path.relative_to(path.parents[1])} imports {module}" for module in _imports(path)
+            if module.split(".")[0] in STAGES]
+
+
+def test_no_module_imports_a_stage_folder_by_its_bare_name():
+    offenders = [offence for folder in (*STAGES, "glimpse", "tests", "bench") for path in _sources(folder)
+                 for offence in _bare_stage_imports(path)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_a_stage_folder_imported_by_its_bare_name_refuses():
+    """From the repository root the folders are importable by their bare names: each refuses, so an editor's
+    suggestion of ``from store.reader import StoreError`` fails at once instead of catching nothing later."""
+    for stage in STAGES:
+        result = subprocess.run([sys.executable, "-c", f"import {stage}"], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 1 and "import it by that name" in result.stderr, (stage, result.stderr[-300:])
+        assert f"glimpse.{stage}" in result.stderr.splitlines()[-1]
 
 
 def _training_in(path: Path) -> list[str]:
@@ -99,6 +128,10 @@ def test_the_checks_see_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from glimpse.extract.decode import decode_video\n    return root['videos/' + k]\n")
     assert "glimpse.extract.decode" in _imports(bad)
+    bare = tmp_path / "pkg" / "bare.py"
+    bare.parent.mkdir()
+    bare.write_text("import glimpse.store\n\ndef f():\n    from store.reader import StoreError\n    return 1\n")
+    assert _bare_stage_imports(bare) == ["pkg/bare.py imports store.reader"]
     assert ZARR_PATHS.search(bad.read_text())
     trains = tmp_path / "trains.py"
     trains.write_text("from glimpse.train.predict import load_run\n\ndef f(s):\n    from glimpse.train import loop\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from glimpse.cli import main as glimpse_main
 from glimpse.evaluate.cli import main as evaluate_main
 from glimpse.extract.cli import main as extract_main

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 from click.testing import CliRunner
+
 from glimpse.cluster import GPU, ClusterError, ClusterPlan, gpu_resources, parse_gpus, plan_cluster
 from glimpse.extract.cli import main
 

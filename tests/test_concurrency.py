@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_log import record
+from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
+from test_reliability import HEAVY_OPTS, finish_like_reference
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.store import open_store
 from glimpse.store.claims import claim_video, is_claimed
 from glimpse.store.verify import verify_store
 from glimpse.train.loop import train_model
 from glimpse.train.run import RunDir
-from reliability_log import record
-from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
-from test_reliability import HEAVY_OPTS, finish_like_reference
 
 #: the last line an extraction prints: what this run did, what it found done, what other runs did meanwhile
 SUMMARY = re.compile(r"(\d+) videos extracted, (\d+) already done, (\d+) done by another run, (\d+) failed")

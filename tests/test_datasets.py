@@ -28,6 +28,7 @@ from fake_datasets import (
     ucf_lists,
     write_text,
 )
+
 from glimpse.extract.datasets import DATASETS, Dataset, DatasetError, load_dataset, read_boxes, resolve_inside, ucf11
 from glimpse.store.schema import TEST, TRAIN, UNUSED
 

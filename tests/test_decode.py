@@ -8,6 +8,7 @@ import subprocess
 import av
 import numpy as np
 import pytest
+
 from glimpse.media.decode import DecodeError, Sampling, _plan_segments, decode_video, scan
 from glimpse.media.encode import write_video
 

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from glimpse.cli import main as glimpse_main
 from glimpse.evaluate.cli import main
 from glimpse.experiments import comparison_table, run_protocol
@@ -113,8 +114,9 @@ def test_a_store_of_a_papers_dataset_shows_the_published_number_beside_ours(tmp_
 
 def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(two_fold_store, tmp_path):
     """regattn at lambda = 0 against lambda > 0 (Fig. 6 of Quan et al.): stacked strips, GIFs, MP4s per video."""
-    from glimpse.evaluate.figures import BAND
     from PIL import Image
+
+    from glimpse.evaluate.figures import BAND
 
     for name, lam in (("lam0", 0.0), ("lam1", 1e-2)):
         args = {"hidden": 16, "lam": lam}  # 64-pixel frames give a 2 x 2 grid: one block of 2 x 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from glimpse.evaluate.figures import (
     BAND,
     BOX_COLOR,
@@ -25,7 +27,6 @@ from glimpse.evaluate.figures import (
 from glimpse.extract.synth import render_clip
 from glimpse.media.decode import DecodeError, Sampling, decode_video
 from glimpse.media.encode import write_video
-from PIL import Image
 
 K = 4
 
@@ -165,6 +166,7 @@ def test_confusion_png(tmp_path):
 def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, tmp_path):
     """Real extraction -> store; re-decoded frames are the ones extraction used; a real model's maps drawn."""
     import torch
+
     from glimpse.evaluate.localization import frame_attention, localization_scores
     from glimpse.evaluate.metrics import prediction_metrics
     from glimpse.extract.cli import extract_dataset

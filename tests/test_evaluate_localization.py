@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from glimpse.evaluate.localization import (
     box_cell_weights,
     frame_attention,

@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from glimpse.evaluate.metrics import classification_metrics, prediction_metrics, save_confusion, save_json, save_metrics
-from glimpse.train.predict import VideoPrediction
 from PIL import Image
 from sklearn.metrics import (
     average_precision_score,
@@ -17,6 +15,9 @@ from sklearn.metrics import (
     recall_score,
     top_k_accuracy_score,
 )
+
+from glimpse.evaluate.metrics import classification_metrics, prediction_metrics, save_confusion, save_json, save_metrics
+from glimpse.train.predict import VideoPrediction
 
 CLASSES3 = ["a", "b", "c"]
 

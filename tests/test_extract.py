@@ -18,10 +18,11 @@ import torchvision
 import zarr
 from bad_inputs import Case, check_outcomes
 from click.testing import CliRunner
+from reliability_log import record
+
 from glimpse.extract.cli import extract_dataset, main
 from glimpse.store import StoreExistsError, open_store
 from glimpse.store.verify import verify_store
-from reliability_log import record
 
 TINY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
 REPO = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from glimpse.train.losses import block_layout, block_sparsity, doubly_stochastic, group_sparsity, model_loss
 from glimpse.train.models import ModelOutput, build_model
 

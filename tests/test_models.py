@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+
 from glimpse.train.cli import main
 from glimpse.train.losses import group_sparsity, model_loss
 from glimpse.train.models import MODELS, ModelSpec, build_model

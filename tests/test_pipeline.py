@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import zarr
 from bad_inputs import moving_block
+from test_extract import TINY_OPTS, assert_same_stores
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.media.encode import write_video
 from glimpse.store import open_store
 from glimpse.store.verify import verify_store
-from test_extract import TINY_OPTS, assert_same_stores
 
 
 def ucf_tree(root: Path, videos: dict[str, np.ndarray | bytes]) -> Path:
@@ -103,6 +104,7 @@ def test_batcher_fills_every_batch_across_videos_and_returns_each_frame_to_its_v
     from contextlib import ExitStack
 
     import torch
+
     from glimpse.extract.batched import Batcher, Flight
 
     flights = [Flight({"id": f"v{n}", "path": f"v{n}.mp4"}, ExitStack()) for n in (3, 30, 90)]

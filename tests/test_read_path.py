@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from glimpse.store.reader import StoredStream, StoreError
 from zarr.codecs import BloscCodec, ZstdCodec
+
+from glimpse.store.reader import StoredStream, StoreError
 
 CODECS = {
     "zstd": ZstdCodec(level=3),

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.layout import video_key
 from glimpse.train.loop import train_model
-from torch import nn
 
 #: Measured (2 loaded cores, training seeds 0, 1, 2): the service's avgpool_lstm 0.758, 0.733, 0.750 (mean 0.747)
 #: against the reference's 0.758, 0.750, 0.758 (0.756); softattn 0.750, 0.750, 0.717 (0.739) against 0.742, 0.758,

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_log import record
+from test_extract import REPO, assert_same_stores, cli_args
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.store import StoreError, open_store
 from glimpse.store.layout import video_key
 from glimpse.store.verify import verify_store
-from reliability_log import record
-from test_extract import REPO, assert_same_stores, cli_args
 
 #: extracts the heavy dataset (tests/conftest.py) slowly enough that a kill or a reader lands mid-way
 HEAVY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 16, "batch_size": 8}

@@ -18,15 +18,16 @@ import pytest
 import test_train
 import torch
 from click.testing import CliRunner
+from reliability_log import record
+from test_reliability import Boom
+from test_train import FAST
+
 from glimpse.evaluate.cli import main as evaluate_cli
 from glimpse.store import open_store
 from glimpse.train.cli import main as train_cli
 from glimpse.train.loop import resume_run, train_model
 from glimpse.train.predict import load_run, predict_run
 from glimpse.train.run import RunDir, RunFileError
-from reliability_log import record
-from test_reliability import Boom
-from test_train import FAST
 
 REPO = Path(__file__).resolve().parents[1]
 #: the tiny synthetic dataset through the real extraction stage (test_train's module fixture, run here once)

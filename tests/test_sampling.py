@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.layout import video_key
 from glimpse.train.cache import DiskCache

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_extract import TINY_OPTS
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.extract.cli import main as extract_main
 from glimpse.media.decode import Sampling, decode_video
@@ -32,7 +34,6 @@ from glimpse.store.schema import (
     register_stream,
 )
 from glimpse.store.writer import create_store
-from test_extract import TINY_OPTS
 
 RECORDS = [VideoRecord(id=f"c{c}/v{i}", path=f"/v/c{c}{i}.avi", labels=(c,), splits={"1": "test" if i else "train"})
            for c in range(2) for i in range(2)]

@@ -10,10 +10,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from test_store_tools import hand_store, lab_store, run_cli
+
 from glimpse.store import open_store
 from glimpse.store.hdf5 import export_hdf5
 from glimpse.store.verify import verify_store
-from test_store_tools import hand_store, lab_store, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from test_extract import REPO, TINY_OPTS
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.store import StoreError, StoreExistsError, open_store
 from glimpse.store.catalog import resolve_store
@@ -18,7 +20,6 @@ from glimpse.store.claims import claim_video
 from glimpse.store.layout import video_key
 from glimpse.store.maintenance import collect_garbage, extraction_options, recode_store
 from glimpse.store.verify import verify_store
-from test_extract import REPO, TINY_OPTS
 
 
 @pytest.fixture(scope="module")

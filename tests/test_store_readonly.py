@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from glimpse.evaluate.report import evaluate_run
 from glimpse.extract.cli import extract_dataset
 from glimpse.store import open_store

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.catalog import store_info, store_summary

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from glimpse.cli import main as glimpse_main
 from glimpse.extract.synth import (
     CLASS_PATTERNS,

@@ -17,6 +17,8 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from reliability_log import record
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.layout import video_key
@@ -29,7 +31,6 @@ from glimpse.train.models import MODELS, build_model
 from glimpse.train.predict import aggregate, load_run, predict_run
 from glimpse.train.run import TIMING_COLUMNS, RunDir
 from glimpse.train.sampling import Segments
-from reliability_log import record
 
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
 #: a run small enough for seconds on two cores

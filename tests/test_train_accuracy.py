@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from glimpse.evaluate.report import evaluate_run
 from glimpse.extract.cli import extract_dataset
 from glimpse.extract.synth import SynthConfig, make_synthetic

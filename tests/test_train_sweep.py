@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_log import record
+
 from glimpse.extract.cli import extract_dataset
 from glimpse.train.config import TrainConfig
 from glimpse.train.run import RunDir
 from glimpse.train.sweep import grid_points, parse_grid, point_name, point_options, results_table, sweep
-from reliability_log import record
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from glimpse.files import atomic_writer
 from glimpse.store import Store
 from glimpse.train.clips import Video

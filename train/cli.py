@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import click
+
 from glimpse.errors import Group
 from glimpse.store.catalog import default_root
 

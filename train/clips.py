@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+
 from glimpse.store import Store
 from glimpse.store.schema import DONE, TEST, TRAIN, VideoEntry
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, get_worker_info
+
 from glimpse.store import Store, open_store
 from glimpse.store.reader import StoredStream
 from glimpse.train.clips import Video
 from glimpse.train.sampling import Policy
-from torch.utils.data import Dataset, get_worker_info
 
 log = logging.getLogger("train")
 

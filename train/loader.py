@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
 from glimpse.train.data import ClipDataset
 from glimpse.train.sampling import Policy, epoch_plan, items_per_epoch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class GroupSampler(Sampler):

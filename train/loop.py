@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from glimpse.errors import GlimpseError
 from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
 from glimpse.train.data import model_inputs
@@ -40,7 +42,6 @@ from glimpse.train.run import (
     unpack_history,
 )
 from glimpse.train.setup import Setup, prepare
-from tqdm import tqdm
 
 #: curves.png is redrawn at most this often (and after the last epoch): drawing costs more than a small store's
 #: epoch

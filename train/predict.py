@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from glimpse.store import open_store
 from glimpse.train.clips import role_videos
 from glimpse.train.data import (
@@ -31,7 +33,6 @@ from glimpse.train.metrics import average_precisions, multi_hot
 from glimpse.train.models import build_model
 from glimpse.train.run import RunDir
 from glimpse.train.sampling import Policy, Windows
-from torch import nn
 
 
 @dataclass

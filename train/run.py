@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from glimpse.files import atomic_write_bytes, atomic_write_text
 from glimpse.train.config import ConfigError
 

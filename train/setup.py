@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
 from glimpse.store import Store, open_store
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Selection, select
@@ -30,8 +33,6 @@ from glimpse.train.loader import BATCHES_AHEAD, EpochLoader, make_loader
 from glimpse.train.models import MODELS, build_model
 from glimpse.train.models.base import make_config
 from glimpse.train.sampling import Policy
-from torch import nn
-from torch.utils.data import DataLoader
 
 log = logging.getLogger("train")
 

@@ -78,6 +78,7 @@ def point_options(model: str, base: dict[str, Any], point: dict[str, str]) -> di
 def run_point(store: str, model: str, out: str, options: dict[str, Any], threads: int | None = None) -> dict:
     """One sweep task: train into ``out``, or resume the run already there; returns its result as a dict."""
     import torch
+
     from glimpse.train.loop import resume_run, train_model
 
     if threads:

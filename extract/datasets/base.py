@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from glimpse.errors import GlimpseError
 from glimpse.store.schema import SPLIT_ROLES, VideoRecord
 

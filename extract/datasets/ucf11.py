@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from glimpse.extract.datasets.base import (
     Dataset,
     DatasetError,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from glimpse.extract.datasets.base import (
     Dataset,
     make_dataset,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import av
 import av.logging
 import numpy as np
+
 from glimpse.errors import GlimpseError
 
 #: Frames a seek is worth, in decode work: below this saving, decode sequentially.

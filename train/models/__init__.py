@@ -7,9 +7,10 @@ whole registry. Build one with :func:`build_model`; a checkpoint holds the name 
 
 from __future__ import annotations
 
+from torch import nn
+
 from glimpse.train.models import cham, convattn, han, regattn, softattn
 from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, make_config
-from torch import nn
 
 MODELS: dict[str, ModelSpec] = {
     "softmax": softattn.SOFTMAX,

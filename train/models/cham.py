@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+
 from glimpse.train.models.base import ModelOutput, ModelSpec, check_streams
 from glimpse.train.models.convattn import CHAM_PAPER, ConvAttentionConfig, ConvAttentionLSTM, ConvLSTM
-from torch import Tensor, nn
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, check_streams
 from torch import Tensor, nn
+
+from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, check_streams
 
 CHAM_PAPER = ("Yan, Smith, Lu & Zhang 2017, CHAM: Action recognition using convolutional hierarchical attention "
               "model (ICIP 2017, arXiv:1705.03146)")

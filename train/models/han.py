@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 from torch import Tensor, nn
+
+from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
 
 PAPER = ("Wang, Wang, Tang, O'Hare, Chang & Li 2016, Hierarchical Attention Network for Action Recognition in "
          "Videos (arXiv:1607.06416)")

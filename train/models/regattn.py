@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+
 from glimpse.train.losses import PENALTIES, block_layout, block_sparsity, default_blocks, group_sparsity
 from glimpse.train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
-from torch import Tensor, nn
 
 PAPER = ("Quan, Chen, Xu & Ji 2019, Attention with structure regularization for action recognition "
          "(CVIU 187, doi:10.1016/j.cviu.2019.102794)")

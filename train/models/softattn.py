@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+
 from glimpse.train.losses import doubly_stochastic
 from glimpse.train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
-from torch import Tensor, nn
 
 PAPER = "Sharma, Kiros & Salakhutdinov 2015, Action Recognition using Visual Attention (arXiv:1511.04119)"
 
