@@ -81,8 +81,9 @@ def pipeline_section(folder: Path, quick: bool) -> list[str]:
     import torch
 
     from glimpse.extract.backbones import build_backbone
+    from glimpse.extract.config import ExtractConfig, Runtime
     from glimpse.extract.datasets import load_dataset
-    from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_video, prepare_store
+    from glimpse.extract.pipeline import extract_video, prepare_store
     from glimpse.extract.synth import SynthConfig, make_synthetic
     from glimpse.media.decode import Sampling, decode_video
 
@@ -91,11 +92,10 @@ def pipeline_section(folder: Path, quick: bool) -> list[str]:
     dataset = load_dataset("synthetic", data)
     records = sorted(dataset.videos, key=lambda r: r.id)
     threads = torch.get_num_threads()
-    config = ExtractConfig(dataset="synthetic", backbone="googlenet", weights="none", size=size)
-    runtime = Runtime(weights_path="none", batch_size=batch, threads=threads)
-    prepare_store(str(folder / "store"), config, dataset.classes, records, overwrite=True)
-    task = [{"id": r.id, "path": r.path, "boxes": r.boxes} for r in records]
-    extract_video(str(folder / "store"), task[0], config, runtime)  # builds the worker's model once
+    config = ExtractConfig(dataset="synthetic", backbone="googlenet", size=size)
+    runtime = Runtime(batch_size=batch, threads=threads)
+    prepare_store(str(folder / "store"), config, dataset, overwrite=True)
+    extract_video(str(folder / "store"), records[0], config, runtime)  # builds the worker's model once
     backbone = build_backbone("googlenet", "none", size=size)
     decoded = [decode_video(r.path, Sampling()).frames for r in records]
     n_frames = sum(len(f) for f in decoded)
@@ -108,9 +108,9 @@ def pipeline_section(folder: Path, quick: bool) -> list[str]:
 
     def whole() -> None:
         store = str(folder / f"store{next(repetition)}")  # a fresh store each time: done videos would be skipped
-        prepare_store(store, config, dataset.classes, records, overwrite=True)
-        for record in task:
-            assert extract_video(store, record, config, runtime)["status"] == "done"
+        prepare_store(store, config, dataset, overwrite=True)
+        for record in records:
+            assert extract_video(store, record, config, runtime).status == "done"
 
     t_forward, t_whole = _clock(forward, 2), _clock(whole, 2)
     stored = sum(p.stat().st_size for p in (folder / "store0").rglob("*") if p.is_file())
@@ -146,19 +146,19 @@ def overlap_section(folder: Path, quick: bool) -> list[str]:
 def _overlap_rows(folder: Path, data: Path, size: int, batch: int, sampled: int, threads: int) -> list[str]:
     import torch
 
+    from glimpse.extract.config import ExtractConfig, Runtime
     from glimpse.extract.datasets import load_dataset
-    from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_group, prepare_store, worker_models
+    from glimpse.extract.pipeline import extract_group, prepare_store, worker_models
 
     dataset = load_dataset("synthetic", data)
-    records = sorted(dataset.videos, key=lambda r: r.id)
-    tasks = [{"id": r.id, "path": r.path, "boxes": r.boxes} for r in records]
-    config = ExtractConfig(dataset="synthetic", backbone="googlenet", weights="none", size=size, frames=sampled)
-    runtimes = {p: Runtime(weights_path="none", batch_size=batch, threads=threads, pipelined=p) for p in (False, True)}
+    tasks = sorted(dataset.videos, key=lambda r: r.id)
+    config = ExtractConfig(dataset="synthetic", backbone="googlenet", size=size, frames=sampled)
+    runtimes = {p: Runtime(batch_size=batch, threads=threads, pipelined=p) for p in (False, True)}
     torch.set_num_threads(threads)
     x = worker_models(config, runtimes[True])  # the models both paths use, built once
 
     def decode() -> list:  # what the decode threads do: decode, sample, resize, normalize
-        return [x.backbone.preprocess(x.decode(task, config)[0].frames) for task in tasks]
+        return [x.backbone.preprocess(x.decode(task)[0].frames) for task in tasks]
 
     images = torch.cat(decode())  # (N, 3, S, S)
 
@@ -170,8 +170,8 @@ def _overlap_rows(folder: Path, data: Path, size: int, batch: int, sampled: int,
 
     def whole(pipelined: bool) -> None:
         store = str(folder / f"overlap{size}-{next(stores)}")  # a fresh store each time: done videos are skipped
-        prepare_store(store, config, dataset.classes, records, overwrite=True)
-        assert all(o["status"] == "done" for o in extract_group(store, tasks, config, runtimes[pipelined]))
+        prepare_store(store, config, dataset, overwrite=True)
+        assert all(o.status == "done" for o in extract_group(store, tasks, config, runtimes[pipelined]))
 
     t_decode, t_cnn = _clock(decode, 2), _clock(cnn, 2)
     n, bound = len(tasks), max(t_decode, t_cnn)
@@ -224,12 +224,12 @@ def codec_rows(store_path: Path, stored: int, values: int) -> list[str]:
 def scaling_section(folder: Path, quick: bool) -> list[str]:
     from distributed import Client, LocalCluster
 
-    from glimpse.extract.cli import extract_dataset
+    from glimpse.extract.api import FeatureRequest, RunOptions, extract_dataset
     from glimpse.extract.synth import SynthConfig, make_synthetic
 
     per_class, frames = (2, 8) if quick else (8, 24)
     data = make_synthetic(folder / "flowdata", SynthConfig(classes=2, per_class=per_class, frames=frames, size=112))
-    opts = {"weights": "none", "size": 64, "flow": "farneback", "batch_size": 32}
+    request = FeatureRequest("synthetic", str(data), weights="none", size=64, flow="farneback")
     seconds = {}
     # (Dask workers, threads each): one thread per worker isolates the workers' scaling; the CLI's own
     # choice gives a lone worker every core (threads = cores / workers)
@@ -237,12 +237,11 @@ def scaling_section(folder: Path, quick: bool) -> list[str]:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             # warm every worker's model on a throw-away store, then time a fresh store
-            run_opts = {**opts, "workers": threads_from}  # threads per task = cores // this
-            extract_dataset("synthetic", str(data), str(folder / f"warm{workers}{threads_from}"), client=client,
-                            **run_opts)
+            warm, timed = (RunOptions(out=str(folder / f"{name}{workers}{threads_from}"), batch_size=32,
+                                      workers=threads_from) for name in ("warm", "run"))  # threads = cores // workers
+            extract_dataset(request, warm, client)
             start = time.perf_counter()
-            summary = extract_dataset("synthetic", str(data), str(folder / f"run{workers}{threads_from}"),
-                                      client=client, **run_opts)
+            summary = extract_dataset(request, timed, client)
             seconds[workers, threads_from] = time.perf_counter() - start
             assert not summary.failed
     videos = 2 * per_class

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from glimpse.extract.pipeline import CLAIMED, SKIPPED, ExtractConfig, Runtime, failure_reason
+from glimpse.extract.config import CLAIMED, SKIPPED, Outcome, failure_reason
 from glimpse.extract.streams import Extractor
-from glimpse.store import StoreWriter
+from glimpse.store import StoreWriter, VideoRecord
 from glimpse.store.claims import claim_video
 from glimpse.store.layout import video_key
 from glimpse.store.schema import DONE, FAILED
@@ -50,7 +50,7 @@ class _Aborted(Exception):
 class Flight:
     """One video between its claim and its write."""
 
-    record: dict[str, Any]
+    record: VideoRecord
     claim: ExitStack
     result: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -59,11 +59,10 @@ class Flight:
 
     @property
     def key(self) -> str:
-        return video_key(self.record["id"])
+        return video_key(self.record.id)
 
-    def outcome(self, status: str) -> dict[str, Any]:
-        frames = self.result.get("n_frames", 0) if status == DONE else 0
-        return {"id": self.record["id"], "status": status, "error": self.error, "frames": frames}
+    def outcome(self, status: str) -> Outcome:
+        return Outcome(self.record.id, status, self.error, self.result.get("n_frames", 0) if status == DONE else 0)
 
 
 class Batcher:
@@ -121,28 +120,27 @@ class Batcher:
 class Pipeline:
     """Decode threads -> bounded queue -> batched models on the task's thread -> writer thread."""
 
-    def __init__(self, store_path: str, config: ExtractConfig, runtime: Runtime, writer: StoreWriter,
-                 extractor: Extractor) -> None:
-        self.store_path, self.config, self.runtime, self.writer, self.x = store_path, config, runtime, writer, extractor
+    def __init__(self, store_path: str, writer: StoreWriter, extractor: Extractor) -> None:
+        self.store_path, self.writer, self.x = store_path, writer, extractor
         self.checker, self.check_lock = StoreWriter(store_path), threading.Lock()  # status reads of decode threads
         self.work: queue.Queue = queue.Queue(QUEUE_PIECES)
         self.finished: queue.Queue = queue.Queue(QUEUE_PIECES)
-        self.outcomes: list[dict[str, Any]] = []
+        self.outcomes: list[Outcome] = []
         self.abort = threading.Event()
         self.flights: set[Flight] = set()  # claimed and not yet released
         self.streams = extractor.streams  # by name, sources first
-        self.batched = [name for name, stream in self.streams.items() if stream.batch_size]
+        self.batched = [name for name, stream in self.streams.items() if stream.batched]
         #: whole streams computed from a batched one: the writer thread computes them once their source is back
         self.late: list[str] = []
         for name, stream in self.streams.items():
-            if stream.source in self.late and stream.batch_size:
+            if stream.source in self.late and stream.batched:
                 raise ValueError(f"stream {name} runs batched from {stream.source}, which is computed whole from a "
                                  "batched stream: the pipeline cannot feed it")
-            if not stream.batch_size and stream.source in (*self.batched, *self.late):
+            if not stream.batched and stream.source in (*self.batched, *self.late):
                 self.late.append(name)
         self.batchers: dict[tuple[str, tuple[int, ...]], Batcher] = {}  # (stream, input shape): a batch holds one
 
-    def run(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def run(self, records: list[VideoRecord]) -> list[Outcome]:
         """Extract ``records``; one outcome per video."""
         if not records:
             return []
@@ -150,7 +148,7 @@ class Pipeline:
         writer_thread.start()
         left, lock = [len(records)], threading.Lock()
 
-        def job(record: dict[str, Any]) -> None:
+        def job(record: VideoRecord) -> None:
             try:
                 self._decode(record)
             finally:
@@ -160,7 +158,7 @@ class Pipeline:
                 if last:
                     self._put(_END, final=True)
 
-        pool = ThreadPoolExecutor(max(1, self.runtime.decode_threads), thread_name_prefix="glimpse-decode")
+        pool = ThreadPoolExecutor(max(1, self.x.runtime.decode_threads), thread_name_prefix="glimpse-decode")
         try:
             for record in records:
                 pool.submit(job, record)
@@ -195,10 +193,10 @@ class Pipeline:
                         return
                     raise _Aborted from None
 
-    def _decode(self, record: dict[str, Any]) -> None:
+    def _decode(self, record: VideoRecord) -> None:
         flight = Flight(record, ExitStack())
         try:
-            if not flight.claim.enter_context(claim_video(self.store_path, flight.key, note=record["id"])):
+            if not flight.claim.enter_context(claim_video(self.store_path, flight.key, note=record.id)):
                 flight.claim.close()  # another run is writing this video right now
                 self.outcomes.append(flight.outcome(CLAIMED))
                 return
@@ -214,13 +212,13 @@ class Pipeline:
             except _Aborted:
                 raise
             except Exception as exc:  # this video fails alone; pieces already queued are dropped
-                self._put(("fail", flight, failure_reason(exc, record["path"])))
+                self._put(("fail", flight, failure_reason(exc, record.path)))
         except _Aborted:
             self.release(flight)
 
     def _feed(self, flight: Flight) -> None:
         """Decode one video, compute its whole streams and queue the pieces of its batched ones."""
-        video, flight.result = self.x.decode(flight.record, self.config)
+        video, flight.result = self.x.decode(flight.record)
         n = len(video.indices)
         flight.missing = n * len(self.batched)
         queued = []
@@ -228,7 +226,7 @@ class Pipeline:
             if stream.source in self.batched or name in self.late:  # fed from the device, or by the writer thread
                 continue
             source = video if stream.source is None else flight.arrays[stream.source]
-            if stream.batch_size:
+            if stream.batched:
                 queued.append((name, stream, stream.inputs(source, flight.result)))  # each (T, ...)
             else:
                 flight.arrays[name] = stream.compute(source, flight.result)
@@ -257,7 +255,7 @@ class Pipeline:
             flight.arrays[name][start : start + len(out)] = out.cpu().numpy()  # (b, ...)
             self._arrived(flight, len(out))
             for follower, stream in self.streams.items():
-                if stream.source == name and stream.batch_size:
+                if stream.source == name and stream.batched:
                     tensors = stream.prepare(*stream.inputs(out, flight.result))
                     self._batcher(follower, tensors).add(flight, start, *tensors)
 
@@ -270,7 +268,7 @@ class Pipeline:
 
     def _fail(self, flight: Flight, why: Exception | str) -> None:
         if flight.error is None:
-            flight.error = why if isinstance(why, str) else failure_reason(why, flight.record["path"])
+            flight.error = why if isinstance(why, str) else failure_reason(why, flight.record.path)
             self.finished.put(flight)
 
     # ------------------------------------------------------------------------------------ writer thread
@@ -284,7 +282,7 @@ class Pipeline:
                         flight.arrays[name] = stream.compute(flight.arrays[stream.source], flight.result)
                     self.writer.write_video(flight.key, flight.arrays, flight.result)  # data first, "done" last
             except Exception as exc:
-                flight.error = failure_reason(exc, flight.record["path"])
+                flight.error = failure_reason(exc, flight.record.path)
             try:
                 if flight.error is not None:
                     self.writer.write_failure(flight.key, flight.error)

@@ -15,18 +15,20 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from glimpse.media.decode import DecodeError, Sampling
+from glimpse.cluster import gpu_resources
+from glimpse.extract.backbones import BACKBONES
+from glimpse.extract.batched import Pipeline
+from glimpse.extract.config import CLAIMED, SKIPPED, ExtractConfig, Outcome, Runtime, failure_reason
+from glimpse.extract.datasets import Dataset
+from glimpse.extract.streams import Extractor, describe_streams
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
 from glimpse.store.claims import claim_video, is_claimed
 from glimpse.store.layout import video_key
-from glimpse.store.schema import DONE, FAILED, StreamSpec, stream_spec
-
-#: Task outcomes besides done / failed: another run holds the video, or finished it meanwhile.
-CLAIMED, SKIPPED = "claimed", "skipped"
+from glimpse.store.schema import DONE, FAILED
 
 #: Seconds between looks at videos another run is extracting.
 POLL_SECONDS = 0.5
@@ -34,79 +36,9 @@ POLL_SECONDS = 0.5
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything that decides what the stored features are. Its hash names the store's content.
-
-    Runtime choices that do not change the features (device, batch size, workers, scheduler)
-    are not part of it.
-    """
-
-    dataset: str
-    backbone: str = "googlenet"
-    weights: str = "imagenet"  # the weights' identity: an enum name, "none", or "sha256:..."
-    size: int = 224
-    frames: int | None = None
-    fps: float | None = None
-    max_frames: int | None = None
-    flow: str = "none"
-    flow_cnn_weights: str = "same"  # "same" as the rgb backbone, or another identity
-    raft_weights: str = "none"
-    flow_size: int | None = None
-    calibration: tuple[str, int] | None = None  # (video id, frames) random-init batch norm was calibrated on
-    streams: tuple[str, ...] | None = None  # registry names; None: rgb, and flow and flow_cnn with a flow method
-
-    @property
-    def sampling(self) -> Sampling:
-        return Sampling(frames=self.frames, fps=self.fps, max_frames=self.max_frames)
-
-    @property
-    def stream_names(self) -> tuple[str, ...]:
-        """The streams this config extracts."""
-        return self.streams or default_streams(self.flow)
-
-    def stream_specs(self) -> tuple[StreamSpec, ...]:
-        """The registry entries of :attr:`stream_names` (a SchemaError names an unknown one)."""
-        return tuple(stream_spec(name) for name in self.stream_names)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as stored and hashed; ``streams`` only when not the default (older stores keep their hash)."""
-        out = asdict(self)
-        if self.streams is None:
-            del out["streams"]
-        else:
-            out["streams"] = list(self.streams)
-        return out
-
-
-def default_streams(flow: str) -> tuple[str, ...]:
-    """The streams extracted when none are named: rgb, and flow and flow_cnn with a flow method."""
-    return ("rgb",) if flow == "none" else ("rgb", "flow", "flow_cnn")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How to run an extraction: never part of the config hash."""
-
-    weights_path: str = "imagenet"  # what --weights said: imagenet, none, or a file
-    flow_cnn_weights_path: str | None = None  # None: the flow-stream cube uses the rgb backbone itself
-    raft_weights_path: str = "none"
-    device: str = "cpu"
-    batch_size: int = 32
-    threads: int = 1  # torch threads per task
-    calibration_path: str | None = None  # the file of config.calibration's video on this machine
-    pipelined: bool = True  # decode threads feed batches across videos (False: each video in sequence)
-    group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
-    decode_threads: int = 2  # threads decoding ahead of the CNN in each worker
-    codec: str | None = None  # how a new store's chunks are stored (store.layout.CODECS); None: zstd, or the store's
-    #: the config's registry entries as the client holds them: a stream registered in the client process at run
-    #: time reaches the workers this way (empty: the workers look the config's streams up in their own registry)
-    streams: tuple[StreamSpec, ...] = ()
-
-
 # ---------------------------------------------------------------------------------------------- worker side
 
-_MODELS: dict[tuple, Any] = {}  # per worker process: (config, runtime) -> streams.Extractor
+_MODELS: dict[tuple, Extractor] = {}  # per worker process: (config, runtime) -> its Extractor
 _WRITERS: dict[str, StoreWriter] = {}
 
 
@@ -126,11 +58,9 @@ def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWrite
     return runtime, _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
 
 
-def worker_models(config: ExtractConfig, runtime: Runtime):
+def worker_models(config: ExtractConfig, runtime: Runtime) -> Extractor:
     """The worker's :class:`glimpse.extract.streams.Extractor` for ``config``, built once per worker process
     (whichever path runs them)."""
-    from glimpse.extract.streams import Extractor
-
     model_key = (config, dataclasses.replace(runtime, pipelined=True, group=None, decode_threads=0))
     if model_key not in _MODELS:
         _MODELS.clear()
@@ -138,46 +68,38 @@ def worker_models(config: ExtractConfig, runtime: Runtime):
     return _MODELS[model_key]
 
 
-def failure_reason(exc: BaseException, path: str) -> str:
-    """One line naming the file and why its extraction failed."""
-    return str(exc) if isinstance(exc, DecodeError) else f"{path}: {type(exc).__name__}: {exc}"
-
-
-def extract_video(store_path: str, record: dict[str, Any], config: ExtractConfig, runtime: Runtime) -> dict:
+def extract_video(store_path: str, record: VideoRecord, config: ExtractConfig, runtime: Runtime) -> Outcome:
     """Extract one video into the store, decode then CNN then flow in sequence (the reference path).
 
-    Returns {"id", "status", "error", "frames"}. Any exception becomes a failure record with its
-    reason; the exception does not propagate, so one bad video never stops the run.
+    Any exception becomes a failure record with its reason; the exception does not propagate, so one bad video
+    never stops the run.
     """
-    key = video_key(record["id"])
-    with claim_video(store_path, key, note=record["id"]) as held:
+    key = video_key(record.id)
+    with claim_video(store_path, key, note=record.id) as held:
         if not held:  # another run is writing this video right now
-            return {"id": record["id"], "status": CLAIMED, "error": None, "frames": 0}
+            return Outcome(record.id, CLAIMED)
         runtime, writer = worker_setup(store_path, runtime)
         if writer.status(key) == DONE:  # another run finished it while this task waited
-            return {"id": record["id"], "status": SKIPPED, "error": None, "frames": 0}
+            return Outcome(record.id, SKIPPED)
         try:
-            arrays, result = worker_models(config, runtime)(record, config, runtime)
+            arrays, result = worker_models(config, runtime)(record)
             writer.write_video(key, arrays, result)
-            return {"id": record["id"], "status": DONE, "error": None, "frames": result["n_frames"]}
+            return Outcome(record.id, DONE, frames=result["n_frames"])
         except Exception as exc:  # every failure is recorded, never raised: the run goes on
-            reason = failure_reason(exc, record["path"])
+            reason = failure_reason(exc, record.path)
             writer.write_failure(key, reason)
-            return {"id": record["id"], "status": FAILED, "error": reason, "frames": 0}
+            return Outcome(record.id, FAILED, reason)
 
 
-def extract_group(store_path: str, records: list[dict[str, Any]], config: ExtractConfig, runtime: Runtime) -> list:
-    """Dask task: extract a group of videos, pipelined (:mod:`extract.batched`) or one after the other.
-
-    Returns one outcome ({"id", "status", "error", "frames"}) per video.
-    """
+def extract_group(store_path: str, records: list[VideoRecord], config: ExtractConfig,
+                  runtime: Runtime) -> list[Outcome]:
+    """Dask task: extract a group of videos, pipelined (:mod:`extract.batched`) or one after the other; one
+    outcome per video."""
     if not runtime.pipelined:
         return [extract_video(store_path, record, config, runtime) for record in records]
-    from glimpse.extract.batched import Pipeline
-
     runtime, writer = worker_setup(store_path, runtime)
     try:
-        pipeline = Pipeline(store_path, config, runtime, writer, worker_models(config, runtime))
+        pipeline = Pipeline(store_path, writer, worker_models(config, runtime))
     except Exception:  # weights that do not load, streams the pipeline cannot feed: each video goes the sequential
         return [extract_video(store_path, record, config, runtime) for record in records]  # way (a failure: its reason)
     return pipeline.run(records)
@@ -198,16 +120,16 @@ class Summary:
     frames: int = 0
     seconds: float = 0.0
 
-    def add(self, outcome: dict[str, Any], by_other_run: bool = False) -> None:
+    def add(self, outcome: Outcome, by_other_run: bool = False) -> None:
         """Count one video's outcome."""
-        if outcome["status"] == FAILED:
-            self.failed[outcome["id"]] = outcome["error"]
-            log.warning("failed %s: %s", outcome["id"], outcome["error"])
-        elif by_other_run or outcome["status"] == SKIPPED:
+        if outcome.status == FAILED:
+            self.failed[outcome.id] = outcome.error or "failed"
+            log.warning("failed %s: %s", outcome.id, outcome.error)
+        elif by_other_run or outcome.status == SKIPPED:
             self.by_others += 1
         else:
             self.done += 1
-            self.frames += outcome["frames"]
+            self.frames += outcome.frames
 
     def report(self) -> str:
         lines = [
@@ -237,68 +159,52 @@ def store_versions() -> dict[str, str]:
     }
 
 
-def prepare_store(
-    out: str, config: ExtractConfig, classes: Sequence[str], records: Sequence[VideoRecord], overwrite: bool,
-    source: dict[str, Any] | None = None, multi_label: bool | None = None, codec: str | None = None,
-) -> StoreWriter:
-    """Create the store for ``config`` at ``out`` (or reopen it to resume).
+def prepare_store(out: str, config: ExtractConfig, dataset: Dataset, *, overwrite: bool = False,
+                  source: dict[str, Any] | None = None, codec: str | None = None) -> StoreWriter:
+    """Create the store of ``dataset``'s videos for ``config`` at ``out`` (or reopen it to resume).
 
     ``source`` records where the dataset and weights files were (not part of the config hash), so
-    that ``store repair`` can run the extraction again; ``multi_label`` is the dataset adapter's declaration;
-    ``codec`` how chunks are stored (see :func:`store.create_store`).
+    that ``store repair`` can run the extraction again; ``codec`` how chunks are stored (see
+    :func:`store.create_store`).
     """
-    from glimpse.extract.backbones import BACKBONES
-    from glimpse.extract.streams import describe_streams
-
     spec = BACKBONES[config.backbone]
-    streams = describe_streams(config.stream_specs(), config)
-    info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights, "versions": store_versions(),
-            "source": dict(source or {})}
+    info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights.identity,
+            "versions": store_versions(), "source": dict(source or {})}
     return create_store(
         out,
         dataset=config.dataset,
-        classes=classes,
-        records=records,
+        classes=dataset.classes,
+        records=sorted(dataset.videos, key=lambda r: r.id),
         config=config.to_dict(),
-        streams=streams,
+        streams=describe_streams(config.stream_specs(), config),
         info=info,
         overwrite=overwrite,
-        multi_label=multi_label,
+        multi_label=dataset.multilabel,
         codec=codec,
     )
 
 
-def run_extraction(
-    out: str,
-    config: ExtractConfig,
-    runtime: Runtime,
-    classes: Sequence[str],
-    records: Sequence[VideoRecord],
-    client: Any,
-    overwrite: bool = False,
-    on_result: Callable[[dict], None] | None = None,
-    source: dict[str, Any] | None = None,
-    multi_label: bool | None = None,
-) -> Summary:
-    """Extract every video of ``records`` not yet done in the store at ``out`` through a Dask ``client``."""
-    from distributed import as_completed
+def run_extraction(out: str, config: ExtractConfig, runtime: Runtime, dataset: Dataset, client: Any, *,
+                   overwrite: bool = False, source: dict[str, Any] | None = None,
+                   on_result: Callable[[Outcome], None] | None = None) -> Summary:
+    """Extract every video of ``dataset`` not yet done in the store at ``out`` through a Dask ``client``."""
+    from distributed import as_completed  # the Dask client's side: not imported by workers' tasks
 
     start = time.perf_counter()
-    writer = prepare_store(out, config, classes, records, overwrite, source, multi_label, runtime.codec)
-    runtime = dataclasses.replace(runtime, streams=runtime.streams or config.stream_specs())  # for the workers
+    writer = prepare_store(out, config, dataset, overwrite=overwrite, source=source, codec=runtime.codec)
+    config = dataclasses.replace(config, streams=config.streams or config.stream_specs())  # the workers' registry
+    records = sorted(dataset.videos, key=lambda r: r.id)
     status = {v.id: v.status for v in open_store(out).videos}
     by_id = {r.id: r for r in records}
     todo = [r for r in records if status.get(r.id) != DONE]
     summary = Summary(store=out, skipped=len(records) - len(todo))
     store_path = os.fspath(out)
-    from glimpse.cluster import gpu_resources
-
     resources = gpu_resources(client) if runtime.device.startswith("cuda") else None  # GPU workers only, if declared
     n_workers = max(1, len(client.scheduler_info()["workers"]))
 
     def submit(video_ids: list[str]):
         key = f"extract-{video_key(video_ids[0])}-{len(video_ids)}-{time.monotonic_ns()}"
-        return client.submit(extract_group, store_path, [_task_record(by_id[v]) for v in video_ids], config, runtime,
+        return client.submit(extract_group, store_path, [by_id[v] for v in video_ids], config, runtime,
                              key=key, pure=False, resources=resources)
 
     pending = {submit(ids): ids for ids in plan_groups([r.id for r in todo], n_workers, runtime)}
@@ -311,8 +217,8 @@ def run_extraction(
                 pending[retry := submit([video_id])] = [video_id]
                 running.add(retry)
             for outcome in outcomes:
-                if outcome["status"] == CLAIMED:
-                    waiting.add(outcome["id"])
+                if outcome.status == CLAIMED:
+                    waiting.add(outcome.id)
                     continue
                 summary.add(outcome)
                 if on_result is not None:
@@ -327,7 +233,7 @@ def run_extraction(
                 waiting.discard(video_id)
                 if writer.status(key) in (DONE, FAILED):  # the other run finished it
                     entry = open_store(store_path).video(video_id)
-                    summary.add({"id": video_id, "status": entry.status, "error": entry.error, "frames": 0}, True)
+                    summary.add(Outcome(video_id, entry.status, entry.error), True)
                 else:  # the other run died before finishing it: do it here
                     pending[submit([video_id])] = [video_id]
     summary.seconds = time.perf_counter() - start
@@ -338,7 +244,7 @@ def run_extraction(
 GROUPS_PER_WORKER, MAX_GROUP = 4, 16
 
 
-def plan_groups(video_ids: Sequence[str], workers: int, runtime: Runtime) -> list[list[str]]:
+def plan_groups(video_ids: list[str], workers: int, runtime: Runtime) -> list[list[str]]:
     """The videos of each Dask task: ``runtime.group`` per task, else one (sequential) or, pipelined, enough
     that each worker gets about :data:`GROUPS_PER_WORKER` tasks, whose batches then span their videos."""
     size = runtime.group or (1 if not runtime.pipelined else -(-len(video_ids) // (workers * GROUPS_PER_WORKER)))
@@ -346,8 +252,8 @@ def plan_groups(video_ids: Sequence[str], workers: int, runtime: Runtime) -> lis
     return [list(video_ids[i : i + size]) for i in range(0, len(video_ids), size)]
 
 
-def _outcomes(future: Any, video_ids: list[str], by_id: dict, writer: StoreWriter,
-              store_path: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _outcomes(future: Any, video_ids: list[str], by_id: dict[str, VideoRecord], writer: StoreWriter,
+              store_path: str) -> tuple[list[Outcome], list[str]]:
     """A group task's outcomes, and the videos to run again one by one because its worker died.
 
     A lone video whose worker died twice (e.g. a decoder segfault) is recorded as failed here, so a
@@ -359,15 +265,10 @@ def _outcomes(future: Any, video_ids: list[str], by_id: dict, writer: StoreWrite
         if len(video_ids) > 1:
             done = [v for v in video_ids if writer.status(video_key(v)) == DONE]
             frames = {v: open_store(store_path).video(v).n_frames for v in done}
-            return [{"id": v, "status": DONE, "error": None, "frames": frames[v]} for v in done], \
-                [v for v in video_ids if v not in frames]
+            return [Outcome(v, DONE, frames=frames[v]) for v in done], [v for v in video_ids if v not in frames]
         video_id = video_ids[0]
         reason = f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})"
         with claim_video(store_path, video_key(video_id)) as held:
             if held:
                 writer.write_failure(video_key(video_id), reason)
-        return [{"id": video_id, "status": FAILED, "error": reason, "frames": 0}], []
-
-
-def _task_record(record: VideoRecord) -> dict[str, Any]:
-    return {"id": record.id, "path": record.path, "boxes": record.boxes}
+        return [Outcome(video_id, FAILED, reason)], []

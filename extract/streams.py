@@ -5,9 +5,9 @@ A :class:`~glimpse.store.schema.StreamSpec` names its compute as "module:attribu
 - a plain function of a video's decoded frames, ``(T, H, W, 3) uint8 -> (T, ...)`` array: computed whole, on the
   CPU (in a decode thread of the pipelined path);
 - a :class:`StreamCompute` subclass, which may be computed from another stream (``source``) and may run batched
-  across videos on the device (``batch_size`` > 0: the CNN cubes, RAFT flow).
+  across videos on the device (``batched``: the CNN cubes, RAFT flow).
 
-The sequential path (:class:`glimpse.extract.pipeline.Extractor`) calls each stream's :meth:`StreamCompute.compute`
+The sequential path (:class:`Extractor`) calls each stream's :meth:`StreamCompute.compute`
 in order; the pipelined one (:mod:`glimpse.extract.batched`) calls the same ``compute`` for whole streams and
 ``inputs`` / ``prepare`` / ``run`` for batched ones. Both store the same bits.
 """
@@ -18,26 +18,28 @@ import functools
 import importlib
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from glimpse.media.decode import Sampling, decode_video
+from glimpse.extract.backbones import BACKBONES, FeatureExtractor, build_backbone, output_grid
+from glimpse.extract.config import ExtractConfig, Runtime
+from glimpse.extract.datasets import read_boxes
+from glimpse.extract.flow import FlowEstimator, flow_to_image
+from glimpse.media.decode import DecodedVideo, Sampling, decode_video
+from glimpse.store import VideoRecord
 from glimpse.store.schema import StreamSpec
-
-if TYPE_CHECKING:
-    from glimpse.extract.pipeline import ExtractConfig, Runtime
-    from glimpse.media.decode import DecodedVideo
 
 
 class StreamCompute:
-    """How extraction computes one stream: built once per worker from its models, config and runtime.
+    """How extraction computes one stream: built once per worker from the worker's :class:`Extractor` (its models,
+    config and runtime).
 
     ``source``: the stream whose (T, ...) array this one is computed from (None: the decoded video).
     ``needs_next``: the decoder must also return each sampled frame's successor (flow).
-    ``batch_size`` > 0: the pipelined path runs it batched across videos: :meth:`inputs` (in a decode thread, or on
-    the device when the source is batched too) cut into pieces of ``batch_size`` frames, :meth:`prepare` on each,
+    ``batched``: the pipelined path runs it batched across videos: :meth:`inputs` (in a decode thread, or on the
+    device when the source is batched too) cut into pieces of ``batch_size`` frames, :meth:`prepare` on each,
     :meth:`run` on batches of exactly ``batch_size``. Its outputs must not depend on their batch-mates (pad short
     batches), so that batched equals :meth:`compute`. A batched stream may not come from a whole stream whose own
     source is batched.
@@ -45,10 +47,19 @@ class StreamCompute:
 
     source: str | None = None
     needs_next: bool = False
-    batch_size: int = 0
+    batched: bool = False
+    batch_size: int = 0  # frames per batch of a batched stream
 
-    def __init__(self, models: Extractor, config: ExtractConfig, runtime: Runtime) -> None:
-        self.models, self.config, self.runtime = models, config, runtime
+    def __init__(self, models: Extractor) -> None:
+        self.models = models
+
+    @property
+    def config(self) -> ExtractConfig:
+        return self.models.config
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.models.runtime
 
     @classmethod
     def check(cls, config: ExtractConfig) -> str | None:
@@ -81,7 +92,8 @@ class StreamCompute:
 class FrameFunction(StreamCompute):
     """A stream computed by a plain function of the decoded frames, ``(T, H, W, 3) uint8 -> (T, ...)``."""
 
-    def __init__(self, name: str, function: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, models: Extractor, name: str, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        super().__init__(models)
         self.name, self.function = name, function
 
     def compute(self, source: DecodedVideo, result: dict[str, Any]) -> np.ndarray:
@@ -94,17 +106,17 @@ class FrameFunction(StreamCompute):
 class RGBStream(StreamCompute):
     """CNN conv cubes (T, C, K, K) of the decoded frames."""
 
-    def __init__(self, models: Extractor, config: ExtractConfig, runtime: Runtime) -> None:
-        super().__init__(models, config, runtime)
-        self.backbone, self.batch_size = self.cnn(), runtime.batch_size
+    batched = True
 
-    def cnn(self):
+    def __init__(self, models: Extractor) -> None:
+        super().__init__(models)
+        self.backbone, self.batch_size = self.cnn(), self.runtime.batch_size
+
+    def cnn(self) -> FeatureExtractor:
         return self.models.backbone
 
     @classmethod
     def describe(cls, config: ExtractConfig) -> dict[str, Any]:
-        from glimpse.extract.backbones import BACKBONES, output_grid
-
         spec, grid = BACKBONES[config.backbone], output_grid(config.backbone, config.size)
         return {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
 
@@ -126,9 +138,10 @@ class FlowStream(StreamCompute):
 
     needs_next = True
 
-    def __init__(self, models: Extractor, config: ExtractConfig, runtime: Runtime) -> None:
-        super().__init__(models, config, runtime)
-        self.raft = models.flow if config.flow == "raft" else None
+    def __init__(self, models: Extractor) -> None:
+        super().__init__(models)
+        self.raft = models.flow if self.config.flow == "raft" else None
+        self.batched = self.raft is not None
         self.batch_size = self.raft.batch_size if self.raft is not None else 0
         self.local = threading.local()  # an OpenCV estimator per thread (TV-L1 is stateful)
 
@@ -149,10 +162,8 @@ class FlowStream(StreamCompute):
         result["flow_pairs"], result["flow_computed_at"] = source.flow_pairs.tolist(), list(flow.shape[-2:])
         return flow
 
-    def _opencv(self):
+    def _opencv(self) -> FlowEstimator:
         if getattr(self.local, "flow", None) is None:
-            from glimpse.extract.flow import FlowEstimator
-
             self.local.flow = FlowEstimator(self.config.flow, size=self.config.flow_size)
         return self.local.flow
 
@@ -177,12 +188,10 @@ class FlowCNNStream(RGBStream):
     def check(cls, config: ExtractConfig) -> str | None:
         return FlowStream.check(config)
 
-    def cnn(self):
+    def cnn(self) -> FeatureExtractor:
         return self.models.flow_backbone
 
     def inputs(self, source: Any, result: dict[str, Any]) -> tuple[Any, ...]:
-        from glimpse.extract.flow import flow_to_image
-
         return (flow_to_image(source),)  # (T, h, w, 3), numpy or on the device
 
 
@@ -192,62 +201,53 @@ class Extractor:
 
     def __init__(self, config: ExtractConfig, runtime: Runtime) -> None:
         self.config, self.runtime = config, runtime
-        self.streams = build_streams(runtime.streams or config.stream_specs(), self, config, runtime)
+        self.streams = build_streams(self)
 
     @functools.cached_property
-    def backbone(self):
+    def backbone(self) -> FeatureExtractor:
         """The rgb CNN (built on first use; random-init batch norm calibrated on config.calibration's video)."""
-        from glimpse.extract.backbones import build_backbone
-
-        config, runtime = self.config, self.runtime
-        calibration_frames = None
-        if config.calibration is not None and runtime.calibration_path:
-            calibration_frames = decode_video(runtime.calibration_path, Sampling(frames=config.calibration[1])).frames
-        return build_backbone(config.backbone, runtime.weights_path, runtime.device,
+        config, calibration, calibration_frames = self.config, self.config.calibration, None
+        if calibration is not None and calibration.path:
+            calibration_frames = decode_video(calibration.path, Sampling(frames=calibration.frames)).frames
+        return build_backbone(config.backbone, config.weights.load, self.runtime.device,
                               calibration_frames=calibration_frames, size=config.size)
 
     @functools.cached_property
-    def flow_backbone(self):
+    def flow_backbone(self) -> FeatureExtractor:
         """The flow-stream CNN: the rgb backbone itself, or one with weights of its own."""
-        from glimpse.extract.backbones import build_backbone
-
-        if self.runtime.flow_cnn_weights_path is None:
+        if self.config.flow_cnn_weights is None:
             return self.backbone
-        return build_backbone(self.config.backbone, self.runtime.flow_cnn_weights_path, self.runtime.device,
+        return build_backbone(self.config.backbone, self.config.flow_cnn_weights.load, self.runtime.device,
                               size=self.config.size)
 
     @functools.cached_property
-    def flow(self):
+    def flow(self) -> FlowEstimator:
         """The flow estimator of config.flow (RAFT on the runtime's device)."""
-        from glimpse.extract.flow import FlowEstimator
-
         config, runtime = self.config, self.runtime
-        return FlowEstimator(config.flow, device=runtime.device, weights=runtime.raft_weights_path,
+        return FlowEstimator(config.flow, device=runtime.device, weights=config.raft_weights.load,
                              size=config.flow_size, batch_size=runtime.batch_size)
 
-    def decode(self, record: dict[str, Any], config: ExtractConfig):
-        """Decode one video as ``config`` samples it: (DecodedVideo, its result attributes but the streams')."""
+    def decode(self, record: VideoRecord) -> tuple[DecodedVideo, dict[str, Any]]:
+        """Decode one video as the config samples it: (DecodedVideo, its result attributes but the streams')."""
         with_next = any(stream.needs_next for stream in self.streams.values())
-        video = decode_video(record["path"], config.sampling, with_next=with_next)
+        video = decode_video(record.path, self.config.sampling, with_next=with_next)
         result: dict[str, Any] = {
             "n_frames": len(video.indices),
             "frame_indices": video.indices.tolist(),
             "timestamps": video.timestamps.tolist(),
             "source": video.source,
         }
-        if record.get("boxes"):
-            from glimpse.extract.datasets import read_boxes
-
-            boxes = read_boxes(record["boxes"])  # (n_source_frames, 4)
+        if record.boxes:
+            boxes = read_boxes(record.boxes)  # (n_source_frames, 4)
             rows = np.full((len(video.indices), 4), np.nan, dtype=np.float32)
             inside = video.indices < len(boxes)
             rows[inside] = boxes[video.indices[inside]]
             result["boxes"] = rows.tolist()
         return video, result
 
-    def __call__(self, record: dict[str, Any], config: ExtractConfig, runtime: Runtime):
+    def __call__(self, record: VideoRecord) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Decode and compute every stream of one video, one after the other: (arrays, result attributes)."""
-        video, result = self.decode(record, config)
+        video, result = self.decode(record)
         arrays: dict[str, np.ndarray] = {}
         for name, stream in self.streams.items():  # sources first
             arrays[name] = stream.compute(video if stream.source is None else arrays[stream.source], result)
@@ -297,12 +297,10 @@ def describe_streams(specs: Sequence[StreamSpec], config: ExtractConfig) -> dict
     return {spec.name: compute_of(spec).describe(config) if _is_class(compute_of(spec)) else {} for spec in specs}
 
 
-def build_streams(specs: Sequence[StreamSpec], models: Extractor, config: ExtractConfig,
-                  runtime: Runtime) -> dict[str, StreamCompute]:
-    """The computes of ``specs`` (ordered by :func:`plan_streams`) on a worker, by name."""
+def build_streams(models: Extractor) -> dict[str, StreamCompute]:
+    """The computes of the worker's config's streams (ordered by :func:`plan_streams`), by name."""
     streams: dict[str, StreamCompute] = {}
-    for spec in plan_streams(specs, config):
+    for spec in plan_streams(models.config.stream_specs(), models.config):
         compute = compute_of(spec)
-        streams[spec.name] = compute(models, config, runtime) if _is_class(compute) else FrameFunction(spec.name,
-                                                                                                      compute)
+        streams[spec.name] = compute(models) if _is_class(compute) else FrameFunction(models, spec.name, compute)
     return streams

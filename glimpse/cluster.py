@@ -19,12 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from glimpse.errors import OptionError
+
 #: The Dask resource GPU workers declare and GPU tasks ask for.
 GPU = "GPU"
 
 
-class ClusterError(ValueError):
-    """A cluster that cannot be set up as asked (e.g. more GPUs than are visible); the message says why."""
+class ClusterError(OptionError):
+    """A cluster that cannot be set up as asked (e.g. more GPUs than are visible); the message names the option and
+    says why (a usage error: exit status 2)."""
 
 
 @dataclass(frozen=True)

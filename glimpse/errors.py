@@ -4,6 +4,8 @@ Every error a user can fix (a missing path, a store of another schema, an option
 :class:`GlimpseError`; the specific ones live beside the code that raises them and subclass it::
 
     GlimpseError
+      OptionError           glimpse.errors                  options that do not fit together (exit status 2)
+      ClusterError          glimpse.cluster                 a cluster that cannot be set up as asked
       DatasetError          glimpse.extract.datasets.base   a dataset tree that does not follow its layout
       DecodeError           glimpse.media.decode            a video that cannot be decoded as asked
       WeightsNotAvailable   glimpse.extract.backbones       pretrained weights not in the cache
@@ -18,8 +20,9 @@ Each also keeps the builtin base it had (ValueError, RuntimeError), so existing 
 
 Every CLI's top command is a :class:`Command` or :class:`Group` (``@click.command(cls=Command)``): a
 GlimpseError, or an OSError naming a file, becomes one line on stderr and exit status 1; click's usage
-errors keep status 2; anything else is a bug and keeps its traceback. ``--debug`` (on every command) or
-``GLIMPSE_DEBUG=1`` shows the traceback of the errors too.
+errors and an :class:`OptionError` (raised by a stage's API, which knows no click) exit with status 2; anything
+else is a bug and keeps its traceback. ``--debug`` (on every command) or ``GLIMPSE_DEBUG=1`` shows the traceback
+of the errors too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ _DEBUG_KEY = "glimpse.debug"
 
 class GlimpseError(Exception):
     """An error the user can fix; its message names the file or option and what to do."""
+
+
+class OptionError(GlimpseError, ValueError):
+    """Options that do not fit (an unknown name, two that exclude each other): a usage error, exit status 2.
+
+    ``option`` names the command-line option at fault (``"--streams"``), or is None for a combination."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -72,6 +85,12 @@ class ReportErrors:
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except OptionError as err:
+            if debugging(ctx):
+                raise
+            if err.option is None:
+                raise click.UsageError(str(err), ctx) from None
+            raise click.BadParameter(str(err), ctx, param_hint=f"'{err.option}'") from None
         except (GlimpseError, *PATH_ERRORS) as err:
             if debugging(ctx):
                 raise

@@ -19,7 +19,7 @@ import numpy as np
 from glimpse.evaluate.metrics import save_json
 from glimpse.evaluate.published import published_for
 from glimpse.evaluate.report import compare_runs, evaluate_run, format_table, table_row
-from glimpse.extract.cli import extract_dataset
+from glimpse.extract.api import FeatureRequest, RunOptions, extract_dataset
 from glimpse.extract.synth import SynthConfig, make_synthetic
 from glimpse.files import atomic_write_text
 from glimpse.store import open_store
@@ -30,7 +30,8 @@ from glimpse.train.run import RunDir
 
 #: The demo's dataset and training settings: 192 videos (4 classes, decoys), 12 frames at 112 px, a 4 x 4 grid.
 DEMO_SYNTH = {"classes": 4, "per_class": 48, "frames": 12, "size": 112, "seed": 3}
-DEMO_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 12, "batch_size": 16}
+DEMO_FEATURES = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 12}
+DEMO_BATCH = 16
 DEMO_MODELS = ("avgpool_lstm", "softattn", "softattn_code", "regattn", "regattn_sqrt", "convattn")
 DEMO_TRAIN = {"epochs": 30, "batch_size": 8, "lr": 1e-3, "seed": 1, "patience": 10, "workers": 0,
               "val_fraction": 0.15, "model_args": {"hidden": 64}}
@@ -155,8 +156,9 @@ def run_demo(out: str | Path, workers: int | None = None) -> None:
     except FileExistsError as exc:  # a demo folder from another glimpse version
         raise click.ClickException(f"{exc}\nremove {out_dir} (or pass --out NEW) and run the demo again") from None
     click.echo(f"demo 2/4: calibrated random GoogLeNet cubes -> {out_dir / 'stores'}")
-    summary = extract_dataset("synthetic", str(data), lab=str(out_dir / "stores"), workers=workers, quiet=False,
-                              **DEMO_EXTRACT)
+    summary = extract_dataset(FeatureRequest("synthetic", str(data), **DEMO_FEATURES),
+                              RunOptions(lab=str(out_dir / "stores"), workers=workers, batch_size=DEMO_BATCH,
+                                         progress=True))
     click.echo(summary.report())
     if summary.failed:
         raise click.ClickException(f"{len(summary.failed)} videos failed")

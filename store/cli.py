@@ -157,19 +157,19 @@ def repair(path: str, root: str | None, weights: str | None, dry_run: bool) -> N
     from glimpse.store.maintenance import extraction_options, reset_videos, videos_to_repair
     from glimpse.store.verify import verify_store
 
-    options = extraction_options(path, root, weights)
+    features, run = extraction_options(path, root, weights)
     bad = verify_store(path)
     todo = videos_to_repair(path, bad)
     click.echo(f"{path}: {len(bad)} bad and {len(todo) - len(bad)} failed videos to redo")
-    click.echo("extraction: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    click.echo("extraction: " + ", ".join(f"{k}={v}" for k, v in {**features, **run}.items()))
     if dry_run or not todo:
         return
     reset, busy = reset_videos(path, todo)
     if busy:
         click.echo(f"{len(busy)} videos are being written by a live run, left to it: {', '.join(busy[:5])}")
-    from glimpse.extract.cli import extract_dataset  # the extraction stage's API (boundary exemption, see tests)
+    from glimpse.extract.api import FeatureRequest, RunOptions, extract_dataset  # the extraction stage's API
 
-    summary = extract_dataset(**options, quiet=False)
+    summary = extract_dataset(FeatureRequest(**features), RunOptions(**run, progress=True))
     click.echo(summary.report(), err=bool(summary.failed))
     if summary.failed:
         sys.exit(1)

@@ -86,9 +86,10 @@ def reset_videos(path: str | Path, video_ids: Iterable[str]) -> tuple[list[str],
     return reset, busy
 
 
-def extraction_options(path: str | Path, root: str | None = None, weights: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of the extraction stage's API (``glimpse.extract.cli.extract_dataset``) that (re)fill the
-    store at ``path`` with its own config: what ``store repair`` runs.
+def extraction_options(path: str | Path, root: str | None = None,
+                       weights: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields of the extraction stage's API values (``glimpse.extract.api.FeatureRequest`` and ``RunOptions``)
+    that (re)fill the store at ``path`` with its own config: what ``store repair`` runs.
 
     The dataset root and the weights file come from what the store recorded at creation, unless given here (a
     store moved to another machine, or one imported from HDF5).
@@ -101,13 +102,16 @@ def extraction_options(path: str | Path, root: str | None = None, weights: str |
         raise StoreError(f"{path}: the store does not record its dataset root; pass --root")
     if not weights or weights.startswith("sha256:"):
         raise StoreError(f"{path}: the store does not record which weights file it used; pass --weights PATH")
-    options: dict[str, Any] = {"dataset": store.dataset, "root": root, "out": str(path), "backbone": config["backbone"],
-                               "weights": weights, "size": config["size"], "flow": config.get("flow", "none")}
-    options.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size", "streams")
-                    if config.get(k) is not None})
-    recorded = ("flow_weights", "raft_weights", "seed", "batch_size")
-    options.update({k: source[k] for k in recorded if source.get(k) is not None})
-    return options
+    features: dict[str, Any] = {"dataset": store.dataset, "root": root, "backbone": config["backbone"],
+                                "weights": weights, "size": config["size"], "flow": config.get("flow", "none")}
+    features.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size") if config.get(k) is not None})
+    if config.get("streams") is not None:
+        features["streams"] = tuple(config["streams"])
+    features.update({k: source[k] for k in ("flow_weights", "raft_weights", "seed") if source.get(k) is not None})
+    run: dict[str, Any] = {"out": str(path)}
+    if source.get("batch_size") is not None:
+        run["batch_size"] = source["batch_size"]
+    return features, run
 
 
 def videos_to_repair(path: str | Path, bad: Iterable[tuple[str, str]]) -> list[str]:

@@ -39,7 +39,7 @@ TRAINING_CALLS = re.compile(r"\b(train_model|resume_run|run_sweep|ensure_trained
 
 #: (file, module) imports that cross a boundary on purpose: the store CLI's repair hands the videos it reset to the
 #: extraction stage's API (store's library modules import no stage).
-EXEMPT = {("store/cli.py", "glimpse.extract.cli")}
+EXEMPT = {("store/cli.py", "glimpse.extract.api")}
 
 #: What naming a store's insides looks like: its layout constants, its metadata files, raw Zarr group access.
 ZARR_PATHS = re.compile(r"VIDEOS_GROUP|VIDEO_ATTR|ROOT_ATTR|zarr\.json|[\"']videos/|zarr\.open|open_group")

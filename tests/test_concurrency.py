@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extraction import extract
 from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
 from test_reliability import HEAVY_OPTS, finish_like_reference
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import open_store
 from glimpse.store.claims import claim_video, is_claimed
 from glimpse.store.verify import verify_store
@@ -33,7 +33,7 @@ SUMMARY = re.compile(r"(\d+) videos extracted, (\d+) already done, (\d+) done by
 def heavy_reference(heavy, dask_client, tmp_path_factory) -> Path:
     """The heavy dataset extracted by one uninterrupted run with the CLI runs' torch thread count (workers=1)."""
     out = tmp_path_factory.mktemp("reference") / "heavy"
-    extract_dataset("synthetic", str(heavy), str(out), client=dask_client, workers=1, **HEAVY_OPTS)
+    extract("synthetic", str(heavy), str(out), client=dask_client, workers=1, **HEAVY_OPTS)
     return out
 
 
@@ -41,7 +41,7 @@ def heavy_reference(heavy, dask_client, tmp_path_factory) -> Path:
 def reference(tiny_synthetic, dask_client, tmp_path_factory) -> Path:
     """The tiny dataset extracted by one uninterrupted run (workers=1: the CLI runs' torch thread count)."""
     out = tmp_path_factory.mktemp("reference") / "tiny"
-    extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, workers=1, **TINY_OPTS)
+    extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, workers=1, **TINY_OPTS)
     return out
 
 

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from extraction import extract
 
 from glimpse.cli import main as glimpse_main
 from glimpse.evaluate.cli import main
 from glimpse.experiments import comparison_table, run_protocol
-from glimpse.extract.cli import extract_dataset
 from glimpse.train.loop import train_model
 
 FAST = {"epochs": 2, "batch_size": 4, "frames": 6, "workers": 0, "progress": False, "model_args": {"hidden": 16}}
@@ -32,7 +32,7 @@ def two_fold_store(tiny_synthetic, dask_client, tmp_path_factory):
     lists.joinpath("trainlist02.txt").write_text("".join(f"{t} {label[t.split('/')[0]]}\n" for t in test))
     lists.joinpath("testlist02.txt").write_text("".join(line.split()[0] + "\n" for line in train))
     out = tmp_path_factory.mktemp("stores") / "folds"
-    extract_dataset("synthetic", str(root), str(out), client=dask_client, **STORE_OPTS)
+    extract("synthetic", str(root), str(out), client=dask_client, **STORE_OPTS)
     return out
 
 

@@ -166,10 +166,10 @@ def test_confusion_png(tmp_path):
 def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, tmp_path):
     """Real extraction -> store; re-decoded frames are the ones extraction used; a real model's maps drawn."""
     import torch
+    from extraction import extract
 
     from glimpse.evaluate.localization import frame_attention, localization_scores
     from glimpse.evaluate.metrics import prediction_metrics
-    from glimpse.extract.cli import extract_dataset
     from glimpse.store import open_store
     from glimpse.train.clips import Video
     from glimpse.train.data import FeatureReader, VideoDataset, targets_for
@@ -178,7 +178,7 @@ def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, 
     from glimpse.train.sampling import Windows as Clip
 
     out = tmp_path / "store"
-    extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
+    extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
                     weights="none", size=64, frames=6, batch_size=8)
     store = open_store(out)
     done = [e for e in store.videos if e.status == "done"]

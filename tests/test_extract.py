@@ -18,9 +18,10 @@ import torchvision
 import zarr
 from bad_inputs import Case, check_outcomes
 from click.testing import CliRunner
+from extraction import extract
 from reliability_log import record
 
-from glimpse.extract.cli import extract_dataset, main
+from glimpse.extract.cli import main
 from glimpse.store import StoreExistsError, open_store
 from glimpse.store.verify import verify_store
 
@@ -59,7 +60,7 @@ def assert_same_stores(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def extracted(tiny_with_bad_files, dask_client, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "tiny"
-    summary = extract_dataset("synthetic", str(tiny_with_bad_files), str(out), client=dask_client, **TINY_OPTS)
+    summary = extract("synthetic", str(tiny_with_bad_files), str(out), client=dask_client, **TINY_OPTS)
     assert summary.failed, "the bad files must fail"
     return out
 
@@ -111,14 +112,14 @@ def test_store_is_readable_with_plain_zarr(extracted):
 def test_rerun_skips_finished_videos_and_refuses_another_config(extracted, tiny_with_bad_files, dask_client):
     before = store_snapshot(extracted)
     n_done = sum(status == "done" for status, *_ in before.values())
-    again = extract_dataset("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client, **TINY_OPTS)
+    again = extract("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client, **TINY_OPTS)
     assert again.skipped == n_done and again.done == 0  # finished videos are skipped
     assert len(again.failed) == len(before) - n_done  # failed ones are tried again
     after = store_snapshot(extracted)
     for vid, (status, *_rest) in before.items():
         assert after[vid][0] == status
     with pytest.raises(StoreExistsError, match="--overwrite"):
-        extract_dataset("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client,
+        extract("synthetic", str(tiny_with_bad_files), str(extracted), client=dask_client,
                         **{**TINY_OPTS, "frames": 5})
 
 
@@ -160,7 +161,7 @@ def test_stored_features_equal_the_torchvision_backbone_on_the_decoded_frame(tin
     torch.save(net.state_dict(), weights)
     out = tmp_path / "s"
     opts = {**TINY_OPTS, "weights": str(weights)}
-    summary = extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, **opts)
+    summary = extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, **opts)
     assert not summary.failed
     s = open_store(out)
     assert s.meta["weights"].startswith("sha256:")
@@ -193,7 +194,7 @@ def test_flow_of_a_translating_video_has_the_known_magnitude_and_sign(translatin
     out = tmp_path / "s"
     for method in ("farneback", "tvl1"):
         opts = {**TINY_OPTS, "frames": 3, "flow": method}
-        summary = extract_dataset("synthetic", str(root), str(out), client=dask_client, overwrite=True, **opts)
+        summary = extract("synthetic", str(root), str(out), client=dask_client, overwrite=True, **opts)
         assert not summary.failed, summary.report()
         s = open_store(out)
         flow = s.read("Move/v_Move_g01_c01", "flow").astype(np.float32)  # (3, 2, 96, 96)
@@ -208,7 +209,7 @@ def test_flow_of_a_translating_video_has_the_known_magnitude_and_sign(translatin
 def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthetic, dask_client, tmp_path):
     reference = tmp_path / "reference"
     # workers=1 gives the same torch thread count as the CLI run below: conv sums depend on it
-    extract_dataset("synthetic", str(tiny_synthetic), str(reference), client=dask_client, workers=1, **TINY_OPTS)
+    extract("synthetic", str(tiny_synthetic), str(reference), client=dask_client, workers=1, **TINY_OPTS)
     out = tmp_path / "killed"
     args = cli_args(tiny_synthetic, out, workers=1)
     proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

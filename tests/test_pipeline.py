@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import zarr
 from bad_inputs import moving_block
+from extraction import extract
 from test_extract import TINY_OPTS, assert_same_stores
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.media.encode import write_video
 from glimpse.store import open_store
 from glimpse.store.verify import verify_store
@@ -49,7 +49,7 @@ def both_paths(root: Path, tmp_path: Path, client, **opts) -> tuple[Path, Path]:
     """Extract ``root`` sequentially and pipelined (one worker process each time, same torch threads)."""
     stores = tmp_path / "sequential", tmp_path / "pipelined"
     for out, sequential in zip(stores, (True, False), strict=True):
-        extract_dataset("synthetic", str(root), str(out), client=client, workers=2, sequential=sequential, **opts)
+        extract("synthetic", str(root), str(out), client=client, workers=2, sequential=sequential, **opts)
     return stores
 
 

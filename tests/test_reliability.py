@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extraction import extract
 from reliability_log import record
 from test_extract import REPO, assert_same_stores, cli_args
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import StoreError, open_store
 from glimpse.store.layout import video_key
 from glimpse.store.verify import verify_store
@@ -46,7 +46,7 @@ def done_count(store: Path) -> int:
 @pytest.mark.reliability
 def test_ten_sigkills_at_random_moments_then_resume_gives_the_uninterrupted_store(heavy, dask_client, tmp_path):
     reference = tmp_path / "reference"
-    extract_dataset("synthetic", str(heavy), str(reference), client=dask_client, workers=1, **HEAVY_OPTS)
+    extract("synthetic", str(heavy), str(reference), client=dask_client, workers=1, **HEAVY_OPTS)
     out = tmp_path / "killed"
     args = cli_args(heavy, out, workers=1, **HEAVY_OPTS)
     rng = np.random.default_rng(2026)
@@ -77,14 +77,14 @@ def test_a_dask_worker_killed_mid_extraction_loses_nothing(heavy, dask_client, t
     from distributed import Client, LocalCluster
 
     reference = tmp_path / "reference"
-    extract_dataset("synthetic", str(heavy), str(reference), client=dask_client, **HEAVY_OPTS)
+    extract("synthetic", str(heavy), str(reference), client=dask_client, **HEAVY_OPTS)
     out = tmp_path / "s"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         pids = client.run(os.getpid)  # worker address -> pid
         result: list = []
         runner = threading.Thread(target=lambda: result.append(
-            extract_dataset("synthetic", str(heavy), str(out), client=client, **HEAVY_OPTS)))
+            extract("synthetic", str(heavy), str(out), client=client, **HEAVY_OPTS)))
         runner.start()
         deadline = time.monotonic() + 120
         while done_count(out) < 2 and time.monotonic() < deadline:
@@ -115,7 +115,7 @@ def test_hostile_store_metadata_is_refused_as_data_and_never_run(tiny_synthetic,
     marker = Path("/tmp/glimpse-hostile-marker")
     marker.unlink(missing_ok=True)
     out = tmp_path / "s"
-    extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
+    extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
                     weights="none", size=64, frames=6, batch_size=8)
     victim = open_store(out).videos[2]
     (out / "videos" / video_key(victim.id) / "zarr.json").write_bytes(pickle.dumps(Boom()))

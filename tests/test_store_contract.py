@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from extraction import extract
 from test_extract import TINY_OPTS
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.extract.cli import main as extract_main
 from glimpse.media.decode import Sampling, decode_video
 from glimpse.store import StoreError, open_store
@@ -140,7 +140,7 @@ def test_a_registered_toy_stream_is_extracted_stored_read_and_verified(toy_strea
     # pipelined next to the batched CNN stream, and on its own both ways (no CNN is built for it)
     for path, streams, sequential in (("pipelined", "rgb,toy", False), ("alone", ["toy"], False),
                                       ("sequential", ["toy"], True)):
-        extract_dataset("synthetic", str(tiny_synthetic), str(stores[path]), client=dask_client, streams=streams,
+        extract("synthetic", str(tiny_synthetic), str(stores[path]), client=dask_client, streams=streams,
                         sequential=sequential, **TINY_OPTS)
         assert {v.status for v in open_store(stores[path]).videos} == {"done"}, path
     pipelined, alone, sequential = (open_store(stores[path]) for path in ("pipelined", "alone", "sequential"))

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from extraction import extract
 from test_extract import REPO, TINY_OPTS
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import StoreError, StoreExistsError, open_store
 from glimpse.store.catalog import resolve_store
 from glimpse.store.claims import claim_video
@@ -25,19 +25,19 @@ from glimpse.store.verify import verify_store
 @pytest.fixture(scope="module")
 def lab(tiny_synthetic, dask_client, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    first = extract_dataset("synthetic", str(tiny_synthetic), lab=str(root), client=dask_client, **TINY_OPTS)
+    first = extract("synthetic", str(tiny_synthetic), lab=str(root), client=dask_client, **TINY_OPTS)
     return root, first
 
 
 def test_the_same_features_asked_twice_land_in_the_same_store(lab, tiny_synthetic, dask_client):
     root, first = lab
     assert first.done == 12
-    again = extract_dataset("synthetic", str(tiny_synthetic), lab=str(root), client=dask_client, **TINY_OPTS)
+    again = extract("synthetic", str(tiny_synthetic), lab=str(root), client=dask_client, **TINY_OPTS)
     assert again.store == first.store and again.skipped == 12 and again.done == 0
     store = open_store(first.store)
     assert first.store == str(root / "synthetic" / f"googlenet-{store.config_hash}")
     assert resolve_store(root, "synthetic").path == first.store
-    other = extract_dataset("synthetic", str(tiny_synthetic), lab=str(root), client=dask_client,
+    other = extract("synthetic", str(tiny_synthetic), lab=str(root), client=dask_client,
                             **{**TINY_OPTS, "frames": 4})
     assert other.store != first.store
     with pytest.raises(StoreError, match="2 stores of dataset 'synthetic'.*--store"):
@@ -89,11 +89,10 @@ def test_repair_redoes_a_corrupted_video_through_the_extraction_stage(lab, tmp_p
 def test_repair_asks_the_extraction_api_for_nothing_it_does_not_take(lab):
     """Every option repair derives from a store is a parameter of the extraction stage's API (that they reproduce
     the store's config is shown by the repair above, which would be refused by a store of another config)."""
-    import inspect
+    from glimpse.extract.api import FeatureRequest, RunOptions
 
-    options = extraction_options(lab[1].store)
-    assert set(options) <= set(inspect.signature(extract_dataset).parameters)
-    assert options["out"] == lab[1].store and options["dataset"] == "synthetic"
+    features, run = extraction_options(lab[1].store)
+    assert FeatureRequest(**features).dataset == "synthetic" and RunOptions(**run).out == lab[1].store
 
 
 def chunk_files(store_path) -> dict[str, bytes]:
@@ -106,7 +105,7 @@ def chunk_files(store_path) -> dict[str, bytes]:
 def raw_store(lab, tiny_synthetic, dask_client, tmp_path_factory):
     """The lab's features extracted again with --codec none."""
     out = tmp_path_factory.mktemp("raw") / "store"
-    summary = extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, codec="none",
+    summary = extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, codec="none",
                               **TINY_OPTS)
     assert summary.done == 12
     return out
@@ -134,10 +133,10 @@ def test_a_codec_is_a_storage_choice_the_values_and_config_hash_stay(lab, raw_st
 
 def test_a_store_keeps_its_codec_and_refuses_another(lab, raw_store, tiny_synthetic, dask_client):
     before = chunk_files(raw_store)
-    again = extract_dataset("synthetic", str(tiny_synthetic), str(raw_store), client=dask_client, **TINY_OPTS)
+    again = extract("synthetic", str(tiny_synthetic), str(raw_store), client=dask_client, **TINY_OPTS)
     assert again.skipped == 12 and open_store(raw_store).metadata.codec == "none"  # no --codec: the store's own
     with pytest.raises(StoreExistsError, match="stored with codec zstd, this run asks for none.*leave --codec out"):
-        extract_dataset("synthetic", str(tiny_synthetic), lab=str(lab[0]), client=dask_client, codec="none",
+        extract("synthetic", str(tiny_synthetic), lab=str(lab[0]), client=dask_client, codec="none",
                         **TINY_OPTS)
     assert open_store(lab[1].store).metadata.codec == "zstd" and verify_store(lab[1].store) == []
     assert chunk_files(raw_store) == before

@@ -6,9 +6,9 @@ import shutil
 import subprocess
 
 import pytest
+from extraction import extract
 
 from glimpse.evaluate.report import evaluate_run
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import open_store
 from glimpse.store.verify import verify_store
 from glimpse.train.loop import train_model
@@ -20,7 +20,7 @@ FAST = {"epochs": 2, "batch_size": 4, "frames": 6, "workers": 0, "progress": Fal
 def immutable_store(tiny_synthetic, dask_client, tmp_path):
     """A freshly extracted store with `chattr +i` on every file and folder: no process, root included, can write."""
     out = tmp_path / "store"
-    extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
+    extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
                     weights="none", size=64, frames=6, batch_size=8)
     shutil.rmtree(out / ".glimpse-claims")  # extraction's lock files: a finished store needs none
     if shutil.which("chattr") is None or subprocess.run(["chattr", "-R", "+i", str(out)]).returncode != 0:

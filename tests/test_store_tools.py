@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
+from extraction import extract
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.catalog import store_info, store_summary
 from glimpse.store.cli import main
@@ -52,7 +52,7 @@ def lab_store(tiny_synthetic: Path, dask_client, tmp_path_factory) -> Path:
     bad[1].write_text("not a video\n" * 50)
     trainlist = root / "ucfTrainTestlist" / "trainlist01.txt"
     trainlist.write_text(trainlist.read_text() + "".join(f"{first_class}/{p.name} 1\n" for p in bad))
-    summary = extract_dataset("synthetic", str(root), str(out), client=dask_client, **OPTS)
+    summary = extract("synthetic", str(root), str(out), client=dask_client, **OPTS)
     assert len(summary.failed) == 2 and summary.done == 12, summary.report()
     return out
 

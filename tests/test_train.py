@@ -17,18 +17,19 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from extraction import extract
 from reliability_log import record
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.layout import video_key
+from glimpse.train.aggregation import aggregate
 from glimpse.train.cli import main
 from glimpse.train.clips import Video, hold_out
 from glimpse.train.config import ConfigError, TrainConfig, parse_model_args, resolve
 from glimpse.train.data import parse_bytes
 from glimpse.train.loop import NonFiniteLossError, drop_step, lr_at, resume_run, train_model
 from glimpse.train.models import MODELS, build_model
-from glimpse.train.predict import aggregate, load_run, predict_run
+from glimpse.train.predict import load_run, predict_run
 from glimpse.train.run import TIMING_COLUMNS, RunDir
 from glimpse.train.sampling import Segments
 
@@ -47,7 +48,7 @@ def small_args(model: str) -> dict:
 def tiny_store(tiny_synthetic, dask_client, tmp_path_factory) -> Path:
     """The tiny synthetic dataset through the real extraction stage: 12 videos of 6 frames, 1024 x 2 x 2 cubes."""
     out = tmp_path_factory.mktemp("train_store") / "tiny"
-    summary = extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, **TINY_EXTRACT)
+    summary = extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, **TINY_EXTRACT)
     assert not summary.failed
     return out
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from extraction import extract
 
 from glimpse.evaluate.report import evaluate_run
-from glimpse.extract.cli import extract_dataset
 from glimpse.extract.synth import SynthConfig, make_synthetic
 from glimpse.train.loop import train_model
 
@@ -41,7 +41,7 @@ LOCALISATION_MARGIN = 1.5
 def synthetic_store(dask_client, tmp_path_factory) -> Path:
     root = make_synthetic(tmp_path_factory.mktemp("accuracy") / "data", SYNTH)
     out = root.parent / "store"
-    summary = extract_dataset("synthetic", str(root), str(out), client=dask_client, backbone="googlenet",
+    summary = extract("synthetic", str(root), str(out), client=dask_client, backbone="googlenet",
                               weights="none", size=112, frames=12, batch_size=16)
     assert not summary.failed
     return out

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from extraction import extract
 from reliability_log import record
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.train.config import TrainConfig
 from glimpse.train.run import RunDir
 from glimpse.train.sweep import grid_points, parse_grid, point_name, point_options, results_table, sweep
@@ -28,7 +28,7 @@ GRID = ["lambda=1e-4,1e-3", "penalty=l21,sqrt_mass"]
 @pytest.fixture(scope="module")
 def tiny_store(tiny_synthetic, dask_client, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep_store") / "tiny"
-    assert not extract_dataset("synthetic", str(tiny_synthetic), str(out), client=dask_client, **TINY_EXTRACT).failed
+    assert not extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, **TINY_EXTRACT).failed
     return out
 
 

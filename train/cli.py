@@ -14,8 +14,12 @@ from pathlib import Path
 
 import click
 
-from glimpse.errors import Group
+from glimpse.choices import DEVICES, RegistryChoice
+from glimpse.errors import Group, OptionError
 from glimpse.store.catalog import default_root
+from glimpse.train.config import ConfigError
+from glimpse.train.models import MODELS
+from glimpse.train.options import config_options, config_values, model_settings
 
 
 def find_store(dataset: str, root: str) -> str:
@@ -29,24 +33,20 @@ def find_store(dataset: str, root: str) -> str:
         raise click.UsageError(f"--dataset {dataset}: {err}") from None
 
 
-def training_options(model: str, lam: float | None, blocks: int | None, sets: tuple[str, ...],
-                     normalize: bool, cache_ram: str | None, quiet: bool, **plain) -> dict:
-    """TrainConfig keyword arguments from the command line's options (None ones left to the defaults)."""
-    from glimpse.train.config import ConfigError, parse_model_args
-    from glimpse.train.data import parse_bytes
+#: The TrainConfig fields train takes as options, and the fewer a sweep shares with every run.
+TRAIN_FIELDS = ("split", "epochs", "batch_size", "lr", "optimizer", "seed", "device", "sampling", "frames", "stride",
+                "clips_per_video", "steps", "shuffle_videos", "aggregation", "val_fraction", "patience",
+                "norm_videos", "workers", "cache_dir", "checkpoint_every")
+SWEEP_FIELDS = ("split", "epochs", "batch_size", "lr", "optimizer", "seed", "frames", "val_fraction", "patience")
 
+
+def model_settings_or_usage(model: str, sets: tuple[str, ...], lam: float | None = None,
+                            blocks: int | None = None) -> dict:
+    """:func:`glimpse.train.options.model_settings`, its errors usage errors."""
     try:
-        model_args = parse_model_args(model, list(sets))
-        if lam is not None:
-            model_args.update(parse_model_args(model, [f"lam={lam!r}"]))
-        if blocks is not None:
-            model_args.update(parse_model_args(model, [f"blocks={blocks}"]))
-        options = {k: v for k, v in plain.items() if v is not None}
-        if cache_ram:
-            options["cache_ram"] = parse_bytes(cache_ram)
-    except (ConfigError, ValueError) as err:
-        raise click.UsageError(str(err)) from None
-    return {**options, "model_args": model_args, "normalize": normalize, "progress": not quiet}
+        return model_settings(model, sets, lam, blocks)
+    except ConfigError as err:
+        raise OptionError(str(err)) from None
 
 
 @click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
@@ -55,40 +55,15 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
 @click.option("--dataset", help="Find the store of this dataset under --store-root instead of --store.")
 @click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/",
               help="Where --dataset looks for stores.")
-@click.option("--model", help="A registered model (python -m glimpse.train models).")
+@click.option("--model", type=RegistryChoice(MODELS), help="A registered model (python -m glimpse.train models).")
 @click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
-@click.option("--split", help="Official split K of the dataset. [1]")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train. [30, or enough for 2,000 steps]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step. [the model's paper, <= 1/8 epoch]")
-@click.option("--lr", type=float, help="Learning rate. [the model's paper]")
-@click.option("--optimizer", type=click.Choice(["adam", "adadelta", "sgd"]), help="[the model's paper]")
 @click.option("--lambda", "lam", type=float, help="Attention penalty weight (the model's `lam`).")
 @click.option("--blocks", type=click.IntRange(min=1), help="regattn: N x N group-sparsity blocks.")
-@click.option("--seed", type=int, help="Random seed: the same seed gives the same metrics. [0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[auto]")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Any model setting, e.g. --set hidden=1024.")
-@click.option("--sampling", type=click.Choice(["windows", "segments", "random", "spread"]),
-              help="Clip policy: every window, Quan's segments, random windows, frames spread over the video. "
-                   "[the model's paper]")
-@click.option("--frames", type=click.IntRange(min=1), help="Clip length T in frames. [the model's paper]")
-@click.option("--stride", type=click.IntRange(min=1),
-              help="Frames between two clip starts: training stride s, segment spacing d. [the model's paper]")
-@click.option("--clips-per-video", type=click.IntRange(min=0),
-              help="Clips of a video per epoch: random windows drawn, or a random subset of the dense ones (0 all).")
-@click.option("--steps", type=click.IntRange(min=0), help="Iteration budget: sets --epochs (rounded up). [0: off]")
-@click.option("--shuffle-videos", type=click.IntRange(min=1), help="Videos whose clips are shuffled together. [8]")
-@click.option("--aggregation", type=click.Choice(["mean", "vote"]), help="Video score from clips. [the model's]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Held out by group. [0.15, or 0 where that is < 20 videos]")
-@click.option("--patience", type=click.IntRange(min=0), help="Early stopping after N epochs, 0 never. [5]")
+@config_options(TRAIN_FIELDS)
 @click.option("--normalize/--no-normalize", default=True, help="Standardize channels with training statistics.")
-@click.option("--norm-videos", type=click.IntRange(min=1), help="Videos the statistics are taken on. [256]")
-@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes (spawned). [2]")
 @click.option("--cache-ram", help="Hold the store in RAM if it fits this budget, e.g. 8GB.")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Keep a decompressed copy of the run's videos here (a local disk), shared between runs.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), help="Also checkpoint every N steps. [0]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam, blocks, sets, normalize, cache_ram,
@@ -100,22 +75,11 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
     from glimpse.train.loop import resume_run, train_model
 
     if resume:
-        changes = {k: v for k, v in plain.items() if v is not None}
-        if cache_ram:
-            from glimpse.train.data import parse_bytes
-
-            changes["cache_ram"] = parse_bytes(cache_ram)
-        if quiet:
-            changes["progress"] = False
-        result = resume_run(resume, **changes)
+        result = resume_run(resume, **config_values(plain, cache_ram, quiet))
         click.echo(result.summary())
         return
     if not model:
         raise click.UsageError("--model is required (or --resume RUN_DIR); python -m glimpse.train models lists them")
-    from glimpse.train.models import MODELS
-
-    if model not in MODELS:
-        raise click.UsageError(f"unknown model {model!r}; registered models: {', '.join(MODELS)}")
     if not store and not dataset:
         raise click.UsageError("give --store PATH or --dataset NAME")
     store = store or find_store(dataset, store_root)
@@ -123,7 +87,8 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
         from glimpse.store import open_store
 
         out = str(Path("runs") / f"{open_store(store).dataset}-{model}")
-    options = training_options(model, lam, blocks, sets, normalize, cache_ram, quiet, **plain)
+    options = {**config_values(plain, cache_ram, quiet), "normalize": normalize,
+               "model_args": model_settings_or_usage(model, sets, lam, blocks)}
     result = train_model(store, model, out, **options)
     click.echo(result.summary())
 
@@ -131,42 +96,29 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
 @main.command("models")
 def models_command() -> None:
     """List every registered model with its paper, equations and defaults."""
-    from glimpse.train.models import MODELS  # imports torch: only when the command runs
-
     click.echo("\n\n".join(spec.describe() for spec in MODELS.values()))
 
 
 @main.command("sweep")
 @click.option("--store", required=True, type=click.Path(), help="The feature store every run trains from.")
-@click.option("--model", required=True, help="A registered model.")
+@click.option("--model", required=True, type=RegistryChoice(MODELS), help="A registered model.")
 @click.option("--grid", "grids", multiple=True, required=True, metavar="NAME=V1,V2,...",
               help="Values of one setting (lambda, blocks, lr, hidden, ...); repeat for a grid.")
 @click.option("--out", type=click.Path(), help="Folder of the sweep's runs and table. [runs/sweep-<dataset>-<model>]")
 @click.option("--scheduler", help="A running Dask scheduler's address (or DASK_SCHEDULER_ADDRESS). [a LocalCluster]")
 @click.option("--n-workers", type=click.IntRange(min=1), help="LocalCluster workers. [one per GPU, else 2]")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per run. [cores / workers]")
-@click.option("--split", help="Official split K. [1]")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs per run. [30]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step. [16]")
-@click.option("--lr", type=float, help="Learning rate. [the model's paper]")
-@click.option("--optimizer", type=click.Choice(["adam", "adadelta", "sgd"]), help="[the model's paper]")
-@click.option("--seed", type=int, help="Random seed of every run. [0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="cuda: one GPU per run.")
+@click.option("--device", type=RegistryChoice(DEVICES), default="auto", help="cuda: one GPU per run.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A model setting shared by every run.")
-@click.option("--frames", type=click.IntRange(min=1), help="Clip length T. [the model's paper]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="[0.15]")
-@click.option("--patience", type=click.IntRange(min=0), help="[5]")
+@config_options(SWEEP_FIELDS)
 def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets, device, **plain) -> None:
     """Train one run per grid point as tasks on a Dask cluster; print and save the table of results."""
     import os
 
-    from glimpse.train.models import MODELS
     from glimpse.train.sweep import parse_grid, point_options, sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if model not in MODELS:
-        raise click.UsageError(f"unknown model {model!r}; registered models: {', '.join(MODELS)}")
-    options = training_options(model, None, None, sets, True, None, True, **plain)
+    options = {**config_values(plain, quiet=True), "model_args": model_settings_or_usage(model, sets)}
     options["workers"] = 0  # Dask worker processes are daemons: they may not start DataLoader workers
     try:
         grid = parse_grid(grids)

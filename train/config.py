@@ -16,13 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from glimpse.choices import DEVICES
 from glimpse.errors import GlimpseError
+from glimpse.train.aggregation import AGGREGATIONS
 from glimpse.train.models import MODELS
 from glimpse.train.sampling import POLICIES, Policy, items_per_epoch, make_policy
 
 #: optimizer -> its learning rate when a model's paper used another optimizer
 OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}
-DEVICES = ("auto", "cpu", "cuda")
 
 #: the smallest number of batches an epoch is given when the paper's batch size would leave fewer (small stores)
 MIN_BATCHES = 8
@@ -53,7 +54,7 @@ class TrainConfig:
     per epoch (random: how many; dense policies: a random subset, 0 all), ``steps`` an iteration
     budget (CHAM's count; it sets ``epochs``, rounded up to whole epochs; 0: use ``epochs``),
     ``shuffle_videos`` the videos whose clips are shuffled together (the shuffle buffer),
-    ``aggregation`` how clip scores become a video score ("mean" or "vote"). ``model_args``
+    ``aggregation`` how clip scores become a video score (train/aggregation.py). ``model_args``
     overrides fields of the model's config (hidden, lam, blocks, ...). ``val_fraction`` of the
     training videos is held out by group for validation; ``patience`` epochs without a better
     validation score stop the run (0: never). ``cache_ram`` is a byte budget for holding every
@@ -101,8 +102,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.aggregation is not None and self.aggregation not in ("mean", "vote"):
-            raise ConfigError(f"aggregation must be 'mean' or 'vote', got {self.aggregation!r}")
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.sampling is not None and self.sampling not in POLICIES:
             raise ConfigError(f"sampling must be one of {tuple(POLICIES)}, got {self.sampling!r}")
         for name in ("epochs", "batch_size", "frames", "stride", "shuffle_videos"):

@@ -6,14 +6,18 @@ each penalty returns the per-sample value summed over time, shape (batch,).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:  # train.models imports this module for its penalties
-    from glimpse.train.models.base import ModelOutput
+
+class ScoredOutput(Protocol):
+    """What :func:`model_loss` reads of a model's output (``glimpse.train.models.ModelOutput``)."""
+
+    logits: Tensor  # (B, T, classes) or (B, 1, classes)
+    aux_losses: dict[str, Tensor]  # name -> (B,)
 
 
 def _check_maps(attn: Tensor, what: str) -> None:
@@ -137,7 +141,7 @@ def clip_loss(logits: Tensor, target: Tensor, multi_label: bool = False) -> Tens
     return ce.view(-1, steps).sum(1)  # (B,)
 
 
-def model_loss(output: ModelOutput, labels: Tensor) -> Tensor:
+def model_loss(output: ScoredOutput, labels: Tensor) -> Tensor:
     """Mean over the batch of the cross-entropy summed over time steps plus every auxiliary penalty.
 
     ``labels`` is (B,) class indices; every step of a per-step model is trained on its clip's label.

@@ -1,10 +1,7 @@
 """Per-video predictions: every clip covering a video through the model, aggregated as its paper did.
 
-"mean" (Sharma et al.): softmax per time step, averaged over steps and over all blocks. "vote" (Quan
-et al., Eq. 13-15): each segment predicts the class of its mean softmax over steps, the video takes
-the majority (ties go to the class of higher mean probability). Multi-label runs score each class
-by its mean sigmoid and report mAP. The evaluation stage builds on :func:`predict_videos` and
-:func:`load_run`.
+Clip scores become a video's score by the run's aggregation (train/aggregation.py: "mean" as Sharma et al.,
+"vote" as Quan et al.). The evaluation stage builds on :func:`predict_videos` and :func:`load_run`.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import torch
 from torch import nn
 
 from glimpse.store import open_store
+from glimpse.train.aggregation import aggregate
 from glimpse.train.clips import role_videos
 from glimpse.train.data import (
     FeatureReader,
@@ -50,18 +48,6 @@ class VideoPrediction:
     clip_logits: np.ndarray
     attention: np.ndarray | None
     loss: float
-
-
-def aggregate(logits: torch.Tensor, aggregation: str, multi_label: bool) -> tuple[np.ndarray, int]:
-    """(clips, T', classes) logits -> video scores (classes,) and the predicted class."""
-    probs = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)  # (clips, T', classes)
-    mean = probs.mean((0, 1))  # (classes,)
-    if aggregation == "mean" or multi_label:
-        return mean.numpy(), int(mean.argmax())
-    votes = torch.bincount(probs.mean(1).argmax(-1), minlength=probs.shape[-1]).float()  # (classes,)
-    scores = votes / votes.sum()
-    tied = votes == votes.max()
-    return scores.numpy(), int(torch.where(tied, mean, torch.full_like(mean, -1.0)).argmax())
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ entry point the extraction stage uses.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,4 +31,9 @@ def load_dataset(name: str, root: str | Path, **kwargs) -> Dataset:
     return DATASETS[name](root, **kwargs)
 
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "read_boxes", "resolve_inside"]
+def takes_seed(name: str) -> bool:
+    """Whether dataset ``name`` draws its protocol splits at random (its adapter takes ``seed=``)."""
+    return name in DATASETS and "seed" in inspect.signature(DATASETS[name]).parameters
+
+
+__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "read_boxes", "resolve_inside", "takes_seed"]

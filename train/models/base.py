@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-AGGREGATIONS = ("mean", "vote")
+from glimpse.train.aggregation import AGGREGATIONS
+from glimpse.train.sampling import POLICIES
+
 LOGITS = ("step", "clip")
 VARIANTS = ("equations", "released code")
 
@@ -96,8 +98,6 @@ class ModelSpec:
         outputs = "per-step logits (B, T, classes)" if self.logits == "step" else "per-clip logits (B, 1, classes)"
         outputs += ", attention maps (B, T, K, K)" if self.attention else ", no attention maps"
         whose = "paper's" if self.variant == "equations" else "authors'"
-        from glimpse.train.sampling import POLICIES
-
         policy = f"{self.sampling} ({' '.join(POLICIES[self.sampling].__doc__.split()).rstrip('.')})"
         return "\n".join([
             f"{self.name}",

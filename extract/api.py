@@ -1,0 +1,203 @@
+"""The extraction stage's programmatic API: :func:`extract_dataset` (what ``python -m glimpse.extract`` runs).
+
+Two frozen values describe a run: :class:`FeatureRequest`, everything that decides the stored features (it becomes
+the :class:`~glimpse.extract.config.ExtractConfig` whose hash names the store), and :class:`RunOptions`, where the
+store goes and how the work runs (workers, device, scheduler), which never changes a value. Options that do not fit
+raise :class:`glimpse.errors.OptionError`; the command line turns it into a usage error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glimpse.cluster import dask_client, parse_gpus, plan_cluster, visible_gpus
+from glimpse.errors import OptionError
+from glimpse.extract.backbones import BACKBONES, weights_identity
+from glimpse.extract.config import Calibration, ExtractConfig, Outcome, Runtime, WeightsRef, default_streams
+from glimpse.extract.datasets import Dataset, load_dataset, takes_seed
+from glimpse.extract.flow import FLOW_METHODS
+from glimpse.extract.pipeline import Summary, run_extraction
+from glimpse.extract.streams import plan_streams
+from glimpse.store.catalog import is_store
+from glimpse.store.layout import config_hash
+from glimpse.store.schema import FAILED, STREAMS
+
+log = logging.getLogger("extract")
+
+#: Frames of the first video that random-init batch norm is calibrated on (see extract.backbones).
+CALIBRATION_FRAMES = 8
+
+#: The flow choices of the command line: none, or a method of extract.flow.
+FLOW_CHOICES = ("none", *FLOW_METHODS)
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What decides the stored features, as a user names it: the dataset, its sampling, the backbone and its weights
+    (``imagenet``, ``none`` or a state_dict file), the flow method and the streams."""
+
+    dataset: str
+    root: str
+    seed: int = 0  # of the dataset's random protocol splits (ucf11, ucfsports)
+    frames: int | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+    size: int | None = None  # None: the backbone's input size
+    backbone: str = "googlenet"
+    weights: str = "imagenet"
+    flow: str = "none"
+    streams: tuple[str, ...] | None = None  # registry names; None: rgb, and flow and flow_cnn with a flow method
+    flow_weights: str | None = None  # None: the flow-stream CNN is the rgb backbone
+    raft_weights: str = "none"
+    flow_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the store goes (``out``, or a ``lab`` root that names it by its config) and how the extraction runs."""
+
+    out: str | None = None
+    lab: str | None = None
+    device: str = "auto"
+    gpus: str | int | None = None
+    batch_size: int = 32
+    workers: int | None = None
+    sequential: bool = False
+    group: int | None = None
+    scheduler: str | None = None
+    codec: str | None = None
+    overwrite: bool = False
+    progress: bool = False
+
+
+def lab_store_path(lab: str | os.PathLike, config: ExtractConfig) -> Path:
+    """Where a lab root keeps the store of ``config``: LAB/<dataset>/<backbone>-<config hash>."""
+    return Path(lab) / config.dataset / f"{config.backbone}-{config_hash(config.to_dict())}"
+
+
+class Progress:
+    """A tqdm bar on a terminal (videos done / failed, frames per second, ETA), log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.failed, self.frames = total, 0, 0, 0
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="video", desc="extract", dynamic_ncols=True)
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.frames += outcome.frames
+        if outcome.status != FAILED:
+            self.done += 1
+        else:
+            self.failed += 1
+        if self.bar is not None:
+            rate = self.frames / max(self.bar.format_dict["elapsed"], 1e-9)
+            self.bar.set_postfix(done=self.done, failed=self.failed, fps=f"{rate:.1f}")
+            self.bar.update(1)
+        else:
+            log.info("%d/%d videos (%d failed): %s %s", self.done + self.failed, self.total, self.failed,
+                     outcome.id, outcome.status)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def select_streams(names: tuple[str, ...] | None, config: ExtractConfig) -> ExtractConfig:
+    """``config`` with the streams ``names`` selects, in registry order (None, or the default set of
+    ``config.flow``: left to the default); an OptionError names an unknown stream or one ``config`` cannot extract."""
+    if names is None:
+        return config
+    unknown = [name for name in names if name not in STREAMS]
+    if unknown or not names:
+        raise OptionError(f"unknown stream {(unknown or [''])[0]!r}; streams are {', '.join(STREAMS)}", "--streams")
+    specs = tuple(spec for name, spec in STREAMS.items() if name in names)
+    try:
+        plan_streams(specs, config)
+    except ValueError as err:
+        raise OptionError(str(err), "--streams") from None
+    chosen = tuple(spec.name for spec in specs)
+    return config if chosen == default_streams(config.flow) else dataclasses.replace(config, streams=specs)
+
+
+def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
+    """The :class:`ExtractConfig` ``request`` asks for on ``dataset``: weights by identity, the backbone's input
+    size, the calibration video of random weights (the first present video)."""
+    if request.backbone not in BACKBONES:
+        raise OptionError(f"unknown {request.backbone!r}; choose from {sorted(BACKBONES)}", "--backbone")
+    if request.flow not in FLOW_CHOICES:
+        raise OptionError(f"unknown flow method {request.flow!r}; choose from {', '.join(FLOW_CHOICES)}", "--flow")
+    if request.frames is not None and request.fps is not None:
+        raise OptionError("--frames and --fps are exclusive: N equally spaced frames, or a fixed frame rate")
+    present = sorted((r for r in dataset.videos if r.id not in set(dataset.missing)), key=lambda r: r.id)
+    calibration = None
+    if request.weights == "none" and present:
+        calibration = Calibration(present[0].id, CALIBRATION_FRAMES, present[0].path)
+    flow_weights = request.flow_weights
+    config = ExtractConfig(
+        dataset=request.dataset, backbone=request.backbone,
+        weights=WeightsRef(weights_identity(request.weights, request.backbone), request.weights),
+        size=request.size or BACKBONES[request.backbone].size, frames=request.frames, fps=request.fps,
+        max_frames=request.max_frames, flow=request.flow,
+        flow_cnn_weights=None if flow_weights is None else WeightsRef(weights_identity(flow_weights, request.backbone),
+                                                                      flow_weights),
+        raft_weights=(WeightsRef(weights_identity(request.raft_weights), request.raft_weights)
+                      if request.flow == "raft" else WeightsRef("none")),
+        flow_size=request.flow_size, calibration=calibration,
+    )
+    return select_streams(request.streams, config)
+
+
+def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = None) -> Summary:
+    """Extract ``request``'s dataset into the store ``options`` names (created, or resumed): one Dask task per few
+    videos on ``client``, or on the cluster ``options`` asks for (a LocalCluster, or ``options.scheduler``)."""
+    gpus = parse_gpus(options.gpus)
+    device = options.device
+    if device == "auto":
+        device = "cuda" if gpus or torch.cuda.is_available() else "cpu"
+    if gpus and device != "cuda":
+        raise OptionError(f"--gpus runs on CUDA devices; it does not go with --device {device}")
+    if (options.out is None) == (options.lab is None):
+        raise OptionError("give exactly one of --out STORE and --lab ROOT")
+    dataset = load_dataset(request.dataset, request.root, **({"seed": request.seed} if takes_seed(request.dataset)
+                                                             else {}))
+    config = resolve_config(request, dataset)
+    out = options.out or str(lab_store_path(options.lab or "", config))
+    if options.lab is not None:
+        log.info("store for this config: %s (%s)", out, "exists: finishing what is missing" if is_store(out) else "new")
+    source = {"root": str(Path(request.root).resolve()), "weights": request.weights,
+              "flow_weights": request.flow_weights, "raft_weights": request.raft_weights if request.flow == "raft"
+              else None, "seed": request.seed if takes_seed(request.dataset) else None,
+              "batch_size": options.batch_size}  # batches are padded to it: a repair must batch alike for the same bits
+    cores = os.cpu_count() or 1
+    # with --device cuda and no --gpus, a worker per visible GPU
+    visible = visible_gpus() if gpus or (device == "cuda" and not options.workers) else 0
+    plan = plan_cluster(options.workers, gpus or (-1 if device == "cuda" and not options.workers and visible else None),
+                        cores, visible, default_workers=cores)
+    runtime = Runtime(device=device, batch_size=options.batch_size, threads=plan.threads,
+                      pipelined=not options.sequential, group=options.group, codec=options.codec)
+    progress = Progress(len(dataset.videos), enabled=options.progress)
+
+    def run(on: Any) -> Summary:
+        return run_extraction(out, config, runtime, dataset, on, overwrite=options.overwrite, source=source,
+                              on_result=progress)
+
+    try:
+        if client is not None:
+            return run(client)
+        # a task whose worker dies twice (a decoder crash, not a lost machine) fails, not retried on every worker
+        with dask_client(options.scheduler, plan, allowed_failures=1) as own:
+            log.info("dask dashboard: %s", own.dashboard_link)
+            return run(own)
+    finally:
+        progress.close()
