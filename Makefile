@@ -15,11 +15,11 @@ PYTEST_ARGS ?=
 EXTRACT_ARGS ?=
 TRAIN_ARGS  ?=
 
-.PHONY: help install extract train evaluate table demo test lint typecheck bench clean
+.PHONY: help install extract train evaluate table demo test test-fast reliability lint typecheck bench clean
 
 help:
 	@echo "make demo                         synthetic dataset -> store -> models -> comparison table"
-	@echo "make test                         the whole test suite"
+	@echo "make test                         the whole test suite (make test-fast: every module, a few minutes)"
 	@echo "make extract DATASET=ucf11        DATA_ROOT/ucf11 -> STORE_ROOT/ucf11 (BACKBONE=, WEIGHTS=)"
 	@echo "make train MODEL=regattn [DATASET=ucf11]"
 	@echo "make evaluate RUN=runs/ucf11-regattn"
@@ -59,9 +59,19 @@ demo: install
 	$(PY) -m glimpse demo --out $(DEMO_DIR)
 
 # pytest exits 5 when it collected nothing: for this project that is a broken suite, not a pass.
+PYTEST = rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
 test: install
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	@$(call PYTEST,)
+
+# the fast tier: every module exercised, the long crash, concurrency and accuracy loops left to make test
+test-fast: install
+	@$(call PYTEST,-m "not slow")
+
+# the whole suite, rewriting docs/reliability.md when every reliability case ran and passed
+reliability: install
+	@$(call PYTEST,--reliability-report)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -134,13 +134,12 @@ def test_set_means_a_model_setting_in_table_as_in_train():
     """``glimpse table --set hidden=8`` sets the model field on every model that has it (softmax has no hidden
     size), typed by the model's config as ``train --set`` does; a setting no model has is refused."""
     from glimpse.cli import _model_settings
-    from glimpse.train.cli import training_options
+    from glimpse.train.options import model_settings
 
     per_model = _model_settings(["softmax", "softattn"], ("hidden=8", "dropout=0.25"))
     assert per_model == {"softmax": {"model_args": {"dropout": 0.25}},
                          "softattn": {"model_args": {"hidden": 8, "dropout": 0.25}}}
-    trained = training_options("softattn", None, None, ("hidden=8", "dropout=0.25"), True, None, True)
-    assert trained["model_args"] == per_model["softattn"]["model_args"]
+    assert model_settings("softattn", ("hidden=8", "dropout=0.25")) == per_model["softattn"]["model_args"]
 
 
 @pytest.mark.parametrize("command", [train_main, glimpse_main], ids=["train", "table"])

@@ -1,10 +1,10 @@
 """What one training run is: :class:`TrainConfig`, and each paper's training defaults per model.
 
-A config as the user gives it leaves the model-dependent fields at None; :func:`resolve` fills them
-from the model's registry entry (train/models: each ModelSpec carries its paper's recipe), adapts the
-clip length to a store whose videos are all shorter than the paper's clips, and the batch size to a
-store too small for the paper's batches. The resolved config is what the run directory
-records and what ``--resume`` reads back.
+A config as the user gives it (:class:`TrainConfig`) leaves the model-dependent fields at None; :func:`resolve`
+fills them from the model's registry entry (train/models: each ModelSpec carries its paper's recipe), adapts the
+clip length to a store whose videos are all shorter than the paper's clips, and the batch size to a store too small
+for the paper's batches. The result is a :class:`ResolvedConfig`, whose fields are never None: what a run trains
+with, what the run directory records and what ``--resume`` reads back.
 """
 
 from __future__ import annotations
@@ -120,12 +120,28 @@ class TrainConfig:
         """Plain JSON-able fields (what config.json holds under "train")."""
         return dataclasses.asdict(self)
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedConfig(TrainConfig):
+    """A :class:`TrainConfig` with every model-dependent field filled in by :func:`resolve`."""
+
+    epochs: int = field()
+    batch_size: int = field()
+    lr: float = field()
+    optimizer: str = field()
+    sampling: str = field()
+    frames: int = field()
+    stride: int = field()
+    aggregation: str = field()
+    val_fraction: float = field()
+
     def policy(self) -> Policy:
-        """The clip policy of a resolved config (see train/sampling.py)."""
+        """The clip policy of the run (see train/sampling.py)."""
         return make_policy(self.sampling, self.frames, self.stride, self.clips_per_video)
 
 
-def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[TrainConfig, list[str]]:
+def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[ResolvedConfig, list[str]]:
     """Fill every None field with the model's paper default; return the config and notes on what was adapted.
 
     ``n_frames`` (frames of every usable video) adapts a default clip that is longer than every video:
@@ -154,25 +170,24 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
                          f"video has {longest} frames; set --frames to choose")
             filled["frames"] = longest
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
-    resolved = dataclasses.replace(config, **values)
-    items = items_per_epoch(n_frames, resolved.policy()) if n_frames else 0  # clips an epoch trains on
+    values["val_fraction"] = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
+    policy = make_policy(values["sampling"], values["frames"], values["stride"], config.clips_per_video)
+    items = items_per_epoch(n_frames, policy) if n_frames else 0  # clips an epoch trains on
     if config.batch_size is None and items and items < MIN_BATCHES * spec.batch_size:
-        adapted = max(1, math.ceil(items / MIN_BATCHES))
-        notes.append(f"batch size adapted from the paper's {spec.batch_size} to {adapted}: {items} clips an epoch "
-                     f"would give fewer than {MIN_BATCHES} batches; set --batch-size to choose")
-        resolved = dataclasses.replace(resolved, batch_size=adapted)
-    batches = math.ceil(items / resolved.batch_size) if items else 0
+        values["batch_size"] = max(1, math.ceil(items / MIN_BATCHES))
+        notes.append(f"batch size adapted from the paper's {spec.batch_size} to {values['batch_size']}: {items} "
+                     f"clips an epoch would give fewer than {MIN_BATCHES} batches; set --batch-size to choose")
+    batches = math.ceil(items / values["batch_size"]) if items else 0
+    values["epochs"] = config.epochs or DEFAULT_EPOCHS
     if config.steps and batches:
-        resolved = dataclasses.replace(resolved, epochs=math.ceil(config.steps / batches))
-        notes.append(f"--steps {config.steps}: {resolved.epochs} epochs of {batches} batches")
-    elif config.epochs is None:
-        epochs = DEFAULT_EPOCHS
-        if batches and batches * DEFAULT_EPOCHS < MIN_STEPS:
-            epochs = math.ceil(MIN_STEPS / batches)
-            notes.append(f"{epochs} epochs instead of {DEFAULT_EPOCHS}: {batches} batches an epoch would give fewer "
-                         f"than {MIN_STEPS} optimizer steps; set --epochs to choose")
-        resolved = dataclasses.replace(resolved, epochs=epochs)
-    return resolved, notes
+        values["epochs"] = math.ceil(config.steps / batches)
+        notes.append(f"--steps {config.steps}: {values['epochs']} epochs of {batches} batches")
+    elif config.epochs is None and batches and batches * DEFAULT_EPOCHS < MIN_STEPS:
+        values["epochs"] = math.ceil(MIN_STEPS / batches)
+        notes.append(f"{values['epochs']} epochs instead of {DEFAULT_EPOCHS}: {batches} batches an epoch would give "
+                     f"fewer than {MIN_STEPS} optimizer steps; set --epochs to choose")
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    return ResolvedConfig(**{**given, **values}), notes
 
 
 def parse_value(text: str, default: Any) -> Any:

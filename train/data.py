@@ -62,6 +62,11 @@ class FeatureReader:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_store": None}
 
+    @property
+    def from_store(self) -> bool:
+        """Whether clips are read from the store itself (not from RAM or a --cache-dir copy)."""
+        return self.cache is None and self.disk is None
+
     def store(self) -> Store:
         """The store, opened on first use in this process."""
         if self._store is None:
@@ -70,7 +75,7 @@ class FeatureReader:
 
     def open(self, videos: Sequence[Video], streams: Sequence[str]) -> FeatureReader:
         """Open the store arrays of ``videos`` now (before workers are started); returns self."""
-        if self.cache is None and self.disk is None:
+        if self.from_store:
             for v in videos:
                 for s in streams:
                     self.stream(v, s)

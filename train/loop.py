@@ -18,7 +18,7 @@ import dataclasses
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from glimpse.errors import GlimpseError
-from glimpse.train.config import RESUMABLE, ConfigError, TrainConfig
+from glimpse.train.config import RESUMABLE, ConfigError, ResolvedConfig, TrainConfig
 from glimpse.train.data import model_inputs
 from glimpse.train.losses import clip_loss, model_loss
 from glimpse.train.predict import predict_videos, score
@@ -52,6 +52,46 @@ log = logging.getLogger("train")
 
 class NonFiniteLossError(GlimpseError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class EpochSums:
+    """The running sums of the epoch in progress (a checkpoint inside an epoch keeps them)."""
+
+    loss: float = 0.0  # summed over clips
+    hits: int = 0
+    clips: int = 0
+    data_s: float = 0.0  # waiting for batches
+    compute_s: float = 0.0
+
+
+@dataclass
+class LoopState:
+    """Where training is: the next epoch and batch, optimizer steps taken, the epochs' metrics, the best epoch, why
+    it stopped; ``partial`` and ``rng`` when checkpointed inside an epoch."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None  # {"epoch", "score", "loss"} of the best epoch so far
+    stopped: str | None = None  # completed, early_stopping
+    partial: EpochSums | None = None
+    rng: dict[str, Any] | None = None
+    plotted: float = 0.0  # when curves.png was last drawn (not checkpointed)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The state's share of a checkpoint: plain types and tensors only."""
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "best": self.best,
+                "stopped": self.stopped, "partial": None if self.partial is None else asdict(self.partial),
+                "rng": self.rng, "history": pack_history(self.history)}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> LoopState:
+        """The state a checkpoint holds."""
+        partial = None if ckpt["partial"] is None else EpochSums(**ckpt["partial"])
+        return cls(ckpt["epoch"], ckpt["batch"], ckpt["step"], unpack_history(ckpt["history"]), ckpt["best"],
+                   ckpt["stopped"], partial, ckpt["rng"])
 
 
 @dataclass(frozen=True)
@@ -107,7 +147,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, 0xD40]).generate_state(1)[0])
 
 
-def drop_step(config: TrainConfig, total: int) -> int:
+def drop_step(config: ResolvedConfig, total: int) -> int:
     """The step at which the learning rate drops: lr_drop_step, or 2/3 of a run of ``total`` steps that would end
     before it (so CHAM's drop after 10,000 iterations also fires on a small store); 0 for no drop."""
     if not config.lr_drop_step:
@@ -115,7 +155,7 @@ def drop_step(config: TrainConfig, total: int) -> int:
     return min(config.lr_drop_step, max(1, 2 * total // 3))
 
 
-def lr_at(config: TrainConfig, step: int, total: int) -> float:
+def lr_at(config: ResolvedConfig, step: int, total: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based) in a run of ``total`` steps (see :func:`drop_step`)."""
     drop = drop_step(config, total)
     return config.lr_drop_to if drop and step >= drop else config.lr
@@ -157,24 +197,22 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
         for note in setup.notes:
             run.event(f"note: {note}")
     state = restore(setup, ckpt)
-    if state["stopped"] is None or state["epoch"] < config.epochs and state["stopped"] == "completed":
-        state["stopped"] = None
+    if state.stopped is None or state.epoch < config.epochs and state.stopped == "completed":
+        state.stopped = None
         fit(setup, run, state)
     return finish(setup, run, state)
 
 
-def restore(setup: Setup, ckpt: dict | None) -> dict[str, Any]:
+def restore(setup: Setup, ckpt: dict | None) -> LoopState:
     """The loop's state: fresh, or taken from a checkpoint (model and optimizer loaded in place)."""
     if ckpt is None:
-        return {"epoch": 0, "batch": 0, "step": 0, "history": [], "best": None, "stopped": None, "partial": None,
-                "rng": None}
+        return LoopState()
     setup.model.load_state_dict(ckpt["state_dict"])
     setup.optimizer.load_state_dict(ckpt["optimizer"])
-    state = {k: ckpt[k] for k in ("epoch", "batch", "step", "best", "stopped", "partial", "rng")}
-    return {**state, "history": unpack_history(ckpt["history"])}
+    return LoopState.from_checkpoint(ckpt)
 
 
-def checkpoint(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
+def checkpoint(setup: Setup, state: LoopState) -> dict[str, Any]:
     """The payload of a checkpoint: plain types and tensors only (torch.load(weights_only=True))."""
     norm = setup.train_dataset.normalization
     return {
@@ -186,43 +224,42 @@ def checkpoint(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
         "train_config": setup.config.to_dict(),
         "store": {"path": setup.store.path, "config_hash": setup.store.config_hash},
         "classes": list(setup.store.classes),
-        **{k: state[k] for k in ("epoch", "batch", "step", "best", "stopped", "partial", "rng")},
-        "history": pack_history(state["history"]),
+        **state.to_checkpoint(),
     }
 
 
-def save(setup: Setup, run: RunDir, state: dict[str, Any], *which: str) -> None:
+def save(setup: Setup, run: RunDir, state: LoopState, *which: str) -> None:
     """Write the checkpoints named in ``which``, refusing to save non-finite parameters."""
     if not finite_parameters(setup.model):
-        raise NonFiniteLossError(f"{run.path}: parameters became NaN or infinite by step {state['step']}; "
+        raise NonFiniteLossError(f"{run.path}: parameters became NaN or infinite by step {state.step}; "
                                  f"last good checkpoint kept: {run.file('last.pt')}")
     run.save_checkpoint(checkpoint(setup, state), *which)
 
 
-def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
-    """Train epochs state["epoch"] .. config.epochs - 1, validating and checkpointing after each."""
+def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
+    """Train epochs state.epoch .. config.epochs - 1, validating and checkpointing after each."""
     config, model, optimizer = setup.config, setup.model, setup.optimizer
-    B, batches = config.batch_size, setup.sampler.batches
-    tensorboard = TensorBoard(run, purge_step=state["epoch"] + 1)
-    state["plotted"] = time.monotonic()  # curves after PLOT_SECONDS, then as often, and after the last epoch
+    B, batches = config.batch_size, setup.loader.batches
+    tensorboard = TensorBoard(run, purge_step=state.epoch + 1)
+    state.plotted = time.monotonic()  # curves after PLOT_SECONDS, then as often, and after the last epoch
     try:
-        while state["epoch"] < config.epochs:
-            epoch = state["epoch"]
-            if state["batch"]:  # resumed inside the epoch
-                set_rng_state(state["rng"])
-                sums = dict(state["partial"])
+        while state.epoch < config.epochs:
+            epoch = state.epoch
+            if state.batch:  # resumed inside the epoch
+                set_rng_state(state.rng)
+                sums = dataclasses.replace(state.partial or EpochSums())
             else:
                 torch.manual_seed(epoch_seed(config.seed, epoch))
-                sums = {"loss": 0.0, "hits": 0, "clips": 0, "data_s": 0.0, "compute_s": 0.0}
-            setup.sampler.set_epoch(epoch, skip=state["batch"] * B)
+                sums = EpochSums()
+            setup.loader.set_epoch(epoch, skip=state.batch * B)
             model.train()
-            bar = tqdm(total=batches, initial=state["batch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+            bar = tqdm(total=batches, initial=state.batch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        unit="batch", disable=not config.progress, dynamic_ncols=True, leave=True)
             started = waited = time.perf_counter()
-            for cubes, target in setup.train_loader:
+            for cubes, target in setup.loader:
                 got = time.perf_counter()
-                sums["data_s"] += got - waited
-                lr = lr_at(config, state["step"], batches * config.epochs)
+                sums.data_s += got - waited
+                lr = lr_at(config, state.step, batches * config.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 target = target.to(setup.device)
@@ -237,85 +274,85 @@ def fit(setup: Setup, run: RunDir, state: dict[str, Any]) -> None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                state["step"] += 1
-                state["batch"] += 1
+                state.step += 1
+                state.batch += 1
                 n = target.shape[0]
-                sums["loss"] += float(loss.detach()) * n
-                sums["hits"] += batch_hits(out.logits, target, setup.multi_label)
-                sums["clips"] += n
+                sums.loss += float(loss.detach()) * n
+                sums.hits += batch_hits(out.logits, target, setup.multi_label)
+                sums.clips += n
                 waited = time.perf_counter()
-                sums["compute_s"] += waited - got
+                sums.compute_s += waited - got
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['clips']:.3f}", acc=f"{sums['hits'] / sums['clips']:.3f}",
-                                clips_s=f"{sums['clips'] / max(waited - started, 1e-9):.1f}")
+                bar.set_postfix(loss=f"{sums.loss / sums.clips:.3f}", acc=f"{sums.hits / sums.clips:.3f}",
+                                clips_s=f"{sums.clips / max(waited - started, 1e-9):.1f}")
                 every = config.checkpoint_every
-                if every and state["step"] % every == 0 and state["batch"] < batches:  # inside the epoch
-                    save(setup, run, {**state, "partial": dict(sums), "rng": rng_state()}, "last")
+                if every and state.step % every == 0 and state.batch < batches:  # inside the epoch
+                    save(setup, run, dataclasses.replace(state, partial=dataclasses.replace(sums), rng=rng_state()),
+                         "last")
             bar.close()
             end_epoch(setup, run, state, sums, tensorboard)
-            if state["stopped"]:
+            if state.stopped:
                 break
     finally:
         tensorboard.close()
 
 
-def end_epoch(setup: Setup, run: RunDir, state: dict[str, Any], sums: dict[str, float], tb: TensorBoard) -> None:
+def end_epoch(setup: Setup, run: RunDir, state: LoopState, sums: EpochSums, tb: TensorBoard) -> None:
     """Validate, record the epoch's metrics, checkpoint last (and best), and decide on early stopping."""
     config = setup.config
-    seconds = sums["data_s"] + sums["compute_s"]
+    seconds = sums.data_s + sums.compute_s
     val = {"score": float("nan"), "loss": float("nan")}
     if setup.val_loader is not None:
         preds = list(predict_videos(setup.model, setup.val_dataset, aggregation=config.aggregation,
                                     multi_label=setup.multi_label, device=setup.device, loader=setup.val_loader))
         val = score(preds, len(setup.store.classes), setup.multi_label)
-    epoch = state["epoch"] + 1
-    total = setup.sampler.batches * config.epochs
-    row = {"epoch": epoch, "step": state["step"], "lr": lr_at(config, state["step"] - 1, total),
-           "train_loss": sums["loss"] / sums["clips"], "train_acc": sums["hits"] / sums["clips"],
+    epoch = state.epoch + 1
+    total = setup.loader.batches * config.epochs
+    row = {"epoch": epoch, "step": state.step, "lr": lr_at(config, state.step - 1, total),
+           "train_loss": sums.loss / sums.clips, "train_acc": sums.hits / sums.clips,
            "val_loss": val["loss"], "val_score": val["score"], "best": 0,
-           "clips_per_s": sums["clips"] / max(seconds, 1e-9), "data_share": sums["data_s"] / max(seconds, 1e-9),
+           "clips_per_s": sums.clips / max(seconds, 1e-9), "data_share": sums.data_s / max(seconds, 1e-9),
            "seconds": seconds}
-    best = state["best"]
-    has_val = setup.val_loader is not None
+    has_val, best = setup.val_loader is not None, state.best
     better = best is None or not has_val or (val["score"], -val["loss"]) > (best["score"], -best["loss"])
-    if better:
+    if best is None or better:
         best = {"epoch": epoch, "score": val["score"], "loss": val["loss"]}
         row["best"] = 1
-    state.update(epoch=epoch, batch=0, partial=None, rng=None, best=best,
-                 history=[*state["history"], row])
+    state.epoch, state.batch, state.partial, state.rng, state.best = epoch, 0, None, None, best
+    state.history = [*state.history, row]
     if has_val and config.patience and epoch - best["epoch"] >= config.patience and epoch < config.epochs:
-        state["stopped"] = "early_stopping"
+        state.stopped = "early_stopping"
     elif epoch >= config.epochs:
-        state["stopped"] = "completed"
+        state.stopped = "completed"
     save(setup, run, state, *(("last", "best") if better else ("last",)))
-    run.write_metrics(state["history"])
+    run.write_metrics(state.history)
     tb.epoch(row)
-    if state["stopped"] or time.monotonic() - state["plotted"] >= PLOT_SECONDS:
-        run.plot(state["history"], "mAP" if setup.multi_label else "accuracy")
-        state["plotted"] = time.monotonic()
+    if state.stopped or time.monotonic() - state.plotted >= PLOT_SECONDS:
+        run.plot(state.history, "mAP" if setup.multi_label else "accuracy")
+        state.plotted = time.monotonic()
     name = "mAP" if setup.multi_label else "acc"
     line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
             + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")
             + (" (best)" if better else ""))
     run.event(line)
     log.info("%s", line)
-    if state["stopped"] == "early_stopping":
+    if state.stopped == "early_stopping":
         run.event(f"early stopping: no better validation score for {config.patience} epochs")
 
 
-def stop_nonfinite(setup: Setup, run: RunDir, state: dict[str, Any], value: float) -> None:
+def stop_nonfinite(setup: Setup, run: RunDir, state: LoopState, value: float) -> None:
     """Record and raise the failure of a NaN / Inf loss; the checkpoints on disk are left as they are."""
     kept = run.file("last.pt") if run.file("last.pt").is_file() else None
-    message = (f"{run.path}: loss is {value} at step {state['step'] + 1} (epoch {state['epoch'] + 1}, batch "
-               f"{state['batch'] + 1}); training stopped. Last good checkpoint: "
+    message = (f"{run.path}: loss is {value} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
+               f"{state.batch + 1}); training stopped. Last good checkpoint: "
                f"{kept or 'none (no epoch had finished)'}")
     run.event(f"FAILED: {message}")
-    run.write_json("result.json", {"stopped": "nonfinite_loss", "error": message, "step": state["step"] + 1,
-                                   "epoch": state["epoch"] + 1})
+    run.write_json("result.json", {"stopped": "nonfinite_loss", "error": message, "step": state.step + 1,
+                                   "epoch": state.epoch + 1})
     raise NonFiniteLossError(message)
 
 
-def finish(setup: Setup, run: RunDir, state: dict[str, Any]) -> RunResult:
+def finish(setup: Setup, run: RunDir, state: LoopState) -> RunResult:
     """Evaluate the best checkpoint on the test videos; write result.json and test_predictions.csv."""
     best = run.load_checkpoint("best", map_location=setup.device)
     setup.model.load_state_dict(best["state_dict"])
@@ -332,9 +369,10 @@ def finish(setup: Setup, run: RunDir, state: dict[str, Any]) -> RunResult:
                          int(p.predicted in p.labels), f"{float(p.scores[p.predicted]):.6f}"])
     atomic_write_text(run.file("test_predictions.csv"), out.getvalue())
     has_val = setup.val_loader is not None
-    result = RunResult(str(run.path), setup.config.model, state["epoch"], state["best"]["epoch"],
-                       state["best"]["score"] if has_val else None, test["accuracy"], test["score"], metric,
-                       state["stopped"])
+    best_epoch = state.best or {"epoch": 0, "score": float("nan")}
+    result = RunResult(str(run.path), setup.config.model, state.epoch, int(best_epoch["epoch"]),
+                       best_epoch["score"] if has_val else None, test["accuracy"], test["score"], metric,
+                       state.stopped or "completed")
     run.write_json("result.json", {**dataclasses.asdict(result), "test": test, "test_videos": len(preds)})
     run.event(f"finished: {result.summary()}")
     return result

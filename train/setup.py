@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from glimpse.store import Store, open_store
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Selection, select
-from glimpse.train.config import DEFAULT_VAL_FRACTION, MIN_VALIDATION, ConfigError, TrainConfig, resolve
+from glimpse.train.config import DEFAULT_VAL_FRACTION, MIN_VALIDATION, ConfigError, ResolvedConfig, TrainConfig, resolve
 from glimpse.train.data import (
     ClipDataset,
     FeatureReader,
@@ -49,7 +49,7 @@ STREAM_HINTS = {
 class Setup:
     """A run ready to train: resolved config, data, model and optimizer (not yet restored from a checkpoint)."""
 
-    config: TrainConfig
+    config: ResolvedConfig
     store: Store
     selection: Selection
     streams: tuple[str, ...]
@@ -61,8 +61,7 @@ class Setup:
     train_dataset: ClipDataset
     val_dataset: VideoDataset
     test_dataset: VideoDataset
-    sampler: EpochLoader
-    train_loader: EpochLoader
+    loader: EpochLoader  # the training epochs' batches
     val_loader: DataLoader | None
     notes: list[str]
     unfit: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -80,8 +79,8 @@ class Setup:
                      "skipped_not_done": sel.not_done, "skipped_unfit": sorted(self.unfit),
                      "val_groups": list(sel.val_groups),
                      "padded_videos": sum(self.clip.padded(v.n_frames) for v in sel.train + sel.val + sel.test),
-                     "sampling": self.clip.to_dict(), "clips_per_epoch": self.sampler.items,
-                     "batches_per_epoch": self.sampler.batches},
+                     "sampling": self.clip.to_dict(), "clips_per_epoch": self.loader.items,
+                     "batches_per_epoch": self.loader.batches},
             "notes": self.notes,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
         }
@@ -107,7 +106,7 @@ def check_store(store: Store, config: TrainConfig, streams: tuple[str, ...]) -> 
     return channels, size
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: ResolvedConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The run's optimizer; the model config's weight_decay (gamma ||theta||^2) is applied here."""
     decay = getattr(model.config, "weight_decay", 0.0)
     params = model.parameters()
@@ -148,6 +147,59 @@ def drop_unfit(store: Store, selection: Selection, streams: tuple[str, ...]) -> 
     return kept, unfit
 
 
+def select_videos(store: Store, config: TrainConfig,
+                  streams: tuple[str, ...]) -> tuple[Selection, TrainConfig, dict[str, str], list[str]]:
+    """The split's train / val / test videos (the config with the validation share used), the done videos dropped
+    as unfit and why, and notes on what was left out."""
+    small = 0  # validation videos a default hold-out would have had, when too few to be used
+    try:
+        fraction = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
+        selection = select(store, config.split, fraction, config.seed)
+        if config.val_fraction is None and 0 < len(selection.val) < MIN_VALIDATION:  # too few to stop on: train on all
+            small = len(selection.val)
+            selection, fraction = select(store, config.split, 0.0, config.seed), 0.0
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    selection, unfit = drop_unfit(store, selection, streams)
+    notes = []
+    if small:
+        notes.append(f"no validation: {small} held-out videos (< {MIN_VALIDATION}) would stop and choose the "
+                     "checkpoint on noise; every training video trains and the last epoch is kept "
+                     "(--val-fraction sets it)")
+    if selection.not_done:
+        notes.append(f"{selection.not_done} videos of split {config.split} are not done in the store: skipped")
+    if unfit:
+        listed = "; ".join(f"{vid} ({why})" for vid, why in list(unfit.items())[:10])
+        more = f" and {len(unfit) - 10} more" if len(unfit) > 10 else ""
+        notes.append(f"{len(unfit)} done videos skipped, their arrays do not match the store's metadata (python -m "
+                     f"glimpse.store verify {store.path} lists them): {listed}{more}")
+    if fraction > 0 and not selection.val:
+        notes.append("no validation videos could be held out by group (every class needs a training group): "
+                     "the last epoch is the best")
+    return selection, dataclasses.replace(config, val_fraction=fraction), unfit, notes
+
+
+def build_run_model(config: ResolvedConfig, store: Store, channels: int, size: int,
+                    device: str) -> tuple[nn.Module, list[str]]:
+    """The model under the run's seed, on ``device``, and the warnings its build gave."""
+    torch.manual_seed(config.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = build_model(config.model, channels=channels, size=size, classes=len(store.classes),
+                                **config.model_args)
+        except ValueError as err:  # a setting that does not fit the store's cubes, e.g. regattn blocks > K
+            raise ConfigError(f"{store.path}: cubes ({channels}, {size}, {size}): {err}") from None
+    return model.to(device), [str(w.message) for w in caught]
+
+
+def open_reader(config: ResolvedConfig, store: Store, videos: tuple, streams: tuple[str, ...]) -> FeatureReader:
+    """The run's reader of ``videos``: from RAM (--cache-ram), a local copy (--cache-dir) or the store itself."""
+    cache = load_cache(store, videos, streams, config.cache_ram)
+    disk = DiskCache.build(store, videos, streams, config.cache_dir) if config.cache_dir and cache is None else None
+    return FeatureReader(store.path, cache, disk).open(videos, streams)
+
+
 def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Setup:
     """Check, select, resolve and build everything for ``config`` (see the module docstring).
 
@@ -161,62 +213,28 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
                     **config.model_args)
     except TypeError as err:
         raise ConfigError(str(err)) from None
-    small = 0  # validation videos a default hold-out would have had, when too few to be used
-    try:
-        fraction = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
-        selection = select(store, config.split, fraction, config.seed)
-        if config.val_fraction is None and 0 < len(selection.val) < MIN_VALIDATION:  # too few to stop on: train on all
-            small = len(selection.val)
-            selection, fraction = select(store, config.split, 0.0, config.seed), 0.0
-        config = dataclasses.replace(config, val_fraction=fraction)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    selection, unfit = drop_unfit(store, selection, streams)
-    config, notes = resolve(config, [v.n_frames for v in selection.train])
-    if small:
-        notes.append(f"no validation: {small} held-out videos (< {MIN_VALIDATION}) would stop and choose the "
-                     "checkpoint on noise; every training video trains and the last epoch is kept "
-                     "(--val-fraction sets it)")
-    if selection.not_done:
-        notes.append(f"{selection.not_done} videos of split {config.split} are not done in the store: skipped")
-    if unfit:
-        listed = "; ".join(f"{vid} ({why})" for vid, why in list(unfit.items())[:10])
-        more = f" and {len(unfit) - 10} more" if len(unfit) > 10 else ""
-        notes.append(f"{len(unfit)} done videos skipped, their arrays do not match the store's metadata (python -m "
-                     f"store verify {store.path} lists them): {listed}{more}")
-    if config.val_fraction > 0 and not selection.val:
-        notes.append("no validation videos could be held out by group (every class needs a training group): "
-                     "the last epoch is the best")
+    selection, config, unfit, selected_notes = select_videos(store, config, streams)
+    resolved, notes = resolve(config, [v.n_frames for v in selection.train])
+    notes += selected_notes
     for note in notes:
         log.info("%s", note)
     every = selection.train + selection.val + selection.test
     multi_label = store.multi_label  # declared by the dataset adapter, stored at extraction
-    clip = config.policy()
-    device = pick_device(config.device)
+    clip = resolved.policy()
+    device = pick_device(resolved.device)
+    model, warned = build_run_model(resolved, store, channels, size, device)
+    notes += warned
+    optimizer = make_optimizer(resolved, model)
 
-    torch.manual_seed(config.seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model = build_model(config.model, channels=channels, size=size, classes=len(store.classes),
-                                **config.model_args)
-        except ValueError as err:  # a setting that does not fit the store's cubes, e.g. regattn blocks > K
-            raise ConfigError(f"{store.path}: cubes ({channels}, {size}, {size}): {err}") from None
-    notes += [str(w.message) for w in caught]
-    model.to(device)
-    optimizer = make_optimizer(config, model)
-
-    cache = load_cache(store, every, streams, config.cache_ram)
-    disk = DiskCache.build(store, every, streams, config.cache_dir) if config.cache_dir and cache is None else None
-    reader = FeatureReader(store.path, cache, disk).open(every, streams)
+    reader = open_reader(resolved, store, every, streams)
     if normalization_state is not None:
         normalization = Normalization.from_state(normalization_state)
-    elif config.normalize:
-        normalization = compute_normalization(reader, selection.train, streams, config.norm_videos)
+    elif resolved.normalize:
+        normalization = compute_normalization(reader, selection.train, streams, resolved.norm_videos)
     else:
         normalization = None
     classes = len(store.classes)
-    workers = config.workers if cache is None and disk is None else 0  # cached clips are a memory copy away
+    workers = resolved.workers if reader.from_store else 0  # cached clips are a memory copy away
 
     def dataset(kind, videos):
         return kind(reader, videos, streams, clip, targets_for(videos, classes, multi_label), normalization)
@@ -224,10 +242,10 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     train_dataset = dataset(ClipDataset, selection.train)
     val_dataset = dataset(VideoDataset, selection.val)
     test_dataset = dataset(VideoDataset, selection.test)
-    sampler = EpochLoader(train_dataset, clip, seed=config.seed, batch_size=config.batch_size, workers=workers,
-                          group=config.shuffle_videos, pin=device == "cuda",
-                          ahead=BATCHES_AHEAD if device == "cuda" else 0)
+    loader = EpochLoader(train_dataset, clip, seed=resolved.seed, batch_size=resolved.batch_size, workers=workers,
+                         group=resolved.shuffle_videos, pin=device == "cuda",
+                         ahead=BATCHES_AHEAD if device == "cuda" else 0)
     val_loader = (make_loader(val_dataset, batch_size=None, sampler=None, workers=min(workers, len(selection.val)))
                   if selection.val else None)
-    return Setup(config, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
-                 val_dataset, test_dataset, sampler, sampler, val_loader, notes, unfit)
+    return Setup(resolved, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
+                 val_dataset, test_dataset, loader, val_loader, notes, unfit)
