@@ -287,7 +287,7 @@ class Pipeline:
                 if flight.error is not None:
                     self.writer.write_failure(flight.key, flight.error)
             except Exception as exc:  # the store could not take even the failure: the outcome still says why
-                flight.error += f" (and recording the failure failed: {type(exc).__name__}: {exc})"
+                flight.error = f"{flight.error} (and recording the failure failed: {type(exc).__name__}: {exc})"
             self.release(flight)
             self.outcomes.append(flight.outcome(DONE if flight.error is None else FAILED))
 

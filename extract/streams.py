@@ -18,7 +18,7 @@ import functools
 import importlib
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -254,7 +254,11 @@ class Extractor:
         return arrays, result
 
 
-def compute_of(spec: StreamSpec) -> type[StreamCompute] | Callable[[np.ndarray], np.ndarray]:
+#: What a stream spec's ``computed_by`` names: a StreamCompute subclass, or a function of the decoded frames.
+Compute = type[StreamCompute] | Callable[[np.ndarray], np.ndarray]
+
+
+def compute_of(spec: StreamSpec) -> Compute:
     """What ``spec.computed_by`` names: a StreamCompute subclass or a function of the decoded frames."""
     module, _, attribute = spec.computed_by.partition(":")
     try:
@@ -266,7 +270,7 @@ def compute_of(spec: StreamSpec) -> type[StreamCompute] | Callable[[np.ndarray],
     return found
 
 
-def _is_class(compute: Any) -> bool:
+def _is_class(compute: Compute) -> TypeGuard[type[StreamCompute]]:
     return isinstance(compute, type) and issubclass(compute, StreamCompute)
 
 
@@ -284,7 +288,7 @@ def plan_streams(specs: Sequence[StreamSpec], config: ExtractConfig) -> tuple[St
                 raise ValueError(f"stream {spec.name}: its sources go round in a circle")
             chain.append(by_name[compute.source])
         for link in reversed(chain):
-            why = compute_of(link).check(config) if _is_class(compute_of(link)) else None
+            why = compute.check(config) if _is_class(compute := compute_of(link)) else None
             if why:
                 raise ValueError(f"stream {link.name} {why}")
             if link not in ordered:
@@ -294,7 +298,7 @@ def plan_streams(specs: Sequence[StreamSpec], config: ExtractConfig) -> tuple[St
 
 def describe_streams(specs: Sequence[StreamSpec], config: ExtractConfig) -> dict[str, dict[str, Any]]:
     """Each stream's StreamInfo fields (dims aside) in a store of ``config``, for store creation."""
-    return {spec.name: compute_of(spec).describe(config) if _is_class(compute_of(spec)) else {} for spec in specs}
+    return {spec.name: compute.describe(config) if _is_class(compute := compute_of(spec)) else {} for spec in specs}
 
 
 def build_streams(models: Extractor) -> dict[str, StreamCompute]:
@@ -302,5 +306,8 @@ def build_streams(models: Extractor) -> dict[str, StreamCompute]:
     streams: dict[str, StreamCompute] = {}
     for spec in plan_streams(models.config.stream_specs(), models.config):
         compute = compute_of(spec)
-        streams[spec.name] = compute(models) if _is_class(compute) else FrameFunction(models, spec.name, compute)
+        if _is_class(compute):
+            streams[spec.name] = compute(models)
+        else:
+            streams[spec.name] = FrameFunction(models, spec.name, compute)
     return streams

@@ -19,7 +19,7 @@ class RegistryChoice(click.Choice):
         self.registry = registry
         super().__init__((), case_sensitive)
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override]  # pyright: ignore[reportIncompatibleVariableOverride]
     def choices(self) -> tuple[Any, ...]:
         return tuple(self.registry)
 

@@ -71,17 +71,6 @@ def is_claimed(store_path: str | Path, key: str) -> bool:
         return fd is None
 
 
-def claim_owner(store_path: str | Path, key: str) -> dict | None:
-    """Who holds video ``key``'s claim (host, pid, since), or None when nobody does."""
-    path = claims_dir(store_path) / f"{key}.lock"
-    if not is_claimed(store_path, key):
-        return None
-    try:
-        return json.loads(path.read_text() or "null")
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 @contextmanager
 def creation_lock(store_path: str | Path) -> Iterator[None]:
     """Serialize creating (or checking) a store, so two runs started together agree on one store."""

@@ -6,6 +6,7 @@ cluster) and the session hooks that write docs/reliability.md after a complete r
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from reliability_log import MARKER, RECORDS, blockers, unmarked_recorders, write
 
 from glimpse.extract.synth import SynthConfig, make_synthetic
 from glimpse.media.encode import write_video
+
+#: Dask workers sample their threads' stacks every 10 ms for the dashboard's profile, which no test reads; the
+#: workers of every cluster the tests start (inheriting this environment) leave it off.
+os.environ.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")
 
 #: Tiny but real: 3 classes x 4 clips of 10 frames at 64 x 64.
 TINY = SynthConfig(classes=3, per_class=4, frames=10, size=64, seed=3)
@@ -35,6 +40,17 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 def heavy(tmp_path_factory) -> Path:
     """The synthetic dataset at HEAVY's size (read-only for tests)."""
     return make_synthetic(tmp_path_factory.mktemp("heavy") / "data", HEAVY)
+
+
+@pytest.fixture(scope="session")
+def heavy_reference(heavy, dask_client, tmp_path_factory) -> Path:
+    """The heavy dataset extracted by one uninterrupted run with the CLI runs' torch thread count (workers=1), what
+    the crash and concurrency tests' stores must equal (read-only)."""
+    from extraction import HEAVY_OPTS, extract
+
+    out = tmp_path_factory.mktemp("reference") / "heavy"
+    assert not extract("synthetic", str(heavy), str(out), client=dask_client, workers=1, **HEAVY_OPTS).failed
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +94,22 @@ def translating_video(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     # frame t shows the window at (row 30 - dy t, column 50 - dx t): content moves by (+dx, +dy) per frame
     frames = np.stack([texture[30 - dy * t : 126 - dy * t, 50 - dx * t : 146 - dx * t] for t in range(8)])
     return write_video(tmp_path_factory.mktemp("flow") / "translate.mp4", frames), (dx, dy)
+
+
+@pytest.fixture(autouse=True)
+def threads_left_as_found(request):
+    """A test that changes torch's or OpenCV's thread count in this process puts it back: every later test would
+    otherwise run at another speed (and another conv summation order)."""
+    import cv2
+    import torch
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    yield
+    after = torch.get_num_threads(), cv2.getNumThreads()
+    if after != before:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+        pytest.fail(f"{request.node.nodeid} left (torch, OpenCV) threads at {after}, found {before}")
 
 
 #: What this session saw of the reliability cases: node ids collected with the marker, whether every test file

@@ -8,6 +8,9 @@ from typing import Any
 from glimpse.extract.api import FeatureRequest, RunOptions, extract_dataset
 from glimpse.extract.pipeline import Summary
 
+#: extracts the heavy dataset (tests/conftest.py) slowly enough that a kill or a reader lands mid-way
+HEAVY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 16, "batch_size": 8}
+
 FEATURE_FIELDS = {f.name for f in dataclasses.fields(FeatureRequest)}
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
 

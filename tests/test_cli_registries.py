@@ -70,7 +70,7 @@ def test_each_training_option_is_a_field_of_the_config_with_its_default(name):
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     assert name in fields
     option = next(p for p in train_main.params if p.name == name)
-    assert option.default is None  # left to TrainConfig's or the model's default, which the help shows
+    assert option.default is None and option.help  # left to TrainConfig's or the model's default, which help shows
     default = fields[name].default
     if default is None and name in ("batch_size", "lr"):
         assert all(f"{getattr(spec, name):g}" in option.help for spec in MODELS.values())

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from extraction import extract
+from extraction import HEAVY_OPTS, extract
 from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
-from test_reliability import HEAVY_OPTS, finish_like_reference
+from test_reliability import finish_like_reference
 
 from glimpse.store import open_store
 from glimpse.store.claims import claim_video, is_claimed
@@ -27,14 +27,6 @@ from glimpse.train.run import RunDir
 
 #: the last line an extraction prints: what this run did, what it found done, what other runs did meanwhile
 SUMMARY = re.compile(r"(\d+) videos extracted, (\d+) already done, (\d+) done by another run, (\d+) failed")
-
-
-@pytest.fixture(scope="module")
-def heavy_reference(heavy, dask_client, tmp_path_factory) -> Path:
-    """The heavy dataset extracted by one uninterrupted run with the CLI runs' torch thread count (workers=1)."""
-    out = tmp_path_factory.mktemp("reference") / "heavy"
-    extract("synthetic", str(heavy), str(out), client=dask_client, workers=1, **HEAVY_OPTS)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +55,7 @@ def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
     assert not is_claimed(tmp_path, "v2")  # the kernel dropped the claim with its holder
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_synthetic, reference, tmp_path):
     expected = {v.id: open_store(reference).read(v.id, "rgb") for v in open_store(reference).videos}
@@ -94,6 +87,7 @@ def test_two_runs_at_once_one_killed_then_a_third_finish_the_store(tiny_syntheti
            crashes_survived=1, videos_lost=0)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_three_runs_started_together_extract_every_video_exactly_once(heavy, heavy_reference, tmp_path):
     # the heavy dataset: on the tiny one, the run whose worker started first sometimes finished all 12 videos before

@@ -206,6 +206,7 @@ def test_flow_of_a_translating_video_has_the_known_magnitude_and_sign(translatin
         assert s.video("Move/v_Move_g01_c01").source["width"] == 96
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthetic, dask_client, tmp_path):
     reference = tmp_path / "reference"
     # workers=1 gives the same torch thread count as the CLI run below: conv sums depend on it
@@ -230,6 +231,7 @@ def test_sigkill_then_rerun_gives_the_store_of_an_uninterrupted_run(tiny_synthet
     assert_same_stores(reference, out)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus, tmp_path):
     bin_dir = Path(sys.executable).parent

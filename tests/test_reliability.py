@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from extraction import extract
+from extraction import HEAVY_OPTS, extract
 from reliability_log import record
 from test_extract import REPO, assert_same_stores, cli_args
 
@@ -23,8 +23,8 @@ from glimpse.store import StoreError, open_store
 from glimpse.store.layout import video_key
 from glimpse.store.verify import verify_store
 
-#: extracts the heavy dataset (tests/conftest.py) slowly enough that a kill or a reader lands mid-way
-HEAVY_OPTS = {"backbone": "googlenet", "weights": "none", "size": 112, "frames": 16, "batch_size": 8}
+#: Whole extractions SIGKILLed at random moments, one after the other (each kill lands in another phase of a run).
+KILLS = 5
 
 
 def finish_like_reference(args: list[str], out: Path, reference: Path) -> None:
@@ -44,14 +44,12 @@ def done_count(store: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_ten_sigkills_at_random_moments_then_resume_gives_the_uninterrupted_store(heavy, dask_client, tmp_path):
-    reference = tmp_path / "reference"
-    extract("synthetic", str(heavy), str(reference), client=dask_client, workers=1, **HEAVY_OPTS)
+def test_sigkills_at_random_moments_then_resume_give_the_uninterrupted_store(heavy, heavy_reference, tmp_path):
     out = tmp_path / "killed"
     args = cli_args(heavy, out, workers=1, **HEAVY_OPTS)
     rng = np.random.default_rng(2026)
     kills, done_after = 0, []
-    for _ in range(10):
+    for _ in range(KILLS):
         proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         before = done_count(out)
@@ -64,27 +62,26 @@ def test_ten_sigkills_at_random_moments_then_resume_gives_the_uninterrupted_stor
             kills += 1
         proc.wait()
         done_after.append(done_count(out))
-    assert kills >= 5, f"only {kills} of 10 runs were still working when killed: {done_after}"
+    assert kills >= KILLS - 1, f"only {kills} of {KILLS} runs were still working when killed: {done_after}"
     assert 0 < done_after[0] < done_after[kills - 1] < len(open_store(out).videos), done_after  # killed mid-way
-    finish_like_reference(args, out, reference)
-    record("crash", "SIGKILL of a whole extraction (client and its workers) at 10 seeded random moments, "
+    finish_like_reference(args, out, heavy_reference)
+    record("crash", f"SIGKILL of a whole extraction (client and its workers) at {KILLS} seeded random moments, "
            "then the same command", f"{kills} kills; videos done after each: {done_after}; final store "
            "identical to an uninterrupted run, verify passes", crashes_survived=kills, videos_lost=0)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
-def test_a_dask_worker_killed_mid_extraction_loses_nothing(heavy, dask_client, tmp_path):
+def test_a_dask_worker_killed_mid_extraction_loses_nothing(heavy, heavy_reference, tmp_path):
     from distributed import Client, LocalCluster
 
-    reference = tmp_path / "reference"
-    extract("synthetic", str(heavy), str(reference), client=dask_client, **HEAVY_OPTS)
     out = tmp_path / "s"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         pids = client.run(os.getpid)  # worker address -> pid
         result: list = []
         runner = threading.Thread(target=lambda: result.append(
-            extract("synthetic", str(heavy), str(out), client=client, **HEAVY_OPTS)))
+            extract("synthetic", str(heavy), str(out), client=client, workers=1, **HEAVY_OPTS)))
         runner.start()
         deadline = time.monotonic() + 120
         while done_count(out) < 2 and time.monotonic() < deadline:
@@ -97,7 +94,7 @@ def test_a_dask_worker_killed_mid_extraction_loses_nothing(heavy, dask_client, t
     assert done_at_kill < len(open_store(out).videos), "the worker was killed after the work was over"
     assert not summary.failed, summary.report()
     assert verify_store(out) == []
-    assert_same_stores(reference, out)
+    assert_same_stores(heavy_reference, out)
     record("crash", "SIGKILL of one of two Dask workers during extraction",
            f"killed with {done_at_kill}/24 done; its task ran again elsewhere; all 24 done once, store identical "
            "to an uninterrupted run", crashes_survived=1, videos_lost=0)

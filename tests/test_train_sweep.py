@@ -84,6 +84,7 @@ def test_a_sweep_runs_every_point_on_a_local_cluster_and_writes_its_table(tiny_s
     assert [r["test_score"] for r in again] == [r["test_score"] for r in rows]  # finished runs are just reported
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_a_sweep_through_a_hand_started_cluster_survives_the_loss_of_its_worker(tiny_store, tmp_path):
     bin_dir = Path(sys.executable).parent

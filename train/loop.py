@@ -158,7 +158,7 @@ def drop_step(config: ResolvedConfig, total: int) -> int:
 def lr_at(config: ResolvedConfig, step: int, total: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based) in a run of ``total`` steps (see :func:`drop_step`)."""
     drop = drop_step(config, total)
-    return config.lr_drop_to if drop and step >= drop else config.lr
+    return config.lr_drop_to if drop and step >= drop and config.lr_drop_to is not None else config.lr
 
 
 def batch_hits(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> int:
