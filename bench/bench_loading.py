@@ -27,9 +27,9 @@ import torch
 
 from bench.loading_tools import best, codec_table, cubes, interleaved, on_disk
 from glimpse.store import VideoRecord, create_store, open_store
+from glimpse.store.chunks import READ_THREADS
 from glimpse.store.hdf5 import export_hdf5
 from glimpse.store.layout import CODECS, DEFAULT_CODEC, video_key
-from glimpse.store.reader import READ_THREADS
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import role_videos
 from glimpse.train.data import ClipDataset, FeatureReader, load_cache, targets_for
