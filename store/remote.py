@@ -10,6 +10,7 @@ the URL and the cause, which every command line prints as one line.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,13 @@ UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClos
 #: Class names of a backend that found no credentials to sign with (botocore's, google-auth's, azure's).
 NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
                   "DefaultCredentialsError", "ClientAuthenticationError")
+
+#: Loggers of the backends whose INFO lines ("Found credentials in environment variables") would break a command's
+#: one-line error where the command logs at INFO (train): they show WARNING and above unless configured otherwise.
+BACKEND_LOGGERS = ("botocore", "aiobotocore", "s3fs")
+for _name in BACKEND_LOGGERS:
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class RemoteStoreError(StoreError):
