@@ -52,7 +52,7 @@ def find_stores(root: str | Path) -> list[str]:
             if not Path(location).is_dir():
                 raise StoreError(missing)
             walk = ((str(Path(d)), dirs, files) for d, dirs, files in os.walk(location))
-            read = Path.read_bytes
+            read = _read_local
         for dirpath, dirnames, filenames in walk:  # dirnames pruned in place: the walk skips what is removed
             dirnames.sort()
             if "zarr.json" in filenames and _is_store_metadata(read, join(dirpath, "zarr.json")):
@@ -65,7 +65,11 @@ def find_stores(root: str | Path) -> list[str]:
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` holds a glimpse store (a local folder; its metadata is not validated here)."""
     metadata = Path(path) / "zarr.json"
-    return metadata.is_file() and _is_store_metadata(Path.read_bytes, str(metadata))
+    return metadata.is_file() and _is_store_metadata(_read_local, str(metadata))
+
+
+def _read_local(path: str) -> bytes:
+    return Path(path).read_bytes()
 
 
 def _is_store_metadata(read: Callable[[Any], bytes], path: str) -> bool:
