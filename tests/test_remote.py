@@ -123,6 +123,17 @@ def test_train_and_evaluate_from_an_s3_store(uploaded, s3, tmp_path):
     assert metrics["videos"] == 6 and metrics["store"] == url and 0 <= metrics["top1"] <= 1
 
 
+def test_recode_and_export_copy_an_s3_store_to_local_files(uploaded, tmp_path):
+    local, url = uploaded
+    copy = tmp_path / "copy"
+    assert "12 videos copied with codec none" in cli("recode", url, str(copy), "--codec", "none")
+    here, there = open_store(local), open_store(copy)
+    assert [(v.id, v.status, v.checksums) for v in there.videos] == [(v.id, v.status, v.checksums)
+                                                                     for v in here.videos]
+    assert f"OK {copy}: 12 done videos verified" in cli("verify", str(copy))
+    assert "train 6 videos" in cli("export", url, str(tmp_path / "f.h5"))
+
+
 def missing_backend() -> tuple[str, str]:
     """(protocol, package) of an fsspec backend that is not installed here."""
     for protocol, package in (("gs", "gcsfs"), ("abfs", "adlfs"), ("oci", "ocifs"), ("oss", "ossfs")):
