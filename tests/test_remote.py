@@ -168,3 +168,10 @@ def test_missing_credentials_are_one_line(uploaded, s3, tmp_path):
     assert_one_line(subprocess_cli("glimpse.store", "info", uploaded[1], env=env), uploaded[1],
                     "no credentials for s3://", "AWS_ACCESS_KEY_ID")
 
+
+def test_refused_credentials_are_one_line(uploaded, s3, monkeypatch):
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks every key from now on
+    assert_one_line(subprocess_cli("glimpse.store", "info", uploaded[1], env={**s3, "AWS_ACCESS_KEY_ID": "nobody"}),
+                    uploaded[1], "the server refused access")
