@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from glimpse.store.reader import READ_THREADS
+from glimpse.store.chunks import READ_THREADS
 
 #: codec candidates: name -> (zarr compressor, frames per chunk); the first is the writer's default
 CANDIDATES = {
@@ -65,7 +65,7 @@ def codec_table(tmp: Path, shape: dict) -> tuple[list[dict], float]:
     and (last) ms per clip of the same clips from an uncompressed h5py copy, every source's rounds taken in turn."""
     import numcodecs.blosc
 
-    from glimpse.store.reader import StoredStream
+    from glimpse.store.chunks import StoredStream
 
     data = cubes(shape, shape["codec_videos"], seed=1)
     rng = np.random.default_rng(2)

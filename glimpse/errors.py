@@ -10,8 +10,9 @@ Every error a user can fix (a missing path, a store of another schema, an option
       DecodeError           glimpse.media.decode            a video that cannot be decoded as asked
       WeightsNotAvailable   glimpse.extract.backbones       pretrained weights not in the cache
       SchemaError           glimpse.store.schema            a record or store that breaks the schema
-      StoreError            glimpse.store.reader            no store, another schema, a read of nothing
+      StoreError            glimpse.store.schema            no store, another schema, a read of nothing
         StoreExistsError    glimpse.store.writer            --out holds something else
+        RemoteStoreError    glimpse.store.remote            a URL's backend missing, unreachable, or no credentials
       ConfigError           glimpse.train.config            an option that does not fit the model or store
         RunFileError        glimpse.train.run               a run directory file that cannot be trusted
       NonFiniteLossError    glimpse.train.loop              the loss became NaN or infinite

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP
 from glimpse.store.reader import Store, StoreError, open_store
+from glimpse.store.remote import is_url, join, remote_errors, url_fs
 from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
 
 #: The environment variable every command that finds stores by dataset reads (default: stores/).
@@ -28,35 +30,51 @@ def default_root() -> str:
     return os.environ.get(STORE_ROOT_ENV) or "stores/"
 
 
-def find_stores(root: str | Path) -> list[Path]:
-    """Every store under ``root`` (``root`` itself included), sorted by path.
+def find_stores(root: str | Path) -> list[str]:
+    """Every store under ``root`` (a local folder or an fsspec URL; ``root`` itself included), sorted by path.
 
     A store is a folder whose ``zarr.json`` is a Zarr group with a ``glimpse`` attribute; a
     ``zarr.json`` that is not valid JSON counts too, so that the listing can show its error.
     Nothing inside a store's own ``videos/`` folder is searched.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise StoreError(f"{root}: no such directory to list stores in (give another root, or set ${STORE_ROOT_ENV})")
+    location = str(root)
+    missing = f"{location}: no such directory to list stores in (give another root, or set ${STORE_ROOT_ENV})"
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        if "zarr.json" in filenames and _is_store_metadata(Path(dirpath) / "zarr.json"):
-            found.append(Path(dirpath))
-            if VIDEOS_GROUP in dirnames:
-                dirnames.remove(VIDEOS_GROUP)
+    with contextlib.ExitStack() as stack:
+        if is_url(location):
+            fs, inner = url_fs(location)
+            stack.enter_context(remote_errors(location))
+            if not fs.isdir(inner):
+                raise StoreError(missing)
+            walk = ((fs.unstrip_protocol(d), dirs, files) for d, dirs, files in fs.walk(inner, on_error="raise"))
+            read = fs.cat_file
+        else:
+            if not Path(location).is_dir():
+                raise StoreError(missing)
+            walk = ((str(Path(d)), dirs, files) for d, dirs, files in os.walk(location))
+            read = _read_local
+        for dirpath, dirnames, filenames in walk:  # dirnames pruned in place: the walk skips what is removed
+            dirnames.sort()
+            if "zarr.json" in filenames and _is_store_metadata(read, join(dirpath, "zarr.json")):
+                found.append(dirpath)
+                if VIDEOS_GROUP in dirnames:
+                    dirnames.remove(VIDEOS_GROUP)
     return found
 
 
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` holds a glimpse store (a local folder; its metadata is not validated here)."""
     metadata = Path(path) / "zarr.json"
-    return metadata.is_file() and _is_store_metadata(metadata)
+    return metadata.is_file() and _is_store_metadata(_read_local, str(metadata))
 
 
-def _is_store_metadata(path: Path) -> bool:
+def _read_local(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _is_store_metadata(read: Callable[[Any], bytes], path: str) -> bool:
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return True  # a broken root is listed with its error, not silently skipped
     return isinstance(meta, dict) and meta.get("node_type") == "group" and ROOT_ATTR in meta.get("attributes", {})
@@ -76,11 +94,10 @@ def sampling_text(config: dict[str, Any]) -> str:
 def disk_bytes(path: str | Path) -> int:
     """Bytes of every file under ``path`` (a local folder or an fsspec URL)."""
     location = str(path)
-    if "://" in location:
-        from fsspec.core import url_to_fs
-
-        fs, inner = url_to_fs(location)
-        return int(fs.du(inner, total=True))
+    if is_url(location):
+        fs, inner = url_fs(location)
+        with remote_errors(location):
+            return int(fs.du(inner, total=True))
     total = 0
     for dirpath, _dirs, filenames in os.walk(location):
         for name in filenames:
@@ -231,6 +248,9 @@ def format_listing(rows: list[dict[str, Any]], root: str | Path) -> str:
 
 
 def _relative(path: str, root: str | Path) -> str:
+    if is_url(path):
+        inside = path.removeprefix(str(root).rstrip("/") + "/")
+        return path if inside == path else inside
     try:
         return str(Path(path).relative_to(root)) if Path(path) != Path(root) else str(path)
     except ValueError:

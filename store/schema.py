@@ -36,6 +36,10 @@ class SchemaError(GlimpseError, ValueError):
     """A record or store does not follow the schema; the message says which field and why."""
 
 
+class StoreError(GlimpseError, RuntimeError):
+    """A path that is no store, a store of another schema, or a read of something not there."""
+
+
 def _known(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
     """The entries of ``data`` that are fields of ``cls``; a SchemaError naming the first unknown or missing one."""
     names = {f.name for f in fields(cls)}

@@ -8,7 +8,8 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from glimpse.store.reader import StoredStream, StoreError
+from glimpse.store.chunks import StoredStream
+from glimpse.store.reader import StoreError
 
 CODECS = {
     "zstd": ZstdCodec(level=3),
@@ -72,3 +73,68 @@ def test_a_bad_out_or_a_short_chunk_is_a_clear_error(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:-2])
     with pytest.raises(StoreError, match="chunk 1 holds"):
         stream.read(4, 12)
+
+
+FRAME = (1024, 7, 7)  # 100 kB a frame: the writer's chunks hold 5 frames, so 17 frames span 4 chunks, the last cut
+PICKS = [slice(None), slice(3, 14), slice(4, 5), slice(12, 99), slice(-6, None), slice(9, 3), slice(1, 16, 3),
+         slice(None, None, -4), [0, 16, 5, 5, 9], [-1, -17, 2], [7], []]
+
+
+def written_store(path, codec: str, frames: int = 17, seed: int = 0):
+    """A store of one video ``v`` (``frames`` frames of FRAME) written by the store's writer with ``codec``."""
+    from glimpse.store import VideoRecord, create_store
+    from glimpse.store.layout import video_key
+
+    records = [VideoRecord(id="v", path="/videos/v.avi", labels=(0,), splits={"1": "train"})]
+    writer = create_store(path, dataset="hand", classes=("a",), records=records, config={"seed": seed}, codec=codec,
+                          streams={"rgb": {"frame_shape": list(FRAME)}})
+    writer.write_video(video_key("v"), {"rgb": relu_cube(frames, FRAME, seed)}, {"n_frames": frames})
+    return writer
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_store_read_equals_zarrs_values_for_frame_slices_and_lists(codec, tmp_path):
+    from glimpse.store import open_store
+
+    written_store(tmp_path / "s", codec)
+    store = open_store(tmp_path / "s")
+    array = zarr.open_array(str(tmp_path / "s" / "videos" / "v" / "rgb"), mode="r")
+    assert array.chunks[0] == 5 and store.stream("v").direct
+    whole = np.asarray(array[...])
+    for frames in PICKS:
+        got = store.read("v", "rgb", frames=frames)
+        np.testing.assert_array_equal(got, whole[frames], err_msg=f"{codec} {frames}")
+        if not isinstance(frames, slice) or (frames.step or 1) > 0:  # zarr indexes neither backwards nor negatives
+            index = frames if isinstance(frames, slice) else np.array([f % 17 for f in frames], np.int64)
+            np.testing.assert_array_equal(got, array.get_orthogonal_selection(index), err_msg=f"{codec} {frames}")
+    np.testing.assert_array_equal(store.read("v"), whole)
+    for bad in ([17], [0, -18]):
+        with pytest.raises(StoreError, match=r"video 'v': frames \[(17|-18)\] out of range, it has 17 frames"):
+            store.read("v", "rgb", frames=bad)
+
+
+def test_store_read_takes_the_direct_chunk_reader(tmp_path):
+    """A short chunk of a --codec none store is the direct reader's error (zarr's read would say something else)."""
+    from glimpse.store import open_store
+
+    written_store(tmp_path / "s", "none")
+    chunk = tmp_path / "s" / "videos" / "v" / "rgb" / "c" / "1" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-2])
+    store = open_store(tmp_path / "s")
+    np.testing.assert_array_equal(store.read("v", frames=slice(0, 5)), relu_cube(17, FRAME)[:5])
+    with pytest.raises(StoreError, match="chunk 1 holds"):
+        store.read("v", frames=[3, 7])
+
+
+def test_store_read_follows_a_video_written_again(tmp_path):
+    from glimpse.store import open_store
+    from glimpse.store.layout import video_key
+
+    writer = written_store(tmp_path / "s", "zstd")
+    store = open_store(tmp_path / "s")
+    np.testing.assert_array_equal(store.read("v", frames=slice(2, 9)), relu_cube(17, FRAME, 0)[2:9])
+    writer.write_video(video_key("v"), {"rgb": relu_cube(11, FRAME, 1)}, {"n_frames": 11})
+    np.testing.assert_array_equal(store.read("v"), relu_cube(11, FRAME, 1))  # 11 frames now, other values
+    writer.reset(video_key("v"))
+    with pytest.raises(StoreError, match="video 'v' is pending, not done"):
+        store.read("v")

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from glimpse.store import Store, open_store
-from glimpse.store.reader import StoredStream
+from glimpse.store.chunks import StoredStream
 from glimpse.train.clips import Video
 from glimpse.train.sampling import Policy
 
