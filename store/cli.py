@@ -3,7 +3,7 @@
     python -m glimpse.store ls [ROOT] [--json]           every store under ROOT (default $STORE_ROOT or stores/)
     python -m glimpse.store info PATH [--json]           the full provenance of one store
     python -m glimpse.store verify PATH                  read every done video back and check it; exit 1 if any is bad
-    python -m glimpse.store export PATH --format hdf5 OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
+    python -m glimpse.store export PATH OUT.h5 [--stream rgb] [--split 1] [--dtype float32]
     python -m glimpse.store import IN.h5 OUT_STORE --dataset NAME
     python -m glimpse.store recode PATH OUT --codec none a copy with another codec (none: training reads, no decoding)
     python -m glimpse.store upgrade PATH                 bring a store of an older schema version up to date
@@ -20,7 +20,9 @@ import sys
 
 import click
 
+from glimpse.choices import RegistryChoice
 from glimpse.errors import Group
+from glimpse.store.hdf5 import DTYPES
 from glimpse.store.layout import CODECS
 
 
@@ -70,13 +72,12 @@ def verify(path: str) -> None:
 @main.command("export")
 @click.argument("path")
 @click.argument("out")
-@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True,
-              help="The layout of Sharma et al.'s soft-attention code (see store/hdf5.py).")
 @click.option("--stream", default="rgb", show_default=True, help="rgb | flow_cnn | flow")
 @click.option("--split", default=None, help="The official split whose train / test roles are written. [1]")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype: str) -> None:
-    """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it."""
+@click.option("--dtype", type=RegistryChoice(DTYPES), default="float32", show_default=True)
+def export(path: str, out: str, stream: str, split: str | None, dtype: str) -> None:
+    """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it: the HDF5 layout of
+    Sharma et al.'s soft-attention code (see store/hdf5.py)."""
     from glimpse.store.hdf5 import export_hdf5
 
     summary = export_hdf5(path, out, stream=stream, split=split, dtype=dtype, progress=True)
@@ -90,7 +91,7 @@ def export(path: str, out: str, fmt: str, stream: str, split: str | None, dtype:
 @click.option("--dataset", required=True, help="The dataset name the new store records.")
 @click.option("--stream", default=None, help="Stream name in the new store. [the exported one, else rgb]")
 @click.option("--overwrite", is_flag=True, help="Replace a store made from another file or config.")
-@click.option("--codec", default=None, type=click.Choice(CODECS), help="How chunks are stored (see 'recode'). [zstd]")
+@click.option("--codec", default=None, type=RegistryChoice(CODECS), help="How chunks are stored (see 'recode'). [zstd]")
 def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite: bool, codec: str | None) -> None:
     """Build a new store at OUT from an HDF5 file written by 'export' (and its side text files)."""
     from glimpse.store.hdf5 import import_hdf5
@@ -102,7 +103,7 @@ def import_(h5_path: str, out: str, dataset: str, stream: str | None, overwrite:
 @main.command("recode")
 @click.argument("path")
 @click.argument("out")
-@click.option("--codec", required=True, type=click.Choice(CODECS),
+@click.option("--codec", required=True, type=RegistryChoice(CODECS),
               help="How the copy stores chunks: none reads fastest (2 bytes per value), zstd is smallest.")
 def recode(path: str, out: str, codec: str) -> None:
     """Copy the store at PATH to OUT with its chunks stored by another codec (values and config hash unchanged).

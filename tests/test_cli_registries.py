@@ -27,9 +27,8 @@ def _commands(command: click.Command, path: str = ""):
             yield from _commands(sub, f"{path} {name}".strip())
 
 
-#: Choices that are no registry: a fixed pair of a file format's own options. Each entry says why.
-FIXED = {("evaluate", "which"), ("evaluate compare", "which"), ("store export", "dtype"),
-         ("store export", "fmt")}
+#: Choices that are no registry: which of a run's two checkpoints (best, last) evaluation loads.
+FIXED = {("evaluate", "which"), ("evaluate compare", "which")}
 
 
 def test_every_choice_of_every_command_line_is_a_registry():

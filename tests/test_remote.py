@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from extraction import extract
 
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import open_store
 from glimpse.store.catalog import resolve_store, store_summary
 from glimpse.store.cli import main as store_main
@@ -55,7 +55,7 @@ def uploaded(s3, tiny_synthetic, dask_client, tmp_path_factory) -> tuple[Path, s
     import s3fs
 
     local = tmp_path_factory.mktemp("remote") / "stores" / "synthetic"
-    summary = extract_dataset("synthetic", str(tiny_synthetic), str(local), client=dask_client, **OPTS)
+    summary = extract("synthetic", str(tiny_synthetic), str(local), client=dask_client, **OPTS)
     assert summary.done == 12, summary.report()
     fs = s3fs.S3FileSystem(endpoint_url=s3["AWS_ENDPOINT_URL"], key=s3["AWS_ACCESS_KEY_ID"],
                            secret=s3["AWS_SECRET_ACCESS_KEY"])

@@ -27,7 +27,7 @@ def extracted(tiny_synthetic, dask_client, tmp_path_factory):
 def test_export_writes_the_original_layout_and_import_brings_it_back(extracted, tmp_path, dtype):
     s = open_store(extracted)
     out = tmp_path / "export" / "features.h5"
-    result = run_cli("export", extracted, "--format", "hdf5", out, "--stream", "rgb", "--split", "1",
+    result = run_cli("export", extracted, out, "--stream", "rgb", "--split", "1",
                      "--dtype", dtype)
     assert result.exit_code == 0, result.output
     assert "2 videos not done left out" in result.output
