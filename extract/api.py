@@ -9,6 +9,8 @@ raise :class:`glimpse.errors.OptionError`; the command line turns it into a usag
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -26,6 +28,7 @@ from glimpse.extract.datasets import Dataset, load_dataset, takes_seed
 from glimpse.extract.flow import FLOW_METHODS
 from glimpse.extract.pipeline import Summary, run_extraction
 from glimpse.extract.streams import plan_streams
+from glimpse.files import fingerprint
 from glimpse.store.catalog import is_store
 from glimpse.store.layout import config_hash
 from glimpse.store.schema import FAILED, STREAMS
@@ -58,6 +61,7 @@ class FeatureRequest:
     flow_weights: str | None = None  # None: the flow-stream CNN is the rgb backbone
     raft_weights: str = "none"
     flow_size: int | None = None
+    classes: tuple[str, ...] | None = None  # a subset of the dataset's classes (None: all)
 
 
 @dataclass(frozen=True)
@@ -130,9 +134,42 @@ def select_streams(names: tuple[str, ...] | None, config: ExtractConfig) -> Extr
     return config if chosen == default_streams(config.flow) else dataclasses.replace(config, streams=specs)
 
 
+def restrict_classes(dataset: Dataset, names: tuple[str, ...] | None) -> Dataset:
+    """``dataset`` with only the videos of classes ``names`` (in that order: labels index it); a multi-label video
+    keeps the labels among them, and is left out when it has none."""
+    if names is None:
+        return dataset
+    unknown = [name for name in names if name not in dataset.classes]
+    if unknown or not names or len(set(names)) != len(names):
+        raise OptionError(f"{', '.join(unknown) or 'no class or a repeated one'}: choose among the classes of "
+                          f"{dataset.name}: {', '.join(dataset.classes)}", "--classes")
+    index = {dataset.classes.index(name): new for new, name in enumerate(names)}
+    videos = tuple(dataclasses.replace(v, labels=tuple(index[label] for label in v.labels if label in index))
+                   for v in dataset.videos if any(label in index for label in v.labels))
+    kept = {v.id for v in videos}
+    return dataclasses.replace(dataset, classes=tuple(names), videos=videos,
+                               missing=tuple(vid for vid in dataset.missing if vid in kept))
+
+
+def fingerprinted(dataset: Dataset) -> Dataset:
+    """``dataset`` with each video's source fingerprint (:func:`glimpse.files.fingerprint`) in its record."""
+    return dataclasses.replace(dataset, videos=tuple(dataclasses.replace(v, fingerprint=fingerprint(v.path))
+                                                     for v in dataset.videos))
+
+
+def manifest_digest(dataset: Dataset) -> str:
+    """A digest of what the store of ``dataset`` holds, the features aside: its classes, and each video's id, labels,
+    splits, group and source fingerprint (another dataset, another split seed or a changed file: another digest)."""
+    rows = [[v.id, list(v.labels), dict(sorted(v.splits.items())), v.group, v.fingerprint]
+            for v in sorted(dataset.videos, key=lambda v: v.id)]
+    canonical = json.dumps({"classes": list(dataset.classes), "videos": rows}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
-    """The :class:`ExtractConfig` ``request`` asks for on ``dataset``: weights by identity, the backbone's input
-    size, the calibration video of random weights (the first present video)."""
+    """The :class:`ExtractConfig` ``request`` asks for on ``dataset`` (fingerprinted): weights by identity, the
+    backbone's input size, the calibration video of random weights (the first present video), the manifest's
+    digest."""
     if request.backbone not in BACKBONES:
         raise OptionError(f"unknown {request.backbone!r}; choose from {sorted(BACKBONES)}", "--backbone")
     if request.flow not in FLOW_CHOICES:
@@ -153,7 +190,7 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
                                                                       flow_weights),
         raft_weights=(WeightsRef(weights_identity(request.raft_weights), request.raft_weights)
                       if request.flow == "raft" else WeightsRef("none")),
-        flow_size=request.flow_size, calibration=calibration,
+        flow_size=request.flow_size, calibration=calibration, manifest=manifest_digest(dataset),
     )
     return select_streams(request.streams, config)
 
@@ -171,6 +208,7 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
         raise OptionError("give exactly one of --out STORE and --lab ROOT")
     dataset = load_dataset(request.dataset, request.root, **({"seed": request.seed} if takes_seed(request.dataset)
                                                              else {}))
+    dataset = fingerprinted(restrict_classes(dataset, request.classes))
     config = resolve_config(request, dataset)
     out = options.out or str(lab_store_path(options.lab or "", config))
     if options.lab is not None:

@@ -17,6 +17,7 @@ never enter a batch, or are skipped if already queued; the other videos are not 
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable
@@ -283,13 +284,16 @@ class Pipeline:
                     self.writer.write_video(flight.key, flight.arrays, flight.result)  # data first, "done" last
             except Exception as exc:
                 flight.error = failure_reason(exc, flight.record.path)
+            recorded = True
             try:
                 if flight.error is not None:
                     self.writer.write_failure(flight.key, flight.error)
-            except Exception as exc:  # the store could not take even the failure: the outcome still says why
+            except Exception as exc:  # the store could not take even the failure: the outcome says why, the run stops
                 flight.error = f"{flight.error} (and recording the failure failed: {type(exc).__name__}: {exc})"
+                recorded = False
             self.release(flight)
-            self.outcomes.append(flight.outcome(DONE if flight.error is None else FAILED))
+            self.outcomes.append(dataclasses.replace(flight.outcome(DONE if flight.error is None else FAILED),
+                                                     recorded=recorded))
 
     def release(self, flight: Flight) -> None:
         """Drop a video's claim (once it is written, failed, or given up)."""

@@ -23,7 +23,7 @@ from glimpse.store.layout import CODECS
 from glimpse.store.schema import STREAMS
 
 
-def _streams(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(name.strip() for name in value.split(","))
 
 
@@ -41,7 +41,7 @@ def _streams(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--backbone", default="googlenet", type=RegistryChoice(BACKBONES), help="CNN of the conv cubes.")
 @click.option("--weights", default="imagenet", help="imagenet (torchvision cache, TORCH_HOME) | none | PATH")
 @click.option("--flow", default="none", type=RegistryChoice(FLOW_CHOICES))
-@click.option("--streams", default=None, callback=_streams,
+@click.option("--streams", default=None, callback=_names,
               help=f"Streams to extract, comma-separated: {', '.join(STREAMS)}. [rgb; rgb,flow,flow_cnn with --flow]")
 @click.option("--flow-weights", default=None, help="State dict for the flow-stream CNN [same as --weights].")
 @click.option("--raft-weights", default="none", help="RAFT weights for --flow raft: none | default | PATH.")
@@ -59,6 +59,8 @@ def _streams(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another config.")
 @click.option("--seed", default=0, help="Seed of the dataset's random protocol splits (ucf11, ucfsports).")
+@click.option("--classes", default=None, callback=_names, metavar="A,B,...",
+              help="Only these classes of the dataset (labels follow this order). [all]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(allow_failures: bool, quiet: bool, **opts: Any) -> None:
     """Extract frames, optical flow and CNN conv feature cubes from a dataset into a Zarr store."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from glimpse.errors import GlimpseError
 from glimpse.media.decode import DecodeError, Sampling
 from glimpse.store.schema import STREAMS, StreamSpec, stream_spec
 
@@ -48,7 +49,9 @@ class ExtractConfig:
     """Everything that decides what the stored features are. Its hash names the store's content.
 
     Runtime choices that do not change the features (device, batch size, workers, scheduler) are not part of it.
-    ``flow_cnn_weights`` None: the flow-stream CNN is the rgb backbone itself. ``streams`` None: rgb, and flow and
+    ``manifest`` names the dataset's content (:func:`glimpse.extract.api.manifest_digest`), so that another dataset,
+    another split seed or changed source files never share a store. ``flow_cnn_weights`` None: the flow-stream CNN is
+    the rgb backbone itself. ``streams`` None: rgb, and flow and
     flow_cnn with a flow method; otherwise the registry entries as the client resolved them (a stream registered
     at run time in the client reaches the workers this way).
     """
@@ -66,6 +69,7 @@ class ExtractConfig:
     flow_size: int | None = None
     calibration: Calibration | None = None
     streams: tuple[StreamSpec, ...] | None = None
+    manifest: str | None = None  # digest of the dataset's classes, videos, labels, splits and source fingerprints
 
     @property
     def sampling(self) -> Sampling:
@@ -92,6 +96,8 @@ class ExtractConfig:
         }
         if self.streams is not None:
             out["streams"] = list(self.stream_names)
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
         return out
 
 
@@ -120,12 +126,19 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a task did with one video: its status (done, failed, claimed, skipped), why it failed, its frames."""
+    """What a task did with one video: its status (done, failed, claimed, skipped), why it failed, its frames, and
+    whether its failure is recorded in the store (a failure the store could not take stops the run)."""
 
     id: str
     status: str
     error: str | None = None
     frames: int = 0
+    recorded: bool = True
+
+
+class UnrecordedFailure(GlimpseError, RuntimeError):
+    """A video failed and the store could not record it: the run stops, since the store no longer says what
+    happened to each video."""
 
 
 def failure_reason(exc: BaseException, path: str) -> str:

@@ -22,7 +22,15 @@ from typing import Any
 from glimpse.cluster import gpu_resources
 from glimpse.extract.backbones import BACKBONES
 from glimpse.extract.batched import Pipeline
-from glimpse.extract.config import CLAIMED, SKIPPED, ExtractConfig, Outcome, Runtime, failure_reason
+from glimpse.extract.config import (
+    CLAIMED,
+    SKIPPED,
+    ExtractConfig,
+    Outcome,
+    Runtime,
+    UnrecordedFailure,
+    failure_reason,
+)
 from glimpse.extract.datasets import Dataset
 from glimpse.extract.streams import Extractor, describe_streams
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
@@ -87,7 +95,11 @@ def extract_video(store_path: str, record: VideoRecord, config: ExtractConfig, r
             return Outcome(record.id, DONE, frames=result["n_frames"])
         except Exception as exc:  # every failure is recorded, never raised: the run goes on
             reason = failure_reason(exc, record.path)
-            writer.write_failure(key, reason)
+            try:
+                writer.write_failure(key, reason)
+            except Exception as unrecorded:  # the store cannot take it: the client stops the run
+                return Outcome(record.id, FAILED, f"{reason} (and recording the failure failed: "
+                               f"{type(unrecorded).__name__}: {unrecorded})", recorded=False)
             return Outcome(record.id, FAILED, reason)
 
 
@@ -217,6 +229,9 @@ def run_extraction(out: str, config: ExtractConfig, runtime: Runtime, dataset: D
                 pending[retry := submit([video_id])] = [video_id]
                 running.add(retry)
             for outcome in outcomes:
+                if not outcome.recorded:
+                    raise UnrecordedFailure(f"{out}: video {outcome.id} failed and the store could not record it, so "
+                                            f"the run stops: {outcome.error}")
                 if outcome.status == CLAIMED:
                     waiting.add(outcome.id)
                     continue

@@ -1,4 +1,5 @@
-"""Writing a file so that a reader, a crash or a kill never sees half of it: the one atomic write of glimpse.
+"""Writing a file so that a reader, a crash or a kill never sees half of it: the one atomic write of glimpse; and
+the fingerprint of a source file, which survives copying the file to another disk.
 
 The bytes go to a temporary file beside the target, are flushed and fsynced, then renamed over the target
 (``os.replace`` is atomic on POSIX and Windows), and the folder is fsynced so that the rename survives a power
@@ -8,6 +9,7 @@ loss. Run directories, evaluation results and tables all go through here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +52,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write_bytes` of ``text`` as UTF-8 (line ends as given, on every platform)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+#: Bytes read at the start, middle and end of a file for its fingerprint.
+FINGERPRINT_BLOCK = 64 * 1024
+
+
+def fingerprint(path: str | Path) -> str | None:
+    """``"<size>:<sha256 of the first, middle and last 64 KiB>"`` of the file at ``path``, None when it cannot be
+    read. The same bytes give the same fingerprint wherever the file lies; any edit to its size or to a sampled
+    block (a re-encoded or truncated video, another video under the same name) changes it."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.sha256()
+            for offset in sorted({0, max(0, size // 2 - FINGERPRINT_BLOCK // 2), max(0, size - FINGERPRINT_BLOCK)}):
+                f.seek(offset)
+                digest.update(f.read(FINGERPRINT_BLOCK))
+    except OSError:
+        return None
+    return f"{size}:{digest.hexdigest()[:32]}"

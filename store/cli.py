@@ -56,14 +56,16 @@ def info(path: str, as_json: bool) -> None:
 
 @main.command("verify")
 @click.argument("path")
-def verify(path: str) -> None:
+@click.option("--sources", is_flag=True, help="Also check that every video's source file is the one extracted.")
+@click.option("--root", default=None, help="With --sources: where the dataset root is now, if it moved.")
+def verify(path: str, sources: bool, root: str | None) -> None:
     """Read every done video of the store at PATH and check dtype, shapes, frame counts, finiteness and checksums.
 
     Exits 1 with every bad video and its reasons, 0 with a one-line summary when all are sound.
     """
     from glimpse.store.verify import run_verify
 
-    result = run_verify(path, progress=True)
+    result = run_verify(path, progress=True, sources=sources, root=root)
     click.echo(result.report(), err=not result.ok)
     if not result.ok:
         sys.exit(1)

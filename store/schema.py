@@ -57,7 +57,8 @@ class VideoRecord:
     to the dataset root, without extension). ``labels`` holds class indices into the
     dataset's class list: one for single-label datasets, several for Hollywood2.
     ``splits`` maps an official split name ("1", "2", ...) to "train", "test" or "unused".
-    ``boxes`` is the path of a per-frame ground-truth box file where the dataset has them.
+    ``boxes`` is the path of a per-frame ground-truth box file where the dataset has them. ``fingerprint`` is the
+    source file's (:func:`glimpse.files.fingerprint`), filled in by extraction: part of the store's identity.
     """
 
     id: str
@@ -67,6 +68,7 @@ class VideoRecord:
     group: str | None = None
     boxes: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -187,6 +189,7 @@ class ManifestRow:
     labels: tuple[int, ...]
     splits: Mapping[str, str]
     group: str | None = None
+    fingerprint: str | None = None  # of the source file at extraction (stores made before it was recorded: None)
 
     @property
     def label(self) -> int:
@@ -194,8 +197,9 @@ class ManifestRow:
         return self.labels[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "key": self.key, "path": self.path, "labels": list(self.labels),
-                "splits": dict(self.splits), "group": self.group}
+        out = {"id": self.id, "key": self.key, "path": self.path, "labels": list(self.labels),
+               "splits": dict(self.splits), "group": self.group}
+        return out if self.fingerprint is None else {**out, "fingerprint": self.fingerprint}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ManifestRow:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from glimpse.files import fingerprint
 from glimpse.store.layout import VIDEOS_GROUP, array_checksum
 from glimpse.store.reader import Store, open_store
 from glimpse.store.schema import DONE, UNREADABLE, StreamInfo, VideoEntry
@@ -117,9 +118,31 @@ def check_video(store: Store, entry: VideoEntry) -> list[str]:
     return problems
 
 
-def run_verify(path: str | Path, progress: bool = False,
-               storage_options: Mapping[str, Any] | None = None) -> Verification:
-    """Verify every done video of the store at ``path`` (a tqdm bar when ``progress`` and stderr is a terminal)."""
+def changed_sources(store: Store, root: str | None = None) -> list[tuple[str, str]]:
+    """(video id, why) of every video whose source file is no longer the one extracted: missing, unreadable, or of
+    another fingerprint (:func:`glimpse.files.fingerprint`). ``root`` stands for the dataset root the store recorded
+    (a dataset copied elsewhere). Videos extracted before fingerprints were recorded are not checked."""
+    recorded = store.metadata.source.get("root")
+    changed = []
+    for entry in store.videos:
+        if entry.fingerprint is None:
+            continue
+        path = entry.path
+        if root and recorded and Path(path).is_relative_to(recorded):
+            path = str(Path(root) / Path(path).relative_to(recorded))
+        now = fingerprint(path)
+        if now is None:
+            changed.append((entry.id, f"source file {path} is missing or unreadable"))
+        elif now != entry.fingerprint:
+            changed.append((entry.id, f"source file {path} changed since extraction (fingerprint {now}, extracted "
+                                      f"from {entry.fingerprint})"))
+    return changed
+
+
+def run_verify(path: str | Path, progress: bool = False, storage_options: Mapping[str, Any] | None = None,
+               sources: bool = False, root: str | None = None) -> Verification:
+    """Verify every done video of the store at ``path`` (a tqdm bar when ``progress`` and stderr is a terminal);
+    with ``sources``, also that each video's source file is still the one extracted (:func:`changed_sources`)."""
     store = open_store(path, storage_options)
     entries = store.videos
     bad: list[tuple[str, str]] = []
@@ -143,6 +166,8 @@ def run_verify(path: str | Path, progress: bool = False,
         bar.set_postfix(bad=len(bad))
         bar.update(1)
     bar.close()
+    if sources:
+        bad += changed_sources(store, root)
     return Verification(str(path), tuple(store.streams), checked, dict(not_done), tuple(bad))
 
 

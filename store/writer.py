@@ -57,7 +57,7 @@ class StoreExistsError(StoreError):
 def manifest_row(record: VideoRecord) -> ManifestRow:
     """The part of a video's description fixed at store creation."""
     return ManifestRow(id=record.id, key=video_key(record.id), path=record.path, labels=tuple(record.labels),
-                       splits=dict(record.splits), group=record.group)
+                       splits=dict(record.splits), group=record.group, fingerprint=record.fingerprint)
 
 
 def create_store(
@@ -140,8 +140,9 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked:
             return StoreWriter(path)
         if not overwrite:
             raise StoreExistsError(
-                f"{path}: holds a store made with another config (hash {old.config_hash}, "
-                f"this run {meta.config_hash}); pass --overwrite to replace it, or choose another --out"
+                f"{path}: holds a store made with another config ({config_difference(old.config, meta.config)}; "
+                f"hash {old.config_hash}, this run {meta.config_hash}); pass --overwrite to replace it, or choose "
+                "another --out"
             )
         for item in contents:  # the claims folder stays: its locks may be held right now
             shutil.rmtree(item) if item.is_dir() else item.unlink()
@@ -149,6 +150,15 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked:
     root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.to_dict()})
     root.create_group(VIDEOS_GROUP)
     return StoreWriter(path)
+
+
+def config_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What differs between two extraction configs, in words: ``manifest`` (the dataset's videos, labels, splits or
+    source files), then each other field with both values."""
+    names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    said = ["another dataset (its videos, labels, splits or source files differ)" if k == "manifest"
+            else f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in names]
+    return ", ".join(said) or "the same fields, hashed otherwise"
 
 
 class StoreWriter:
