@@ -1,10 +1,15 @@
 """Shared fixtures (a tiny synthetic dataset, a copy with the bad-input corpus in it, a heavier one, a real Dask
 cluster) and the session hooks that write docs/reliability.md after a complete run (tests/reliability_log.py).
+
+The suite runs on the CPU, where its exactness tests and thresholds hold: CUDA is hidden from the test
+process, its subprocesses and Dask workers (``CUDA_VISIBLE_DEVICES=""``) unless the run selects the
+``cuda`` marker (``pytest -m cuda``); a ``cuda`` test is skipped where torch then sees no device.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -77,6 +82,26 @@ def translating_video(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     # frame t shows the window at (row 30 - dy t, column 50 - dx t): content moves by (+dx, +dy) per frame
     frames = np.stack([texture[30 - dy * t : 126 - dy * t, 50 - dx * t : 146 - dx * t] for t in range(8)])
     return write_video(tmp_path_factory.mktemp("flow") / "translate.mp4", frames), (dx, dy)
+
+
+def selects_cuda(markexpr: str) -> bool:
+    """Whether a ``-m`` expression asks for the cuda tests (``cuda``, ``cuda or slow``; not ``not cuda``)."""
+    return "cuda" in markexpr and "not cuda" not in markexpr
+
+
+def pytest_configure(config):
+    """Hide CUDA before torch initialises it, unless this run selects the cuda tests."""
+    if not selects_cuda(config.option.markexpr or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_runtest_setup(item):
+    """A cuda test needs a device torch sees."""
+    if item.get_closest_marker("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device: run `pytest -m cuda` on a machine with one")
 
 
 #: What this session saw of the reliability cases: node ids collected with the marker, whether every test file
