@@ -12,7 +12,7 @@ scale, each step's number and time, and the video's true and predicted classes.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ MAX_WIDTH, PANEL_WIDTH = 2000, 480
 #: Pixels of the strip around its tiles: left (run names), right, top (title lines), each tile's caption, the
 #: colour scale at the bottom, between tiles; and the strip's dots per inch.
 LEFT, RIGHT, TOP, CAPTION, SCALE, GAP, DPI = 22, 12, 44, 16, 56, 4, 100
+#: Narrowest strip (room for the title and the colour scale), and the narrowest tile with long captions.
+MIN_WIDTH, LONG_CAPTIONS = 480, 120
 
 
 # ---------------------------------------------------------------------------------------------- frames
@@ -157,18 +159,18 @@ def strip_figure(frames: np.ndarray, runs: Mapping[str, np.ndarray], columns: in
         raise ValueError("no runs to draw")
     frames = np.asarray(frames)
     columns = min(columns or len(frames), len(frames))
-    tile = min(frames.shape[2], (MAX_WIDTH - LEFT - RIGHT - (columns - 1) * GAP) // columns)
-    frames, boxes = fit_frames(frames, boxes, tile)  # (T, h, w, 3)
+    frames, boxes = fit_frames(frames, boxes, tile_width(frames.shape[2], columns))  # (T, h, w, 3)
     maps = {name: np.asarray(m) for name, m in runs.items()}
     peak = heat_peak(*maps.values())
     h, w = frames.shape[1:3]
     rows = -(-len(frames) // columns)
-    width = LEFT + columns * w + (columns - 1) * GAP + RIGHT
+    width = max(MIN_WIDTH, LEFT + columns * w + (columns - 1) * GAP + RIGHT)
     height = TOP + len(maps) * rows * (CAPTION + h) + (len(maps) - 1) * GAP + SCALE
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     font = 7 if w < 120 else 8
-    if title:
-        fig.text(LEFT / width, 1 - 4 / height, title, ha="left", va="top", fontsize=9)
+    if title:  # 9 points, or smaller where a line would not fit (a character is about 0.6 em wide)
+        size = min(9.0, 1.2 * (width - LEFT - 4) / max(map(len, title.splitlines())))
+        fig.text(LEFT / width, 1 - 4 / height, title, ha="left", va="top", fontsize=size)
     top = TOP
     for name, attention in maps.items():
         tiles = overlay_frames(frames, attention, boxes, alpha, peak)  # (T, h, w, 3)
@@ -192,6 +194,11 @@ def strip_figure(frames: np.ndarray, runs: Mapping[str, np.ndarray], columns: in
     scale.set_label(f"attention per cell (uniform 1/{cells} = {1 / cells:.3g})", fontsize=font)
     scale.ax.tick_params(labelsize=font)
     return fig
+
+
+def tile_width(frame_width: int, columns: int) -> int:
+    """The width of a strip's tiles: the frames' own, or less so that ``columns`` of them fit MAX_WIDTH."""
+    return min(frame_width, (MAX_WIDTH - LEFT - RIGHT - (columns - 1) * GAP) // columns)
 
 
 def save_figure(fig: Any, out_png: str | Path) -> Path:
@@ -222,12 +229,15 @@ def compare_strips(frames: np.ndarray, runs: Mapping[str, np.ndarray], out_png: 
     return save_figure(strip_figure(frames, runs, columns, boxes, title, steps, alpha), out_png)
 
 
-def step_labels(chosen: Sequence[int], total: int, timestamps: Sequence[float | None] = ()) -> list[str]:
-    """A caption per picked stored frame: its step number out of ``total`` and, where known, its time."""
+def step_labels(chosen: Iterable[int], total: int, timestamps: Sequence[float | None] = (),
+                short: bool = False) -> list[str]:
+    """A caption per picked stored frame: its step number out of ``total`` ("step 3/16"; ``short``: "3") and,
+    where known, its time."""
     labels = []
     for i in chosen:
         time = timestamps[i] if i < len(timestamps) else None
-        labels.append(f"step {i + 1}/{total}" + ("" if time is None else f" \u00b7 {time:.2f} s"))
+        step = f"{i + 1}" if short else f"step {i + 1}/{total}"
+        labels.append(step + ("" if time is None else f" \u00b7 {time:.2f} s"))
     return labels
 
 
@@ -303,8 +313,9 @@ def video_strip(entry: Any, frames: np.ndarray, runs: Mapping[str, np.ndarray], 
     boxes = None if entry.boxes is None else np.asarray(entry.boxes, dtype=np.float64)[chosen]  # (steps, 4)
     picked = {name if len(runs) > 1 else "": np.asarray(maps)[chosen] for name, maps in runs.items()}
     title = "\n".join(filter(None, [entry.id, class_line(classes, entry.labels, predicted)]))
+    short = tile_width(frames.shape[2], len(chosen)) < LONG_CAPTIONS
     return strip_figure(frames[chosen], picked, boxes=boxes, title=title,
-                        steps=step_labels(chosen, len(frames), entry.timestamps))
+                        steps=step_labels(chosen, len(frames), entry.timestamps, short))
 
 
 def video_attention_figures(entry: Any, runs: Mapping[str, np.ndarray], out_dir: str | Path, steps: int | None = 8,

@@ -132,11 +132,12 @@ def test_an_external_clusters_gpu_workers_pick_distinct_devices():
     started by hand): each task's device is its worker's own, four distinct ones."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=4, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None,
-                      silence_logs=logging.ERROR, resources={GPU: 1}) as cluster, Client(cluster) as client:
+    cluster = LocalCluster(n_workers=4, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=":0",
+                           silence_logs=logging.ERROR, resources={GPU: 1})
+    with cluster, Client(cluster) as client:
         addresses = list(client.scheduler_info()["workers"])
-        devices = client.gather([client.submit(worker_device, 4, workers=[a], pure=False) for a in addresses])
-        again = client.gather([client.submit(worker_device, 4, workers=[a], pure=False) for a in addresses])
+        devices = [client.submit(worker_device, 4, workers=[a], pure=False).result() for a in addresses]
+        again = [client.submit(worker_device, 4, workers=[a], pure=False).result() for a in addresses]
         single = client.submit(worker_device, 1, pure=False).result()
     assert sorted(devices) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"] and again == devices
     assert single == "cuda"  # a worker pinned to one device (CUDA_VISIBLE_DEVICES of one entry) uses it

@@ -41,8 +41,8 @@ def test_a_sweep_on_a_remote_cluster_does_not_need_cuda_here():
 def test_runs_asking_for_gpus_no_worker_has_are_refused_before_submission(tmp_path):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    cluster = LocalCluster(n_workers=1, processes=False, dashboard_address=":0", silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
         with pytest.raises(ClusterError, match=f"has no worker with the resource {GPU}=1"):
             sweep("store", "softattn", tmp_path / "sweep", parse_grid(["lr=0.1"]), {}, client, gpus_per_run=1)
         assert not client.who_has() and not (tmp_path / "sweep").exists()
@@ -52,8 +52,9 @@ def test_sweep_cli_with_cuda_on_a_remote_cpu_cluster_is_one_line(tmp_path):
     """From a login node (no CUDA here): the remote cluster decides, and its lack of GPU workers is one line."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
+    cluster = LocalCluster(n_workers=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=":0",
+                           silence_logs=logging.ERROR)
+    with cluster:
         args = [sys.executable, "-m", "glimpse.train", "sweep", "--store", str(tmp_path / "store"), "--model",
                 "softattn", "--out", str(tmp_path / "sweep"), "--scheduler", cluster.scheduler_address,
                 "--device", "cuda", "--grid", "lr=0.1,0.2"]
