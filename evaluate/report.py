@@ -54,7 +54,8 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
     for prediction in spread_over_classes(attended, figures):
         entry = entries[prediction.id]
         maps = frame_attention(prediction.attention, loaded.clip, entry.n_frames)  # (n_frames, K, K)
-        video_attention_figures(entry, {loaded.name: maps}, out / "attention")
+        video_attention_figures(entry, {loaded.name: maps}, out / "attention", classes=loaded.classes,
+                                predicted={loaded.name: prediction.predicted})
     return metrics
 
 
@@ -92,15 +93,18 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, names: Sequenc
             raise ValueError(f"{run_dir}: model {run.name} gives no attention maps to compare")
     entries = {v.id: v for v in open_store(loaded[0].store).videos}
     maps: dict[str, dict[str, np.ndarray]] = {}  # video id -> run name -> (n_frames, K, K)
-    predicted = {}
+    predicted: dict[str, Any] = {}
+    classes: dict[str, dict[str, int]] = {}  # video id -> run name -> predicted class
     for name, run_dir, run in zip(names, run_dirs, loaded, strict=True):
         for p in predict_run(run_dir, role, which, loaded=run):
             maps.setdefault(p.id, {})[name] = frame_attention(p.attention, run.clip, entries[p.id].n_frames)
+            classes.setdefault(p.id, {})[name] = p.predicted
             predicted.setdefault(p.id, p)
     shared = [p for video_id, p in predicted.items() if len(maps[video_id]) == len(names)]
     if not shared:
         raise ValueError(f"no {role} video is predicted by every run of {', '.join(map(str, run_dirs))}")
-    return [video_attention_figures(entries[p.id], {n: maps[p.id][n] for n in names}, out)
+    return [video_attention_figures(entries[p.id], {n: maps[p.id][n] for n in names}, out,
+                                    classes=loaded[0].classes, predicted=classes[p.id])
             for p in spread_over_classes(shared, videos)]
 
 

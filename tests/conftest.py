@@ -1,6 +1,10 @@
 """Shared fixtures (a tiny synthetic dataset, a copy with the bad-input corpus in it, a heavier one, a real Dask
 cluster) and the session hooks that write docs/reliability.md after a complete run asked for it with
 ``--reliability-report`` (``make reliability``; tests/reliability_log.py): an ordinary run leaves the tree as it was.
+
+The suite runs on the CPU, where its exactness tests and thresholds hold: CUDA is hidden from the test
+process, its subprocesses and Dask workers (``CUDA_VISIBLE_DEVICES=""``) unless the run selects the
+``cuda`` marker (``pytest -m cuda``); a ``cuda`` test is skipped where torch then sees no device.
 """
 
 from __future__ import annotations
@@ -110,6 +114,26 @@ def threads_left_as_found(request):
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
         pytest.fail(f"{request.node.nodeid} left (torch, OpenCV) threads at {after}, found {before}")
+
+
+def selects_cuda(markexpr: str) -> bool:
+    """Whether a ``-m`` expression asks for the cuda tests (``cuda``, ``cuda or slow``; not ``not cuda``)."""
+    return "cuda" in markexpr and "not cuda" not in markexpr
+
+
+def pytest_configure(config):
+    """Hide CUDA before torch initialises it, unless this run selects the cuda tests."""
+    if not selects_cuda(config.option.markexpr or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_runtest_setup(item):
+    """A cuda test needs a device torch sees."""
+    if item.get_closest_marker("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device: run `pytest -m cuda` on a machine with one")
 
 
 #: What this session saw of the reliability cases: node ids collected with the marker, whether every test file

@@ -116,7 +116,7 @@ def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(
     """regattn at lambda = 0 against lambda > 0 (Fig. 6 of Quan et al.): stacked strips, GIFs, MP4s per video."""
     from PIL import Image
 
-    from glimpse.evaluate.figures import BAND
+    from glimpse.evaluate.figures import CAPTION, GAP, SCALE, TOP
 
     for name, lam in (("lam0", 0.0), ("lam1", 1e-2)):
         args = {"hidden": 16, "lam": lam}  # 64-pixel frames give a 2 x 2 grid: one block of 2 x 2
@@ -130,7 +130,7 @@ def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(
     for suffix in ("png", "gif", "mp4"):
         assert len(list(out.glob(f"*_attention.{suffix}"))) == 2, suffix
     with Image.open(next(out.glob("*.png"))) as strip:
-        assert strip.size[1] == BAND + 2 * (BAND + 64)  # title, then one named strip per run
+        assert strip.size[1] == TOP + 2 * (CAPTION + 64) + GAP + SCALE  # title, one strip per run, colour scale
 
     train_model(two_fold_store, "avgpool_lstm", tmp_path / "pooled", **FAST)
     refused = CliRunner().invoke(main, ["compare", "--run", str(tmp_path / "lam0"), "--run", str(tmp_path / "pooled")])

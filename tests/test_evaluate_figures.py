@@ -13,6 +13,14 @@ from PIL import Image
 from glimpse.evaluate.figures import (
     BAND,
     BOX_COLOR,
+    CAPTION,
+    GAP,
+    LEFT,
+    MAX_WIDTH,
+    MIN_WIDTH,
+    RIGHT,
+    SCALE,
+    TOP,
     attention_gif,
     attention_mp4,
     attention_strip,
@@ -20,9 +28,13 @@ from glimpse.evaluate.figures import (
     confusion_png,
     decode_frames,
     heat_overlay,
+    heat_peak,
     overlay_frames,
+    step_labels,
     stored_frames,
+    strip_figure,
     video_attention_figures,
+    video_strip,
 )
 from glimpse.extract.synth import render_clip
 from glimpse.media.decode import DecodeError, Sampling, decode_video
@@ -87,28 +99,79 @@ def test_overlay_is_hot_where_the_map_peaks(clip):
     assert red[far].mean() < -40
 
 
+def tiles_of(fig) -> list:
+    """The tile axes of a strip figure, in drawing order (the colour scale is the one axes without an image)."""
+    return [ax for ax in fig.axes if ax.images]
+
+
+def scale_of(fig):
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "colour scale"]
+    return bar
+
+
 def test_attention_strip_png(clip, tmp_path):
     frames, boxes = clip["frames"], clip["boxes"]
-    out = attention_strip(frames, maps_at(boxes), tmp_path / "strip.png", boxes=boxes, title="SquareRight")
-    image = np.asarray(Image.open(out).convert("RGB"))
-    assert image.shape == (BAND + 64, 6 * 64 + 5 * 2, 3)  # a title band over one row with 2 px gaps
-    tiles = overlay_frames(frames, maps_at(boxes), boxes)
-    np.testing.assert_array_equal(image[BAND:, 66 * 2 : 66 * 2 + 64], tiles[2])
+    labels = step_labels(range(6), 6, [t / 25 for t in range(6)])
+    assert labels[2] == "step 3/6 \u00b7 0.08 s" and step_labels([2], 6, short=True) == ["3"]
+    fig = strip_figure(frames, {"": maps_at(boxes)}, boxes=boxes, title="SquareRight", steps=labels)
+    tiles = overlay_frames(frames, maps_at(boxes), boxes, peak=heat_peak(maps_at(boxes)))
+    drawn = tiles_of(fig)
+    assert [ax.get_title() for ax in drawn] == labels
+    np.testing.assert_array_equal(np.asarray(drawn[2].images[0].get_array()), tiles[2])
     x0, y0 = boxes[2][:2]
     assert tuple(tiles[2][y0, x0]) == BOX_COLOR
+    assert scale_of(fig).get_xlim() == (0, 0.99) and "uniform 1/16" in scale_of(fig).get_xlabel()
+    assert [t.get_text() for t in fig.texts] == ["SquareRight"]
+    out = attention_strip(frames, maps_at(boxes), tmp_path / "strip.png", boxes=boxes, title="SquareRight")
+    assert Image.open(out).size == (MIN_WIDTH, TOP + CAPTION + 64 + SCALE)  # 6 tiles of 64 px: room for the scale
+    wide = attention_strip(np.repeat(frames, 2, axis=2), maps_at(boxes), tmp_path / "wide.png")
+    assert Image.open(wide).size == (LEFT + 6 * 128 + 5 * GAP + RIGHT, TOP + CAPTION + 64 + SCALE)
     two_rows = attention_strip(frames, maps_at(boxes), tmp_path / "rows.png", columns=4)
-    assert Image.open(two_rows).size == (4 * 64 + 3 * 2, 2 * 64 + 2)
+    assert Image.open(two_rows).size == (MIN_WIDTH, TOP + 2 * (CAPTION + 64) + SCALE)
 
 
-def test_compare_strips_stacks_runs(clip, tmp_path):
+def test_compare_strips_stacks_runs_on_one_colour_scale(clip, tmp_path):
     frames, boxes = clip["frames"], clip["boxes"]
     runs = {"lambda=0": np.full((6, K, K), 1 / K**2), "lambda=1e-4": maps_at(boxes)}
-    image = np.asarray(Image.open(compare_strips(frames, runs, tmp_path / "cmp.png", title="Fig. 6")).convert("RGB"))
-    assert image.shape == (BAND + 2 * (BAND + 64), 6 * 64 + 5 * 2, 3)
-    first = image[2 * BAND : 2 * BAND + 64]
-    second = image[3 * BAND + 64 :]
-    np.testing.assert_array_equal(first[:, :64], overlay_frames(frames[:1], runs["lambda=0"][:1])[0])
-    np.testing.assert_array_equal(second[:, :64], overlay_frames(frames[:1], runs["lambda=1e-4"][:1])[0])
+    fig = strip_figure(frames, runs, title="Fig. 6")
+    drawn = tiles_of(fig)
+    assert len(drawn) == 12 and [t.get_text() for t in fig.texts] == ["Fig. 6", "lambda=0", "lambda=1e-4"]
+    for name, first in zip(runs, (drawn[0], drawn[6]), strict=True):  # both divided by the larger run's peak
+        expected = overlay_frames(frames[:1], runs[name][:1], peak=0.99)[0]
+        np.testing.assert_array_equal(np.asarray(first.images[0].get_array()), expected)
+    out = compare_strips(frames, runs, tmp_path / "cmp.png", title="Fig. 6")
+    assert Image.open(out).size == (MIN_WIDTH, TOP + 2 * (CAPTION + 64) + GAP + SCALE)
+
+
+def test_a_720p_strip_is_at_most_2000_px_wide_and_says_what_it_shows(tmp_path):
+    """A real 720p video made with PyAV, through the evaluate figure path: frames downscaled, colour scale, step
+    times, true and predicted class, target box."""
+    from glimpse.store.schema import VideoEntry
+
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 255, (3, 720, 1280, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "hd.mp4", frames, fps=25)
+    boxes = ((600.0, 300.0, 800.0, 500.0),) * 3
+    entry = VideoEntry(id="Jump/hd", key="k", path=str(path), labels=(1,), splits={}, status="done", n_frames=3,
+                       frame_indices=(0, 1, 2), timestamps=(0.0, 0.04, 0.08), boxes=boxes)
+    maps = np.full((3, K, K), 0.04)
+    maps[:, 1, 2] = 1 - 0.04 * 15
+    classes, predicted = ["Run", "Jump", "Swim"], {"softattn": 2}
+    fig = video_strip(entry, stored_frames(entry), {"softattn": maps}, classes=classes, predicted=predicted)
+    assert fig.texts[0].get_text() == "Jump/hd\ntrue: Jump \u00b7 predicted: Swim"
+    assert [ax.get_title() for ax in tiles_of(fig)] == ["step 1/3 \u00b7 0.00 s", "step 2/3 \u00b7 0.04 s",
+                                                         "step 3/3 \u00b7 0.08 s"]
+    assert scale_of(fig).get_xlim() == (0, pytest.approx(0.4))
+    tile = np.asarray(tiles_of(fig)[0].images[0].get_array())
+    assert tile.shape[1] < 1280 and tile.shape[0] / tile.shape[1] == pytest.approx(720 / 1280, abs=0.01)
+    scale = tile.shape[1] / 1280
+    assert tuple(tile[round(300 * scale), round(700 * scale)]) == BOX_COLOR  # the box, scaled with the frame
+    paths = video_attention_figures(entry, {"softattn": maps}, tmp_path / "figs", classes=classes,
+                                    predicted=predicted)
+    with Image.open(paths["strip"]) as strip:
+        assert strip.size[0] <= MAX_WIDTH and strip.size[1] < 600
+    with Image.open(paths["gif"]) as gif:
+        assert gif.size[0] <= 480
 
 
 def test_attention_gif_has_one_frame_per_step(clip, tmp_path):
@@ -210,7 +273,7 @@ def test_store_frames_attention_figures_and_scores(tiny_synthetic, dask_client, 
     paths = video_attention_figures(entry, {"uniform": uniform, "softattn": maps}, tmp_path / "figs", steps=4)
     assert paths["strip"].name == entry.id.replace("/", "__") + "_attention.png"
     with Image.open(paths["strip"]) as strip:
-        assert strip.size == (4 * 64 + 3 * 2, BAND + 2 * (BAND + 64))
+        assert strip.size == (MIN_WIDTH, TOP + 2 * (CAPTION + 64) + GAP + SCALE)
     with Image.open(paths["gif"]) as gif:
         assert gif.n_frames == entry.n_frames
     assert len(decode_video(paths["mp4"], Sampling()).frames) == entry.n_frames

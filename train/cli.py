@@ -107,15 +107,16 @@ def models_command() -> None:
 @click.option("--out", type=click.Path(), help="Folder of the sweep's runs and table. [runs/sweep-<dataset>-<model>]")
 @click.option("--scheduler", help="A running Dask scheduler's address (or DASK_SCHEDULER_ADDRESS). [a LocalCluster]")
 @click.option("--n-workers", type=click.IntRange(min=1), help="LocalCluster workers. [one per GPU, else 2]")
+@click.option("--gpus", default=None, help="N or all: a local worker per GPU, pinned to it. [all with cuda or auto]")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per run. [cores / workers]")
 @click.option("--device", type=RegistryChoice(DEVICES), default="auto", help="cuda: one GPU per run.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A model setting shared by every run.")
 @config_options(SWEEP_FIELDS)
-def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets, device, **plain) -> None:
+def sweep_command(store, model, grids, out, scheduler, n_workers, gpus, threads, sets, device, **plain) -> None:
     """Train one run per grid point as tasks on a Dask cluster; print and save the table of results."""
     import os
 
-    from glimpse.train.sweep import parse_grid, point_options, sweep
+    from glimpse.train.sweep import parse_grid, point_options, sweep, sweep_cluster
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = {**config_values(plain, quiet=True), "model_args": model_settings_or_usage(model, sets)}
@@ -130,19 +131,17 @@ def sweep_command(store, model, grids, out, scheduler, n_workers, threads, sets,
 
         out = str(Path("runs") / f"sweep-{open_store(store).dataset}-{model}")
     out = str(Path(out).resolve())  # the tasks may run elsewhere: absolute paths only
-    gpus = 1 if device == "cuda" else 0
     options["device"] = device
-    from glimpse.cluster import ClusterError, dask_client, plan_cluster, visible_gpus
+    from glimpse.cluster import dask_client
+    from glimpse.store.remote import is_url
 
-    try:  # with cuda, one worker per visible GPU, each pinned to its device
-        plan = plan_cluster(None if gpus else n_workers, -1 if gpus else None, os.cpu_count() or 1,
-                            visible_gpus() if gpus else 0, default_workers=n_workers or 2)
-    except ClusterError as err:
-        raise click.UsageError(str(err)) from None
-    if not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):  # an existing cluster's runs keep their threads
+    remote = bool(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    plan, gpus_per_run = sweep_cluster(device, gpus, n_workers, remote, os.cpu_count() or 1)
+    if not remote:  # an existing cluster's runs keep their threads
         threads = threads or plan.threads
     with dask_client(scheduler, plan) as client:
-        rows, table = sweep(str(Path(store).resolve()), model, out, grid, options, client, gpus, threads)
+        where = store if is_url(store) else str(Path(store).resolve())  # the tasks may run elsewhere
+        rows, table = sweep(where, model, out, grid, options, client, gpus_per_run, threads)
     click.echo(table)
     failed = [r for r in rows if "error" in r]
     click.echo(f"sweep: {len(rows) - len(failed)}/{len(rows)} runs done -> {Path(out) / 'results.md'}")

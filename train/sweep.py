@@ -4,7 +4,10 @@
 
 Each point trains into SWEEP/<point>/ (a normal run directory). A task whose worker dies is run again
 by the scheduler (Dask resubmits the tasks of a lost worker) and resumes from the run's last
-checkpoint; running the same sweep again resumes or just reports every run. The table is printed and
+checkpoint; running the same sweep again resumes or just reports every run. On a machine with GPUs
+(``--device cuda``, or ``auto`` where torch sees one, or ``--gpus N``) the local cluster is one worker per
+GPU, pinned to it, and every run asks for one; on an existing cluster (``--scheduler``) the runs ask for
+the GPUs its workers declare, checked before anything is submitted. The table is printed and
 saved as SWEEP/results.csv and SWEEP/results.md: with a two-name grid, rows are the first name's values
 and columns the second's (as Quan et al.'s Tables 3 and 4), each cell the test accuracy in percent.
 """
@@ -17,10 +20,21 @@ import io
 import itertools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from glimpse.cluster import (
+    GPU,
+    ClusterError,
+    ClusterPlan,
+    check_gpu_workers,
+    gpu_resources,
+    parse_gpus,
+    plan_cluster,
+    visible_gpus,
+    worker_device,
+)
 from glimpse.train.config import parse_model_args
 from glimpse.train.run import RunDir, atomic_write_text
 
@@ -75,14 +89,41 @@ def point_options(model: str, base: dict[str, Any], point: dict[str, str]) -> di
     return options
 
 
+def sweep_cluster(device: str, gpus: str | int | None, workers: int | None, remote: bool, cores: int,
+                  visible: Callable[[], int] = visible_gpus) -> tuple[ClusterPlan, int | None]:
+    """The local cluster of a sweep and the GPUs each run asks for (None: one where the cluster declares GPUs).
+
+    Locally, ``device`` "cuda", "auto" on a machine where torch sees GPUs, or ``gpus`` start one worker per
+    GPU (all of them, or ``gpus``), pinned to it; otherwise ``workers`` CPU workers (default 2). On an
+    existing cluster (``remote``) nothing starts here and this machine need not see CUDA: "cuda" asks each
+    run for one GPU, "auto" for one where the cluster's workers declare GPUs, "cpu" for none.
+    """
+    count = parse_gpus(gpus)
+    if count and device == "cpu":
+        raise ClusterError("--gpus runs on CUDA devices; it does not go with --device cpu")
+    if remote:
+        if count:
+            raise ClusterError("--gpus starts local workers; with --scheduler the cluster's own workers run the sweep")
+        return ClusterPlan(workers or 2, 1), {"cpu": 0, "cuda": 1}.get(device)
+    seen = visible() if device != "cpu" else 0
+    if device == "cuda" or count or (device == "auto" and seen):
+        return plan_cluster(None, count or -1, cores, seen, default_workers=seen), 1
+    return plan_cluster(workers, None, cores, 0, default_workers=2), 0
+
+
 def run_point(store: str, model: str, out: str, options: dict[str, Any], threads: int | None = None) -> dict:
-    """One sweep task: train into ``out``, or resume the run already there; returns its result as a dict."""
+    """One sweep task: train into ``out``, or resume the run already there; returns its result as a dict.
+
+    A run on "cuda" trains on this worker's own device (:func:`glimpse.cluster.worker_device`).
+    """
     import torch
 
     from glimpse.train.loop import resume_run, train_model
 
     if threads:
         torch.set_num_threads(threads)
+    if options.get("device") == "cuda":
+        options = {**options, "device": worker_device()}
     resumable = RunDir(out).exists  # a resubmitted task (its worker was lost) or a sweep run again
     result = resume_run(out, progress=False) if resumable else train_model(store, model, out, **options)
     return dataclasses.asdict(result)
@@ -130,22 +171,31 @@ def write_results(out: Path, grid: dict[str, list[str]], rows: list[dict[str, An
 
 
 def sweep(store: str, model: str, out: str | Path, grid: dict[str, list[str]], options: dict[str, Any], client,
-          gpus_per_run: int = 0, threads: int | None = None) -> tuple[list[dict[str, Any]], str]:
+          gpus_per_run: int | None = 0, threads: int | None = None) -> tuple[list[dict[str, Any]], str]:
     """Submit one run per grid point to ``client``, wait for all, write and return (rows, table).
 
-    ``gpus_per_run`` > 0 asks for workers with that many "GPU" resources. A failed run is reported in
-    its row (with its error), not raised, so that the other points still make the table.
+    ``gpus_per_run`` > 0 asks for workers with that many "GPU" resources, and is refused in one line
+    (:class:`glimpse.cluster.ClusterError`) before anything is submitted when no worker has them; None asks
+    for one GPU where the cluster declares GPUs and trains on it. A failed run is reported in its row (with
+    its error), not raised, so that the other points still make the table.
     """
     from distributed import as_completed
 
+    if gpus_per_run is None:
+        resources = gpu_resources(client)
+    else:
+        if gpus_per_run:
+            check_gpu_workers(client, gpus_per_run, client.scheduler.address)
+        resources = {GPU: gpus_per_run} if gpus_per_run else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     points = grid_points(grid)
-    resources = {"GPU": gpus_per_run} if gpus_per_run else None
     futures = {}
     for point in points:
         run_dir = str(out / point_name(point))
         opts = {**point_options(model, options, point), "progress": False}
+        if resources:
+            opts["device"] = "cuda"
         future = client.submit(run_point, store, model, run_dir, opts, threads, key=f"train-{point_name(point)}",
                                pure=False, resources=resources)
         futures[future] = (point, run_dir)
