@@ -21,14 +21,15 @@ from typing import Any
 import torch
 
 from glimpse.cluster import dask_client, parse_gpus, plan_cluster, visible_gpus
-from glimpse.errors import OptionError
+from glimpse.errors import GlimpseError, OptionError
 from glimpse.extract.backbones import BACKBONES, weights_identity
 from glimpse.extract.config import Calibration, ExtractConfig, Outcome, Runtime, WeightsRef, default_streams
 from glimpse.extract.datasets import Dataset, load_dataset, takes_seed
 from glimpse.extract.flow import FLOW_METHODS
-from glimpse.extract.pipeline import Summary, run_extraction
+from glimpse.extract.pipeline import Summary, device_kind, prepare_store, run_extraction
 from glimpse.extract.streams import plan_streams
 from glimpse.files import fingerprint
+from glimpse.store import open_store
 from glimpse.store.catalog import is_store
 from glimpse.store.layout import config_hash
 from glimpse.store.schema import FAILED, STREAMS
@@ -79,7 +80,9 @@ class RunOptions:
     scheduler: str | None = None
     codec: str | None = None
     overwrite: bool = False
+    other_device: bool = False  # resume (or repair) a store on another kind of device than it was extracted on
     progress: bool = False
+    verbose: bool = False  # Dask's own log lines
 
 
 def lab_store_path(lab: str | os.PathLike, config: ExtractConfig) -> Path:
@@ -195,6 +198,31 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
     return select_streams(request.streams, config)
 
 
+class NoCUDA(GlimpseError, RuntimeError):
+    """``--device cuda`` where torch cannot use CUDA: refused before anything is written."""
+
+
+def check_cuda() -> None:
+    """Refuse ``--device cuda`` in one line when torch cannot use a CUDA device here (no GPU, no driver, or a driver
+    older than the one this torch build needs)."""
+    try:
+        torch.zeros(1, device="cuda")
+    except (RuntimeError, AssertionError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NoCUDA(f"--device cuda: torch {torch.__version__} cannot use a CUDA device here ({reason}); "
+                     "run with --device cpu, or on a machine with a GPU and a recent driver") from None
+
+
+def check_same_device(out: str, device: str) -> None:
+    """Refuse to go on with a store extracted on another kind of device (CPU and GPU convolutions differ in the last
+    bits: one store would mix both) unless asked (``--other-device``)."""
+    recorded = open_store(out).metadata.versions.get("device")
+    if recorded is not None and recorded != device_kind(device):
+        raise OptionError(f"{out}: was extracted on {recorded}, this run computes on {device_kind(device)}: its videos "
+                          f"would mix {recorded} and {device_kind(device)} features; run on {recorded}, or pass "
+                          "--other-device to mix them anyway", "--device")
+
+
 def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = None) -> Summary:
     """Extract ``request``'s dataset into the store ``options`` names (created, or resumed): one Dask task per few
     videos on ``client``, or on the cluster ``options`` asks for (a LocalCluster, or ``options.scheduler``)."""
@@ -204,6 +232,10 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
         device = "cuda" if gpus or torch.cuda.is_available() else "cpu"
     if gpus and device != "cuda":
         raise OptionError(f"--gpus runs on CUDA devices; it does not go with --device {device}")
+    if device == "cuda" and not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or client):
+        check_cuda()
+    log.info("device: %s%s", device, " (torch sees no CUDA device)" if options.device == "auto" and device == "cpu"
+             else "")
     if (options.out is None) == (options.lab is None):
         raise OptionError("give exactly one of --out STORE and --lab ROOT")
     dataset = load_dataset(request.dataset, request.root, **({"seed": request.seed} if takes_seed(request.dataset)
@@ -213,6 +245,8 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
     out = options.out or str(lab_store_path(options.lab or "", config))
     if options.lab is not None:
         log.info("store for this config: %s (%s)", out, "exists: finishing what is missing" if is_store(out) else "new")
+    if is_store(out) and not options.other_device and not options.overwrite:
+        check_same_device(out, device)
     source = {"root": str(Path(request.root).resolve()), "weights": request.weights,
               "flow_weights": request.flow_weights, "raft_weights": request.raft_weights if request.flow == "raft"
               else None, "seed": request.seed if takes_seed(request.dataset) else None,
@@ -224,17 +258,19 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
                         cores, visible, default_workers=cores)
     runtime = Runtime(device=device, batch_size=options.batch_size, threads=plan.threads,
                       pipelined=not options.sequential, group=options.group, codec=options.codec)
+    # the store is created (or reopened, or refused in one line) before any worker starts; the run then resumes it
+    prepare_store(out, config, dataset, overwrite=options.overwrite, source=source, codec=options.codec,
+                  device=device)
     progress = Progress(len(dataset.videos), enabled=options.progress)
 
     def run(on: Any) -> Summary:
-        return run_extraction(out, config, runtime, dataset, on, overwrite=options.overwrite, source=source,
-                              on_result=progress)
+        return run_extraction(out, config, runtime, dataset, on, source=source, on_result=progress)
 
     try:
         if client is not None:
             return run(client)
         # a task whose worker dies twice (a decoder crash, not a lost machine) fails, not retried on every worker
-        with dask_client(options.scheduler, plan, allowed_failures=1) as own:
+        with dask_client(options.scheduler, plan, allowed_failures=1, verbose=options.verbose) as own:
             log.info("dask dashboard: %s", own.dashboard_link)
             return run(own)
     finally:

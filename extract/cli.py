@@ -58,13 +58,16 @@ def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS).")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another config.")
+@click.option("--other-device", is_flag=True,
+              help="Go on with a store extracted on another kind of device (cpu / cuda), mixing their features.")
 @click.option("--seed", default=0, help="Seed of the dataset's random protocol splits (ucf11, ucfsports).")
 @click.option("--classes", default=None, callback=_names, metavar="A,B,...",
               help="Only these classes of the dataset (labels follow this order). [all]")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no log lines: warnings, errors and the summary only.")
+@click.option("--verbose", is_flag=True, help="Show Dask's own log lines.")
 def main(allow_failures: bool, quiet: bool, **opts: Any) -> None:
     """Extract frames, optical flow and CNN conv feature cubes from a dataset into a Zarr store."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(message)s")
     request = FeatureRequest(**{f.name: opts.pop(f.name) for f in dataclasses.fields(FeatureRequest)})
     summary = extract_dataset(request, RunOptions(**opts, progress=not quiet))
     click.echo(summary.report(), err=bool(summary.failed))

@@ -11,7 +11,6 @@ data is written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from glimpse.cluster import gpu_resources
+from glimpse.cluster import gpu_resources, worker_device
 from glimpse.extract.backbones import BACKBONES
 from glimpse.extract.batched import Pipeline
 from glimpse.extract.config import (
@@ -51,18 +50,16 @@ _WRITERS: dict[str, StoreWriter] = {}
 
 
 def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWriter]:
-    """In a worker: pin torch / OpenCV threads and the CUDA device; the worker's store writer."""
+    """In a worker: pin torch / OpenCV threads, TF32 off (features as float32 convolutions give them) and the
+    CUDA device; the worker's store writer."""
     import cv2
     import torch
 
     torch.set_num_threads(max(1, runtime.threads))
     cv2.setNumThreads(max(1, runtime.threads))
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if runtime.device == "cuda" and torch.cuda.device_count() > 1:  # a worker that glimpse.cluster did not pin
-        from distributed import get_worker
-
-        name = get_worker().name  # LocalCluster workers are named 0, 1, ...
-        index = name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
-        runtime = dataclasses.replace(runtime, device=f"cuda:{index % torch.cuda.device_count()}")
+        runtime = dataclasses.replace(runtime, device=worker_device())
     return runtime, _WRITERS.get(store_path) or _WRITERS.setdefault(store_path, StoreWriter(store_path))
 
 
@@ -152,8 +149,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def store_versions() -> dict[str, str]:
-    """Versions of everything that shapes the features, recorded in the store."""
+def store_versions(device: str) -> dict[str, str]:
+    """Versions of everything that shapes the features, recorded in the store: the libraries, and the device kind the
+    workers compute on with, on CUDA, the GPU's name, the CUDA and cuDNN versions and TF32 (off: see worker_setup)."""
     import av
     import cv2
     import numpy
@@ -161,18 +159,29 @@ def store_versions() -> dict[str, str]:
     import torchvision
     import zarr
 
-    return {
+    versions = {
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "av": av.__version__,
         "opencv": cv2.__version__,
         "zarr": zarr.__version__,
         "numpy": numpy.__version__,
+        "device": device_kind(device),
+        "tf32": "off",
     }
+    if device_kind(device) == "cuda" and torch.cuda.is_available():
+        versions.update(gpu=torch.cuda.get_device_name(0), cuda=str(torch.version.cuda),
+                        cudnn=str(torch.backends.cudnn.version()))
+    return versions
+
+
+def device_kind(device: str) -> str:
+    """``"cuda"`` for any CUDA device (``cuda:1``), else the device as given (``cpu``)."""
+    return device.split(":")[0]
 
 
 def prepare_store(out: str, config: ExtractConfig, dataset: Dataset, *, overwrite: bool = False,
-                  source: dict[str, Any] | None = None, codec: str | None = None) -> StoreWriter:
+                  source: dict[str, Any] | None = None, codec: str | None = None, device: str = "cpu") -> StoreWriter:
     """Create the store of ``dataset``'s videos for ``config`` at ``out`` (or reopen it to resume).
 
     ``source`` records where the dataset and weights files were (not part of the config hash), so
@@ -181,7 +190,7 @@ def prepare_store(out: str, config: ExtractConfig, dataset: Dataset, *, overwrit
     """
     spec = BACKBONES[config.backbone]
     info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights.identity,
-            "versions": store_versions(), "source": dict(source or {})}
+            "versions": store_versions(device), "source": dict(source or {})}
     return create_store(
         out,
         dataset=config.dataset,
@@ -203,7 +212,8 @@ def run_extraction(out: str, config: ExtractConfig, runtime: Runtime, dataset: D
     from distributed import as_completed  # the Dask client's side: not imported by workers' tasks
 
     start = time.perf_counter()
-    writer = prepare_store(out, config, dataset, overwrite=overwrite, source=source, codec=runtime.codec)
+    writer = prepare_store(out, config, dataset, overwrite=overwrite, source=source, codec=runtime.codec,
+                           device=runtime.device)
     config = dataclasses.replace(config, streams=config.streams or config.stream_specs())  # the workers' registry
     records = sorted(dataset.videos, key=lambda r: r.id)
     status = {v.id: v.status for v in open_store(out).videos}

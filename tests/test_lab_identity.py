@@ -62,7 +62,8 @@ def test_the_manifest_digest_follows_splits_labels_classes_and_files(tiny_synthe
     printed = dataclasses.replace(base, videos=tuple(dataclasses.replace(v, fingerprint="x") for v in base.videos))
     digest = manifest_digest(printed)
     first, *rest = printed.videos
-    resplit = dataclasses.replace(first, splits={k: "test" if r == "train" else "train" for k, r in first.splits.items()})
+    swapped = {k: "test" if role == "train" else "train" for k, role in first.splits.items()}
+    resplit = dataclasses.replace(first, splits=swapped)
     changed_file = dataclasses.replace(first, fingerprint="y")
     for video in (resplit, changed_file):
         assert manifest_digest(dataclasses.replace(printed, videos=(video, *rest))) != digest

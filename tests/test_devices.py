@@ -1,0 +1,53 @@
+"""What an extraction records of the device it ran on, and how it refuses a device it cannot use or that would mix
+CPU and GPU features in one store (CUDA is hidden from the suite: see tests/conftest.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import zarr
+from extraction import extract
+from test_extract import REPO, TINY_OPTS
+
+from glimpse.store import open_store
+from glimpse.store.catalog import format_info, store_info
+
+OPTIONS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_OPTS.items()]
+
+
+def run_extract(root, out, *more: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "glimpse.extract", "--dataset", "synthetic", "--root", str(root), "--out", str(out),
+            "--workers", "1", "--quiet", *OPTIONS, *more]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_device_cuda_without_cuda_is_refused_before_anything_is_written(tiny_synthetic, tmp_path):
+    out = tmp_path / "s"
+    refused = run_extract(tiny_synthetic, out, "--device", "cuda")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr[-2000:]
+    assert "--device cuda" in lines[0] and "cannot use a CUDA device" in lines[0]
+    assert not out.exists()  # no store, so no video recorded as failed
+
+
+def test_the_store_records_the_device_and_tf32_and_info_shows_them(tiny_synthetic, dask_client, tmp_path):
+    summary = extract("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=dask_client, **TINY_OPTS)
+    versions = open_store(summary.store).metadata.versions
+    assert (versions["device"], versions["tf32"]) == ("cpu", "off") and "gpu" not in versions
+    shown = format_info(store_info(summary.store))
+    assert "device cpu" in shown and "tf32 off" in shown
+
+
+def test_a_store_of_another_device_is_not_resumed_unless_asked(tiny_synthetic, dask_client, tmp_path):
+    summary = extract("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=dask_client, **TINY_OPTS)
+    root = zarr.open_group(summary.store, mode="r+")
+    meta = dict(root.attrs["glimpse"])
+    meta["versions"] = {**meta["versions"], "device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}  # as a GPU run wrote it
+    root.attrs["glimpse"] = meta
+    refused = run_extract(tiny_synthetic, summary.store, "--device", "cpu")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and "extracted on cuda, this run computes on cpu" in refused.stderr, lines
+    assert "Traceback" not in refused.stderr
+    allowed = run_extract(tiny_synthetic, summary.store, "--device", "cpu", "--other-device")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
