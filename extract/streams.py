@@ -27,7 +27,7 @@ from glimpse.extract.backbones import BACKBONES, FeatureExtractor, build_backbon
 from glimpse.extract.config import ExtractConfig, Runtime
 from glimpse.extract.datasets import read_boxes
 from glimpse.extract.flow import FlowEstimator, flow_to_image
-from glimpse.media.decode import DecodedVideo, Sampling, decode_video
+from glimpse.media.decode import DecodedVideo, DecodeError, Sampling, decode_video
 from glimpse.store import VideoRecord
 from glimpse.store.schema import StreamSpec
 
@@ -195,6 +195,18 @@ class FlowCNNStream(RGBStream):
         return (flow_to_image(source),)  # (T, h, w, 3), numpy or on the device
 
 
+def calibration_video(path: str, frames: int) -> np.ndarray:
+    """The frames random-init batch norm is calibrated on: ``frames`` equally spaced over the video at ``path``, or
+    all of a shorter one; a video that cannot be decoded fails each extraction naming it as the calibration video."""
+    try:
+        return decode_video(path, Sampling(frames=frames)).frames
+    except DecodeError:
+        try:
+            return decode_video(path, Sampling()).frames  # fewer frames than asked: all of them
+        except DecodeError as err:
+            raise DecodeError(f"random weights are calibrated on {path}, which cannot be decoded: {err}") from None
+
+
 class Extractor:
     """The models and stream computes one worker needs, built once: backbone for rgb (and flow_cnn), flow
     estimator, and the StreamCompute of each stream of the config, in order, sources first."""
@@ -208,7 +220,7 @@ class Extractor:
         """The rgb CNN (built on first use; random-init batch norm calibrated on config.calibration's video)."""
         config, calibration, calibration_frames = self.config, self.config.calibration, None
         if calibration is not None and calibration.path:
-            calibration_frames = decode_video(calibration.path, Sampling(frames=calibration.frames)).frames
+            calibration_frames = calibration_video(calibration.path, calibration.frames)
         return build_backbone(config.backbone, config.weights.load, self.runtime.device,
                               calibration_frames=calibration_frames, size=config.size)
 

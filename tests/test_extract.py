@@ -263,3 +263,14 @@ def test_hand_started_scheduler_and_two_workers(tiny_with_bad_files, bad_corpus,
         for proc in procs:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_random_weights_calibrate_on_a_video_shorter_than_the_calibration_frames(dask_client, tmp_path):
+    """Calibration asks for 8 frames of the first video: one of 6 frames is calibrated on all 6, instead of failing
+    every video of the run with that video's name."""
+    from glimpse.extract.synth import SynthConfig, make_synthetic
+
+    short = make_synthetic(tmp_path / "data", SynthConfig(classes=2, per_class=2, frames=6, size=64, seed=5))
+    summary = extract("synthetic", str(short), str(tmp_path / "s"), client=dask_client, backbone="googlenet",
+                      weights="none", size=64, batch_size=8)
+    assert not summary.failed and summary.done == 4, summary.report()
