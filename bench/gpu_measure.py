@@ -37,21 +37,21 @@ def sync(device: str) -> None:
 
 def extraction_rates(folder: Path, shape: dict) -> dict[str, float]:
     """Frames per second of the bare GoogLeNet on the pipeline's batches and of the whole pipelined extraction."""
+    from glimpse.extract.config import ExtractConfig, Runtime
     from glimpse.extract.datasets import load_dataset
-    from glimpse.extract.pipeline import ExtractConfig, Runtime, extract_group, prepare_store, worker_models
+    from glimpse.extract.pipeline import extract_group, prepare_store, worker_models
     from glimpse.extract.synth import SynthConfig, make_synthetic
 
     device, batch = shape["device"], shape["batch"]
     data = make_synthetic(folder / "data", SynthConfig(classes=2, per_class=shape["per_class"],
                                                        frames=shape["frames"], size=112))
     dataset = load_dataset("synthetic", data)
-    records = sorted(dataset.videos, key=lambda r: r.id)
-    tasks = [{"id": r.id, "path": r.path, "boxes": r.boxes} for r in records]
-    config = ExtractConfig(dataset="synthetic", backbone="googlenet", weights="none", size=shape["size"])
+    tasks = sorted(dataset.videos, key=lambda r: r.id)
+    config = ExtractConfig(dataset="synthetic", backbone="googlenet", size=shape["size"])
     torch.set_num_threads(shape["threads"])  # both paths alike (two threads on two busy cores ran 5x slower than one)
-    runtime = Runtime(weights_path="none", batch_size=batch, threads=shape["threads"], device=device)
+    runtime = Runtime(batch_size=batch, threads=shape["threads"], device=device)
     x = worker_models(config, runtime)
-    images = torch.cat([x.backbone.preprocess(x.decode(task, config)[0].frames) for task in tasks])  # (N, 3, S, S)
+    images = torch.cat([x.backbone.preprocess(x.decode(task)[0].frames) for task in tasks])  # (N, 3, S, S)
 
     def bare() -> None:
         with torch.inference_mode():  # as the pipeline runs it
@@ -63,8 +63,8 @@ def extraction_rates(folder: Path, shape: dict) -> dict[str, float]:
 
     def whole() -> None:
         store = str(folder / f"store{next(stores)}")  # a fresh store each time: done videos are skipped
-        prepare_store(store, config, dataset.classes, records, overwrite=True)
-        assert all(o["status"] == "done" for o in extract_group(store, tasks, config, runtime))
+        prepare_store(store, config, dataset, overwrite=True, device=device)
+        assert all(o.status == "done" for o in extract_group(store, tasks, config, runtime))
         sync(device)
 
     bare()  # warm-up: cuDNN picks its algorithms

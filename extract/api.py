@@ -232,10 +232,6 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
         device = "cuda" if gpus or torch.cuda.is_available() else "cpu"
     if gpus and device != "cuda":
         raise OptionError(f"--gpus runs on CUDA devices; it does not go with --device {device}")
-    if device == "cuda" and not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or client):
-        check_cuda()
-    log.info("device: %s%s", device, " (torch sees no CUDA device)" if options.device == "auto" and device == "cpu"
-             else "")
     if (options.out is None) == (options.lab is None):
         raise OptionError("give exactly one of --out STORE and --lab ROOT")
     dataset = load_dataset(request.dataset, request.root, **({"seed": request.seed} if takes_seed(request.dataset)
@@ -256,6 +252,10 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
     visible = visible_gpus() if gpus or (device == "cuda" and not options.workers) else 0
     plan = plan_cluster(options.workers, gpus or (-1 if device == "cuda" and not options.workers and visible else None),
                         cores, visible, default_workers=cores)
+    if device == "cuda" and not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or client):
+        check_cuda()
+    log.info("device: %s%s", device, " (torch sees no CUDA device)" if options.device == "auto" and device == "cpu"
+             else "")
     runtime = Runtime(device=device, batch_size=options.batch_size, threads=plan.threads,
                       pipelined=not options.sequential, group=options.group, codec=options.codec)
     # the store is created (or reopened, or refused in one line) before any worker starts; the run then resumes it

@@ -22,8 +22,7 @@ import click
 
 from glimpse.choices import RegistryChoice
 from glimpse.errors import Group
-from glimpse.store.hdf5 import DTYPES
-from glimpse.store.layout import CODECS
+from glimpse.store.layout import CODECS, EXPORT_DTYPES
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,7 +75,7 @@ def verify(path: str, sources: bool, root: str | None) -> None:
 @click.argument("out")
 @click.option("--stream", default="rgb", show_default=True, help="rgb | flow_cnn | flow")
 @click.option("--split", default=None, help="The official split whose train / test roles are written. [1]")
-@click.option("--dtype", type=RegistryChoice(DTYPES), default="float32", show_default=True)
+@click.option("--dtype", type=RegistryChoice(EXPORT_DTYPES), default="float32", show_default=True)
 def export(path: str, out: str, stream: str, split: str | None, dtype: str) -> None:
     """Export the store at PATH to OUT.h5 plus <role>_framenum/filename/labels.txt beside it: the HDF5 layout of
     Sharma et al.'s soft-attention code (see store/hdf5.py)."""

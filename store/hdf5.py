@@ -45,14 +45,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from glimpse.store.layout import video_key
+from glimpse.store.layout import EXPORT_DTYPES, video_key
 from glimpse.store.reader import StoreError, open_store
 from glimpse.store.schema import DONE, TEST, TRAIN, UNUSED, VideoRecord
 from glimpse.store.writer import create_store
 
 FORMAT = "glimpse-softattention-hdf5/1"
 ROLES = ("train", "valid", "test")
-DTYPES = ("float32", "float16")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -102,8 +101,8 @@ def export_hdf5(store_path: str | Path, out: str | Path, *, stream: str = "rgb",
 
     Returns {"split", "roles": {role: {"videos", "frames"}}, "left_out": {video id: status}}.
     """
-    if dtype not in DTYPES:
-        raise StoreError(f"--dtype {dtype!r}: choose one of {DTYPES}")
+    if dtype not in EXPORT_DTYPES:
+        raise StoreError(f"--dtype {dtype!r}: choose one of {EXPORT_DTYPES}")
     store = open_store(store_path)
     if stream not in store.streams:
         raise StoreError(f"{store_path}: stream {stream!r} was not extracted (this store has {sorted(store.streams)})")

@@ -38,6 +38,9 @@ CHUNK_BYTES = 512 * 1024
 CODECS = ("zstd", "lz4", "none")
 DEFAULT_CODEC = "zstd"
 
+#: The dtypes a stream is exported as (``store export --dtype``; store/hdf5.py).
+EXPORT_DTYPES = ("float32", "float16")
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
