@@ -301,3 +301,24 @@ def test_cli_lists_every_model_with_its_paper():
     assert "follows the paper's equations" in blocks["softattn"]
     assert "follows the authors' released code" in blocks["softattn_code"]
     assert "clips:" in blocks["regattn"] and "hidden=1024" in blocks["han"]
+
+
+def test_convlstm_report_attention_is_queried_by_the_global_average_plus_the_previous_context():
+    model = tiny("convlstm_report")
+    model.eval()
+    X = cubes("convlstm_report")[0]  # (B, T, C, K, K)
+    p = dict(model.named_parameters())
+    ctx = X.flatten(3).transpose(2, 3)  # (B, T, P, C), written independently of the model's helpers
+    z = torch.zeros(B, C)
+    expected = []
+    for t in range(T):
+        q = ctx[:, t].mean(1) + z  # channel-wise global average of X_t plus the previous context
+        e = torch.tanh(ctx[:, t] @ p["from_input.weight"].T + p["from_input.bias"]
+                       + (q @ p["from_query.weight"].T)[:, None])
+        a = torch.softmax((e @ p["score.weight"].T)[..., 0], -1)  # (B, P)
+        z = (a[..., None] * ctx[:, t]).sum(1)
+        expected.append(a)
+    assert torch.allclose(model(X).attention, torch.stack(expected, 1).view(B, T, K, K), atol=1e-6)
+    spec = MODELS["convlstm_report"]
+    assert (spec.sampling, spec.frames, spec.batch_size, spec.epochs) == ("spread", 30, 15, 10)
+    assert "10-class HMDB-51 subset, per-frame accuracy" in spec.paper
