@@ -36,6 +36,7 @@ def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which
         raise click.ClickException(str(exc)) from exc
     line = f"{metrics['model']} on {metrics['videos']} {role} videos: top-1 {metrics['top1']:.3f}, " \
            f"top-{metrics['top5_k']} {metrics['top5']:.3f}"
+    line += f", frame-level top-1 {metrics['frame_top1']:.3f}"
     if metrics.get("map") is not None:
         line += f", mAP {metrics['map']:.3f}"
     place = metrics.get("localization")

@@ -24,7 +24,8 @@ from sklearn.metrics import confusion_matrix
 from glimpse.files import atomic_write_text
 from glimpse.train.metrics import average_precisions, multi_hot
 
-__all__ = ["classification_metrics", "multi_hot", "prediction_metrics", "save_json", "save_metrics", "top_k_hits"]
+__all__ = ["classification_metrics", "frame_accuracy", "multi_hot", "prediction_metrics", "save_json", "save_metrics",
+           "top_k_hits"]
 
 
 def _label_tuples(labels: Sequence[Sequence[int]] | Sequence[int] | np.ndarray, n: int, classes: int) -> list[tuple]:
@@ -120,6 +121,18 @@ def prediction_metrics(predictions: Sequence[Any], classes: Sequence[str], multi
     result = classification_metrics(scores, [tuple(p.labels) for p in predictions], classes, multi_label)
     result["ids"] = [p.id for p in predictions]
     return result
+
+
+def frame_accuracy(predictions: Sequence[Any], multi_label: bool) -> float:
+    """Frame-level top-1: the share of every step of every clip of every video (``clip_logits`` (clips, T',
+    classes)) whose own prediction is (one of) its video's label(s), as CHAM on UCF Sports and the ConvLSTM report
+    score; a per-clip model's step is its clip."""
+    hits = steps = 0
+    for p in predictions:
+        predicted = np.asarray(p.clip_logits).argmax(-1)  # (clips, T')
+        hits += int(np.isin(predicted, p.labels if multi_label else p.labels[:1]).sum())
+        steps += predicted.size
+    return hits / steps if steps else float("nan")
 
 
 def save_json(data: Mapping[str, Any], path: str | Path) -> Path:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+#: the backbone (and input) each paper's numbers were measured on, as glimpse's backbone registry names it
+PAPER_BACKBONES = {"Sharma 2015": "googlenet", "Yan 2017 (CHAM)": "resnet152", "HAN 2016": "vgg16 two-stream",
+                   "Quan 2019 (regattn)": "inception_v3", "Teja and Akunuri 2020 (ConvLSTM report)": "vgg16_pool5"}
+
 #: models whose published number is another registered name's: the released-code variant produced Sharma's Table 1
 SAME_PUBLISHED = {"softattn_code": "softattn"}
 
@@ -33,13 +37,28 @@ class Published:
     notes: str
 
     @property
+    def frame_level(self) -> bool:
+        """Whether the number scores each frame's own prediction rather than each video's."""
+        return "per-frame" in self.protocol or "frame-level" in self.notes
+
+    @property
+    def backbone(self) -> str | None:
+        """The backbone the paper measured on (:data:`PAPER_BACKBONES`), None where not recorded."""
+        return PAPER_BACKBONES.get(self.paper)
+
+    @property
     def source(self) -> str:
         return f"{self.paper} {self.table}"
 
-    def cell(self) -> str:
-        """How a table shows it, e.g. ``84.96% accuracy (Sharma 2015 Table 1)``."""
+    def cell(self, backbone: str | None = None) -> str:
+        """How a table shows it, e.g. ``84.96% accuracy (Sharma 2015 Table 1)``, marked "frame-level" where the paper
+        scored frames and "on <its backbone>" where that is not ``backbone``, the store's."""
         protocol = f", {self.protocol}" if self.protocol else ""
-        return f"{self.value:g}% {self.metric} ({self.source}{protocol})"
+        marks = ["frame-level"] * self.frame_level
+        if backbone and self.backbone and self.backbone != backbone:
+            marks.append(f"on {self.backbone}, not {backbone}")
+        marked = f" [{'; '.join(marks)}]" if marks else ""
+        return f"{self.value:g}% {self.metric} ({self.source}{protocol}){marked}"
 
 
 @cache

@@ -19,7 +19,7 @@ import numpy as np
 
 from glimpse.evaluate.figures import video_attention_figures
 from glimpse.evaluate.localization import frame_attention, localization_scores
-from glimpse.evaluate.metrics import prediction_metrics, save_metrics
+from glimpse.evaluate.metrics import frame_accuracy, prediction_metrics, save_metrics
 from glimpse.evaluate.published import published_for
 from glimpse.store import open_store
 from glimpse.train.models import MODELS
@@ -31,7 +31,8 @@ EVALUATION_DIR = "evaluation"
 def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best") -> dict[str, Any]:
     """Predict the ``role`` videos of a run's split with the model's own aggregation; save and return metrics.
 
-    Writes ``run_dir/evaluation/<role>_metrics.json`` (top-1/5, per-class accuracy and AP, mAP,
+    Writes ``run_dir/evaluation/<role>_metrics.json`` (top-1/5, frame-level top-1 ``frame_top1`` (each step's own
+    prediction), the store's backbone, per-class accuracy and AP, mAP,
     confusion, attention localisation where the store has boxes), the confusion CSV/PNG and, for
     ``figures`` videos taken in turn from each class, attention strips (PNG), GIFs and MP4s blended
     over the re-decoded frames.
@@ -42,8 +43,11 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
     if not predictions:
         raise ValueError(f"{run_dir}: no done video has role {role!r} in the run's split")
     metrics = prediction_metrics(predictions, loaded.classes, loaded.multi_label)
-    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=loaded.store)
-    entries = {v.id: v for v in open_store(loaded.store).videos}
+    store = open_store(loaded.store)
+    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=loaded.store,
+                   frame_top1=frame_accuracy(predictions, loaded.multi_label),
+                   backbone=store.streams[loaded.streams[0]].get("backbone"))
+    entries = {v.id: v for v in store.videos}
     attended = [p for p in predictions if p.attention is not None]
     if attended and any(entries[p.id].boxes is not None for p in attended):
         metrics["localization"] = localization_scores(attended, entries, loaded.clip)
@@ -113,7 +117,8 @@ def table_row(model: str, metrics: dict[str, Any], dataset: str = "") -> dict[st
     place = metrics.get("localization") or {}
     paper = published_for(model, dataset) if dataset else None
     return {"model": model, "paper": MODELS[model].paper, "top1": metrics.get("top1"), "map": metrics.get("map"),
-            "published": paper.cell() if paper else None,
+            "frame_top1": metrics.get("frame_top1"),
+            "published": paper.cell(metrics.get("backbone")) if paper else None,
             "mass": place.get("mass"), "uniform_mass": place.get("uniform_mass"), "hit": place.get("hit_rate"),
             "uniform_hit": place.get("uniform_hit_rate")}
 
@@ -127,11 +132,13 @@ def _cell(value: Any) -> str:
 def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
     """Rows from :func:`table_row` as a markdown table like the papers' Table 1."""
     lines = [f"### {title}", "",
-             "| model | top-1 accuracy | mAP | published | attention mass in box (uniform) | pointing game (uniform) |",
-             "|---|---|---|---|---|---|"]
+             "| model | top-1 accuracy | frame-level accuracy | mAP | published | attention mass in box (uniform) | "
+             "pointing game (uniform) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         mass = "-" if r["mass"] is None else f"{r['mass']:.3f} ({r['uniform_mass']:.3f})"
         hit = "-" if r["hit"] is None else f"{r['hit']:.3f} ({r['uniform_hit']:.3f})"
         published = r.get("published") or "-"
-        lines.append(f"| {r['model']} | {_cell(r['top1'])} | {_cell(r['map'])} | {published} | {mass} | {hit} |")
+        lines.append(f"| {r['model']} | {_cell(r['top1'])} | {_cell(r.get('frame_top1'))} | {_cell(r['map'])} | "
+                     f"{published} | {mass} | {hit} |")
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from glimpse.cli import main as glimpse_main
 from glimpse.evaluate.cli import main
 from glimpse.experiments import comparison_table, run_protocol
 from glimpse.train.loop import train_model
+from glimpse.train.predict import predict_run
 
 FAST = {"epochs": 2, "batch_size": 4, "frames": 6, "workers": 0, "progress": False, "model_args": {"hidden": 16}}
 STORE_OPTS = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
@@ -50,6 +51,9 @@ def test_evaluating_a_run_writes_everything_and_is_reproducible(two_fold_store, 
     assert again.exit_code == 0, again.output
     assert json.loads((run / "evaluation" / "test_metrics.json").read_text()) == metrics  # same numbers twice
     assert metrics["videos"] == 6 and 0 <= metrics["top1"] <= 1  # 3 classes x 2 test videos
+    steps = [(p.clip_logits.argmax(-1) == p.labels[0]).ravel() for p in predict_run(run)]  # each step's own call
+    assert metrics["frame_top1"] == pytest.approx(float(np.concatenate(steps).mean()))
+    assert "frame-level top-1" in first.output
     assert metrics["localization"]["videos"] == 6 and metrics["localization"]["uniform_mass"] > 0
     assert {p.name for p in (run / "evaluation").iterdir()} >= {"test_confusion.csv", "test_confusion.png"}
     assert not list((run / "evaluation" / "attention").iterdir())  # no stale figures from the first evaluation
@@ -103,9 +107,9 @@ def test_a_store_of_a_papers_dataset_shows_the_published_number_beside_ours(tmp_
                "model_args": {"hidden": 8}}
     text = comparison_table(tmp_path / "store", tmp_path / "runs", ["avgpool_lstm", "softattn"], figures=0, **options)
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
-    assert "published" in rows["model"][4]
-    assert rows["avgpool_lstm"][4].strip() == "82.56% accuracy (Sharma 2015 Table 1)"
-    assert rows["softattn"][4].strip() == "84.96% accuracy (Sharma 2015 Table 1)"
+    assert "published" in rows["model"][5] and "frame-level accuracy" in rows["model"][3]
+    assert rows["avgpool_lstm"][5].strip() == "82.56% accuracy (Sharma 2015 Table 1)"  # the store names no backbone
+    assert rows["softattn"][5].strip() == "84.96% accuracy (Sharma 2015 Table 1)"
     cli = CliRunner().invoke(glimpse_main, ["protocol", "--store", str(tmp_path / "store"), "--model", "avgpool_lstm",
                                     "--out", str(tmp_path / "protocol"), "--epochs", "1", "--set", "hidden=8"])
     assert cli.exit_code == 0, cli.output
@@ -137,3 +141,15 @@ def test_compare_draws_two_runs_side_by_side_and_refuses_runs_without_attention(
     assert refused.exit_code == 1 and "model avgpool_lstm gives no attention maps" in refused.output
     alone = CliRunner().invoke(main, ["compare", "--run", str(tmp_path / "lam0")])
     assert alone.exit_code == 1 and "at least two runs" in alone.output
+
+
+def test_published_cells_mark_frame_level_numbers_and_another_backbone():
+    from glimpse.evaluate.published import published_for
+
+    report = published_for("convlstm_report", "hmdb51")
+    assert report is not None and report.frame_level
+    assert report.cell("vgg16_pool5").endswith("[frame-level]")
+    cham = published_for("cham", "hmdb51")
+    assert cham is not None and not cham.frame_level
+    assert cham.cell("googlenet").endswith("[on resnet152, not googlenet]") and "[" not in cham.cell("resnet152")
+    assert published_for("softattn", "ucf11").cell("googlenet") == "84.96% accuracy (Sharma 2015 Table 1)"

@@ -167,7 +167,12 @@ def released_code_attention(model, X, blank_start=False):
     cell = model.stack.cells[0]
     alphas, logits = [], []
     for t in range(T):
-        pctx = ctx[:, t] @ p["from_input.weight"].T + p["from_input.bias"] + (h @ p["from_state.weight"].T)[:, None]
+        pctx = ctx[:, t] @ p["from_input.weight"].T + p["from_input.bias"]
+        deeper = len(model.deeper)
+        for lidx in range(deeper):  # n_layers_att - 1 more layers, tanh between them (src/actrec.py _step)
+            pctx = pctx @ p[f"deeper.{lidx}.weight"].T + p[f"deeper.{lidx}.bias"]
+            pctx = torch.tanh(pctx) if lidx < deeper - 1 else pctx
+        pctx = pctx + (h @ p["from_state.weight"].T)[:, None]
         alpha = torch.softmax((torch.tanh(pctx) @ p["score.weight"].T)[..., 0], -1)  # (B, P)
         z = (alpha[..., None] * ctx[:, t]).sum(1)  # (B, C)
         gates = z @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
@@ -197,9 +202,38 @@ def test_softattn_code_is_the_released_codes_content_attention():
     assert torch.allclose(eq1(moved).attention[0, 0], eq1(X).attention[0, 0])
 
 
+def test_softattn_code_with_three_attention_layers_is_the_hmdb51_scripts_attention():
+    torch.manual_seed(0)
+    model = build_model("softattn_code", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, att_layers=3)
+    model.eval()
+    X = cubes("softattn_code")[0]
+    logits, alphas = released_code_attention(model, X)
+    assert len(model.deeper) == 2
+    assert torch.allclose(model(X).logits, logits, atol=1e-5) and torch.allclose(model(X).attention, alphas, atol=1e-6)
+
+
+def test_softattn_code_draws_its_weights_as_the_released_code():
+    torch.manual_seed(0)
+    model = build_model("softattn_code", channels=64, size=K, classes=CLASSES, hidden=32)
+    eye = torch.eye(32)
+    cell = model.stack.cells[0]
+    for gate in cell.weight_hh.chunk(4, 0):  # U: each gate's (dim, dim) block orthogonal (ortho_weight)
+        assert torch.allclose(gate @ gate.T, eye, atol=1e-5)
+    square = model.classify[0].weight  # ff_logit_lstm, dim x dim_out with dim_out = dim: norm_weight's ortho case
+    assert torch.allclose(square @ square.T, eye, atol=1e-5)
+    for weight in (cell.weight_ih, model.from_input.weight, model.init_h.weight, model.score.weight):
+        assert abs(float(weight.std()) - 0.01) < 0.002 and abs(float(weight.mean())) < 0.002  # N(0, 0.01^2)
+    for name, param in model.named_parameters():
+        if param.dim() == 1:
+            assert not param.any(), f"{name}: the code's biases start at zero"
+    plain = build_model("softattn_code", channels=64, size=K, classes=CLASSES, hidden=32, weight_init="torch")
+    assert abs(float(plain.from_input.weight.std()) - 0.01) > 0.02  # PyTorch's default draws wider
+
+
 def test_softattn_code_with_a_blank_start_reads_the_class_only_through_its_attention():
     torch.manual_seed(0)
-    model = build_model("softattn_code", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, init="zero")
+    model = build_model("softattn_code", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, init="zero",
+                        weight_init="torch")  # PyTorch's wider weights: the start's effect is well above 1e-3
     model.eval()
     X = cubes("softattn_code")[0]
     logits, alphas = released_code_attention(model, X, blank_start=True)
@@ -210,7 +244,8 @@ def test_softattn_code_with_a_blank_start_reads_the_class_only_through_its_atten
         build_model("softattn_code", channels=C, size=K, classes=CLASSES, hidden=HIDDEN, init="noise")
 
 
-@pytest.mark.parametrize(("name", "args"), [("softattn_code", {}), ("regattn", {"attention": "content", "blocks": 2})])
+@pytest.mark.parametrize(("name", "args"), [("softattn_code", {"weight_init": "torch"}),
+                                           ("regattn", {"attention": "content", "blocks": 2})])
 def test_a_temperature_below_one_sharpens_the_first_map_as_a_power_of_the_plain_one(name, args):
     maps = {}
     for temperature in (1.0, 0.5):
@@ -257,7 +292,33 @@ def test_cli_lists_every_model_with_its_paper():
     assert "optimizer=adadelta lr=1" in result.output
     blocks = {block.split("\n", 1)[0]: block for block in result.output.strip().split("\n\n")}
     assert "batch_size=128 optimizer=adam" in blocks["softattn"] and "batch_size=256" in blocks["regattn"]
-    assert "batch_size=64" in blocks["cham"] and "drop to 1e-05 after 10,000 iterations" in blocks["cham"]
+    assert "batch_size=64" in blocks["cham"] and "10,000 iterations at 1e-4 then 1e-5" in blocks["cham"]
+    assert "no early stopping" in blocks["cham"]
+    code = blocks["softattn_code"]
+    assert "lr=0.0002" in code and "15 epochs" in code and "aggregation=released_vote" in code
+    assert "preset:    hmdb51: att_layers=3 hidden=1024 last_n=16 optimizer=sgd" in code
+    assert "preset:    hollywood2:" in code and "one LSTM layer where the paper describes three" in code
     assert "follows the paper's equations" in blocks["softattn"]
     assert "follows the authors' released code" in blocks["softattn_code"]
     assert "clips:" in blocks["regattn"] and "hidden=1024" in blocks["han"]
+
+
+def test_convlstm_report_attention_is_queried_by_the_global_average_plus_the_previous_context():
+    model = tiny("convlstm_report")
+    model.eval()
+    X = cubes("convlstm_report")[0]  # (B, T, C, K, K)
+    p = dict(model.named_parameters())
+    ctx = X.flatten(3).transpose(2, 3)  # (B, T, P, C), written independently of the model's helpers
+    z = torch.zeros(B, C)
+    expected = []
+    for t in range(T):
+        q = ctx[:, t].mean(1) + z  # channel-wise global average of X_t plus the previous context
+        e = torch.tanh(ctx[:, t] @ p["from_input.weight"].T + p["from_input.bias"]
+                       + (q @ p["from_query.weight"].T)[:, None])
+        a = torch.softmax((e @ p["score.weight"].T)[..., 0], -1)  # (B, P)
+        z = (a[..., None] * ctx[:, t]).sum(1)
+        expected.append(a)
+    assert torch.allclose(model(X).attention, torch.stack(expected, 1).view(B, T, K, K), atol=1e-6)
+    spec = MODELS["convlstm_report"]
+    assert (spec.sampling, spec.frames, spec.batch_size, spec.epochs) == ("spread", 30, 15, 10)
+    assert "10-class HMDB-51 subset, per-frame accuracy" in spec.paper

@@ -72,7 +72,11 @@ def test_each_policy_cuts_the_clips_its_paper_describes():
     assert capped.shape == (2, 2) and (np.diff(capped, axis=1) == 1).all()
     for policy in (windows, segments, RandomWindows(3, clips_per_video=2), spread):
         assert Policy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
-    assert set(POLICIES) == {"windows", "segments", "random", "spread"}
+    assert set(POLICIES) == {"windows", "all_windows", "segments", "random", "spread"}
+    every = POLICIES["all_windows"](4, stride=3)  # Sharma's released code: trained as windows, tested at stride 1
+    assert every.dense(11).tolist() == windows.dense(11).tolist()
+    assert every.cover(11).tolist() == [list(range(s, s + 4)) for s in range(8)]
+    assert every.cover(2).tolist() == [[0, 1, 1, 1]]  # shorter than a clip: one padded window
 
 
 def test_an_epoch_plan_is_video_major_seeded_and_resumable():

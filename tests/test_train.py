@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -326,6 +327,63 @@ def test_the_paper_aggregations_mean_and_majority_vote():
     assert predicted == 0 and scores.sum() == pytest.approx(1.0)  # one confident block outweighs two unsure
     scores, predicted = aggregate(logits, "vote", multi_label=False)
     assert predicted == 1 and scores.tolist() == pytest.approx([1 / 3, 2 / 3, 0])  # two segments outvote one
+
+
+def test_released_vote_is_the_codes_mode_of_window_votes_written_independently():
+    from collections import Counter
+
+    def released_code(logits, last_n):  # src/actrec.py: sum the last last_n steps' softmax, argmax, mode over windows
+        votes = [int(np.argmax(torch.softmax(clip[-last_n:], -1).sum(0).numpy())) for clip in logits]
+        counts = Counter(votes)
+        return min(c for c in counts if counts[c] == max(counts.values()))  # scipy.stats.mode: lowest of the tied
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 6, 4, generator=generator) * 2  # (windows, steps, classes)
+    logits[:, :3, 3] += 6.0  # early steps favour class 3: only an aggregation of every step sees it
+    for last_n in (1, 2, 3):
+        scores, predicted = aggregate(logits, "released_vote", False, last_n)
+        assert predicted == released_code(logits, last_n)
+        assert scores.sum() == pytest.approx(1.0)
+    assert aggregate(logits, "released_vote", False, 6)[1] == released_code(logits, 6) == 3
+    assert aggregate(logits, "released_vote", False, 2)[1] != 3
+    tied = torch.tensor([[[0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]], [[5.0, 0.0, 0.0]]]).repeat(2, 1, 1)[[0, 1, 1, 0]]
+    assert aggregate(tied, "released_vote", False)[1] == released_code(tied, 1) == 1  # 2 votes each: the lower class
+
+
+def test_softattn_code_tests_every_window_at_stride_one_and_trains_as_the_code():
+    config, _ = resolve(TrainConfig(store="s", model="softattn_code", out="o"), [40] * 2000)
+    assert (config.sampling, config.aggregation, config.optimizer, config.lr, config.epochs) == (
+        "all_windows", "released_vote", "adam", 2e-4, 15)
+    assert config.policy().cover(40).tolist() == [list(range(s, s + 30)) for s in range(11)]
+    preset, notes = resolve(TrainConfig(store="s", model="softattn_code", out="o", preset="hmdb51"), [40] * 200)
+    assert (preset.optimizer, preset.lr, preset.momentum) == ("sgd", pytest.approx(1.28e-3), 0.0)
+    assert dict(preset.model_args) == {"att_layers": 3, "hidden": 1024, "last_n": 16}
+    assert any("evaluate_hmdb51gln.py" in note for note in notes)
+    with pytest.raises(ConfigError, match="no preset 'ucf11'; its presets: hmdb51, hollywood2"):
+        TrainConfig(store="s", model="softattn_code", out="o", preset="ucf11")
+
+
+def test_the_released_codes_decay_is_on_the_batch_sum_and_the_papers_on_the_mean():
+    from glimpse.train.setup import make_optimizer
+
+    for name, expected in (("softattn_code", 2 * 1e-5 / 128), ("softattn", 1e-5)):
+        config, _ = resolve(TrainConfig(store="s", model=name, out="o", batch_size=128), [40] * 200)
+        model = build_model(name, channels=8, size=2, classes=3, hidden=4)
+        assert make_optimizer(config, model).param_groups[0]["weight_decay"] == pytest.approx(expected)
+
+
+def test_chams_drop_fires_at_exactly_10000_in_a_longer_run_and_its_budget_scales_on_a_small_store():
+    config, notes = resolve(TrainConfig(store="s", model="cham", out="o"), [100] * 200)
+    assert config.lr_drop_step == 10_000 and config.patience == 0  # counted in iterations: no early stop
+    assert drop_step(config, 12_000) == 10_000
+    assert lr_at(config, 9_999, 12_000) == 1e-4 and lr_at(config, 10_000, 12_000) == 1e-5
+    assert config.epochs * math.ceil(200 / config.batch_size) >= 15_000 and "budget of 15000 steps" in notes[-1]
+    small, notes = resolve(TrainConfig(store="s", model="cham", out="o"), [100] * 40)  # 40 < 103 training videos
+    steps = max(2000, round(15_000 * 40 / 103))  # 5,825: the stated rule
+    assert small.lr_drop_step == round(10_000 * steps / 15_000)
+    assert any(f"iteration budget scaled from 15,000 to {steps:,}" in note for note in notes)
+    assert small.epochs == math.ceil(steps / math.ceil(40 / small.batch_size))
+    assert drop_step(small, small.epochs * math.ceil(40 / small.batch_size)) == small.lr_drop_step
 
 
 def test_load_run_rebuilds_the_best_model_and_predicts_like_the_run(tiny_store, tmp_path):

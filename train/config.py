@@ -30,6 +30,9 @@ MIN_BATCHES = 8
 #: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps (a small store): then more
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 2000
+#: epochs without a better validation score that stop a run, unless the model's recipe says otherwise
+DEFAULT_PATIENCE = 5
+DEFAULT_MOMENTUM = 0.9
 #: the share of training videos held out for validation when none is given, unless that holds out fewer than
 #: MIN_VALIDATION videos: early stopping and best-checkpoint choice on a handful of videos follow noise, so a
 #: small store trains on all its training videos and keeps the last epoch
@@ -57,9 +60,11 @@ class TrainConfig:
     ``aggregation`` how clip scores become a video score (train/aggregation.py). ``model_args``
     overrides fields of the model's config (hidden, lam, blocks, ...). ``val_fraction`` of the
     training videos is held out by group for validation; ``patience`` epochs without a better
-    validation score stop the run (0: never). ``cache_ram`` is a byte budget for holding every
-    video in memory (0: read from the store); ``cache_dir`` a folder for a decompressed copy of the run's
-    videos, shared between runs (train/cache.py). ``checkpoint_every`` also writes last.pt every N steps.
+    validation score stop the run (0: never; None: the model's, else DEFAULT_PATIENCE). ``preset`` names one of
+    the model's presets (its other scripts' recipe: model settings, optimizer, rate). ``cache_ram`` is a byte
+    budget for holding every video in memory (0: read from the store); ``cache_dir`` a folder for a decompressed
+    copy of the run's videos, shared between runs (train/cache.py). ``checkpoint_every`` also writes last.pt every
+    N steps.
     """
 
     store: str
@@ -70,7 +75,7 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
-    momentum: float = 0.9
+    momentum: float | None = None
     seed: int = 0
     device: str = "auto"
     sampling: str | None = None
@@ -84,7 +89,7 @@ class TrainConfig:
     lr_drop_to: float | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
     val_fraction: float | None = None
-    patience: int = 5
+    patience: int | None = None
     normalize: bool = True
     norm_videos: int = 256
     workers: int = 2
@@ -92,6 +97,7 @@ class TrainConfig:
     cache_dir: str | None = None
     checkpoint_every: int = 0
     progress: bool = True
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_args", dict(self.model_args))
@@ -102,6 +108,11 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.preset is not None:
+            try:
+                MODELS[self.model].preset(self.preset)
+            except KeyError as err:
+                raise ConfigError(err.args[0]) from None
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.sampling is not None and self.sampling not in POLICIES:
@@ -112,7 +123,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if min(self.workers, self.cache_ram, self.checkpoint_every, self.patience, self.steps,
+        if min(self.workers, self.cache_ram, self.checkpoint_every, self.patience or 0, self.steps,
                self.clips_per_video or 0) < 0:
             raise ConfigError("workers, cache_ram, checkpoint_every, patience, steps and clips_per_video must be >= 0")
 
@@ -135,6 +146,8 @@ class ResolvedConfig(TrainConfig):
     stride: int = field()
     aggregation: str = field()
     val_fraction: float = field()
+    momentum: float = field()
+    patience: int = field()
 
     def policy(self) -> Policy:
         """The clip policy of the run (see train/sampling.py)."""
@@ -150,9 +163,12 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
     batches take (rounded up) at the policy's clips per epoch of these videos.
     """
     spec = MODELS[config.model]
+    preset = spec.preset(config.preset) if config.preset else None
+    optimizer = preset.optimizer if preset and preset.optimizer else spec.optimizer
+    lr = preset.lr if preset and preset.lr is not None else spec.lr
     filled = {
-        "lr": spec.lr if config.optimizer in (None, spec.optimizer) else OPTIMIZERS[config.optimizer],
-        "optimizer": spec.optimizer,
+        "lr": lr if config.optimizer in (None, optimizer) else OPTIMIZERS[config.optimizer],
+        "optimizer": optimizer,
         "sampling": spec.sampling,
         "batch_size": spec.batch_size,
         "frames": spec.frames,
@@ -171,6 +187,13 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
             filled["frames"] = longest
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
     values["val_fraction"] = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
+    default_momentum = preset.momentum if preset and preset.momentum is not None else DEFAULT_MOMENTUM
+    values["momentum"] = default_momentum if config.momentum is None else config.momentum
+    default_patience = DEFAULT_PATIENCE if spec.patience is None else spec.patience
+    values["patience"] = default_patience if config.patience is None else config.patience
+    if preset:
+        values["model_args"] = {**preset.settings, **config.model_args}
+        notes.append(f"preset {preset.name}: {preset.source}")
     policy = make_policy(values["sampling"], values["frames"], values["stride"], config.clips_per_video)
     items = items_per_epoch(n_frames, policy) if n_frames else 0  # clips an epoch trains on
     if config.batch_size is None and items and items < MIN_BATCHES * spec.batch_size:
@@ -178,16 +201,36 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
         notes.append(f"batch size adapted from the paper's {spec.batch_size} to {values['batch_size']}: {items} "
                      f"clips an epoch would give fewer than {MIN_BATCHES} batches; set --batch-size to choose")
     batches = math.ceil(items / values["batch_size"]) if items else 0
-    values["epochs"] = config.epochs or DEFAULT_EPOCHS
-    if config.steps and batches:
-        values["epochs"] = math.ceil(config.steps / batches)
-        notes.append(f"--steps {config.steps}: {values['epochs']} epochs of {batches} batches")
-    elif config.epochs is None and batches and batches * DEFAULT_EPOCHS < MIN_STEPS:
+    default_epochs = spec.epochs or DEFAULT_EPOCHS
+    values["epochs"] = config.epochs or default_epochs
+    steps = config.steps or (budget_steps(spec, values, len(n_frames or []), notes) if config.epochs is None else 0)
+    if steps and batches:
+        values["epochs"] = math.ceil(steps / batches)
+        given = f"--steps {steps}" if config.steps else f"the model's budget of {steps} steps"
+        notes.append(f"{given}: {values['epochs']} epochs of {batches} batches")
+    elif config.epochs is None and batches and batches * default_epochs < MIN_STEPS:
         values["epochs"] = math.ceil(MIN_STEPS / batches)
-        notes.append(f"{values['epochs']} epochs instead of {DEFAULT_EPOCHS}: {batches} batches an epoch would give "
+        notes.append(f"{values['epochs']} epochs instead of {default_epochs}: {batches} batches an epoch would give "
                      f"fewer than {MIN_STEPS} optimizer steps; set --epochs to choose")
     given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     return ResolvedConfig(**{**given, **values}), notes
+
+
+def budget_steps(spec: Any, values: dict[str, Any], videos: int, notes: list[str]) -> int:
+    """The model's iteration budget (0: none) on ``videos`` training videos. A store with fewer than the spec's
+    ``steps_videos`` scales the budget and the drop by videos / steps_videos (at least MIN_STEPS steps, the drop at
+    the same share of them); ``values["lr_drop_step"]`` is set to the scaled drop and the rule goes into ``notes``."""
+    if not spec.steps:
+        return 0
+    if not videos or videos >= spec.steps_videos:
+        return spec.steps
+    steps = max(MIN_STEPS, round(spec.steps * videos / spec.steps_videos))
+    if values["lr_drop_step"] == spec.lr_drop_step:  # not set by the user: the drop keeps its share of the budget
+        values["lr_drop_step"] = round(spec.lr_drop_step * steps / spec.steps)
+    notes.append(f"iteration budget scaled from {spec.steps:,} to {steps:,} (drop at {values['lr_drop_step']:,}): "
+                 f"{videos} training videos, fewer than the {spec.steps_videos} the paper's budget ran on; rule: "
+                 f"steps = max({MIN_STEPS}, {spec.steps:,} x videos / {spec.steps_videos}), the drop at the same share")
+    return steps
 
 
 def parse_value(text: str, default: Any) -> Any:

@@ -67,7 +67,7 @@ def predict_videos(model: nn.Module, dataset: VideoDataset, *, aggregation: str,
         logits = torch.cat(logits)  # (clips, T', classes)
         targets = target.unsqueeze(0).expand(logits.shape[0], *target.shape)  # (clips,) or (clips, classes)
         loss = float(clip_loss(logits, targets, multi_label).mean())
-        scores, predicted = aggregate(logits, aggregation, multi_label)
+        scores, predicted = aggregate(logits, aggregation, multi_label, getattr(model.config, "last_n", 0))
         video = dataset.videos[int(index)]
         yield VideoPrediction(video.id, video.labels, scores, predicted, logits.numpy(),
                               torch.cat(maps).numpy() if maps else None, loss)

@@ -3,14 +3,15 @@
 A policy says which T-frame clips of a video one training epoch uses and which clips cover the video
 at test time (their scores are aggregated into one video score):
 
-=============  ==========================================================  ===============================
-policy         training epoch                                              test
-=============  ==========================================================  ===============================
-``windows``    every T-frame window, starts ``stride`` (s) apart (Sharma)  consecutive T-frame blocks
-``segments``   T consecutive frames, starts ``stride`` (d) apart (Quan)    the same segments (vote)
-``random``     ``clips_per_video`` random T-frame windows (CHAM, sparse)   consecutive T-frame blocks
-``spread``     T frames equally spaced over the video, random phase (HAN)  T frames equally spaced
-=============  ==========================================================  ===============================
+=================  ==========================================================  ===============================
+policy             training epoch                                              test
+=================  ==========================================================  ===============================
+``windows``        every T-frame window, starts ``stride`` (s) apart (Sharma)  consecutive T-frame blocks
+``all_windows``    the same                                                    every T-frame window, stride 1
+``segments``       T consecutive frames, starts ``stride`` (d) apart (Quan)    the same segments (vote)
+``random``         ``clips_per_video`` random T-frame windows (CHAM, sparse)   consecutive T-frame blocks
+``spread``         T frames equally spaced over the video, random phase (HAN)  T frames equally spaced
+=================  ==========================================================  ===============================
 
 ``clips_per_video`` caps the dense policies too (a seeded random subset of the windows each epoch).
 A video shorter than T frames gives one clip padded by repeating its last frame.
@@ -113,6 +114,17 @@ class Windows(Policy):
 
 
 @dataclass(frozen=True)
+class AllWindows(Windows):
+    """Sharma's released code: every T-frame window at training stride s; at test every window at stride 1 (its
+    testing_stride), each clip's vote counted (aggregation released_vote)."""
+
+    name: ClassVar[str] = "all_windows"
+
+    def cover(self, n_frames: int) -> np.ndarray:
+        return np.stack([self.window(n_frames, s) for s in range(max(n_frames - self.frames, 0) + 1)])
+
+
+@dataclass(frozen=True)
 class Segments(Policy):
     """Quan et al. (Sec. 3.4, Eq. 13-15): segments of T consecutive frames, starts d = ``stride`` apart,
     in training and at test, where the video takes the majority vote of all its segments."""
@@ -171,7 +183,7 @@ class Spread(Policy):
 
 
 #: policy name -> class (what --sampling takes and a ModelSpec's ``sampling`` names)
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Windows, Segments, RandomWindows, Spread)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Windows, AllWindows, Segments, RandomWindows, Spread)}
 
 
 def make_policy(name: str, frames: int, stride: int | None = None, clips_per_video: int | None = None) -> Policy:

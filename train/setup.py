@@ -107,8 +107,12 @@ def check_store(store: Store, config: TrainConfig, streams: tuple[str, ...]) -> 
 
 
 def make_optimizer(config: ResolvedConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The run's optimizer; the model config's weight_decay (gamma ||theta||^2) is applied here."""
-    decay = getattr(model.config, "weight_decay", 0.0)
+    """The run's optimizer; the model config's weight_decay gamma is applied here: gamma theta added to the gradient
+    of our batch-mean loss, or, for a model whose decay is on the "batch sum" (Sharma's released code adds
+    decay_c ||theta||^2 to the loss summed over the batch, gradient 2 decay_c theta), 2 gamma theta / B: the same
+    step relative to the data's gradient."""
+    gamma = getattr(model.config, "weight_decay", 0.0)
+    decay = 2 * gamma / config.batch_size if MODELS[config.model].decay == "batch sum" else gamma
     params = model.parameters()
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=decay)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from glimpse.train.models import cham, convattn, han, regattn, softattn
+from glimpse.train.models import cham, convattn, convlstm_report, han, regattn, softattn
 from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, make_config
 
 MODELS: dict[str, ModelSpec] = {
@@ -25,6 +25,7 @@ MODELS: dict[str, ModelSpec] = {
     "han_spatial": han.HAN_SPATIAL,
     "han_temporal": han.HAN_TEMPORAL,
     "regattn": regattn.REGATTN,
+    "convlstm_report": convlstm_report.CONVLSTM_REPORT,
 }
 
 

@@ -14,6 +14,36 @@ from glimpse.train.sampling import POLICIES
 
 LOGITS = ("step", "clip")
 VARIANTS = ("equations", "released code")
+#: what a model's ``weight_decay`` gamma is added to: "per clip" (the mean loss over the batch, as the papers write
+#: it) or "batch sum" (Sharma's released code: decay_c ||theta||^2 added to the loss summed over the batch, so per
+#: clip it weighs gamma / B)
+DECAYS = ("per clip", "batch sum")
+
+
+def rate(value: float) -> str:
+    """A learning rate as the papers print it: 1e-4, 2e-4, 1.28e-3."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe of one model (``--preset NAME``): model config ``settings`` and the optimizer, learning rate and
+    momentum it trains with, e.g. the released code's HMDB-51 script. ``source`` says where each value comes from."""
+
+    name: str
+    source: str
+    settings: dict = field(default_factory=dict)
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+
+    def describe(self) -> str:
+        """One line for `python -m glimpse.train models`."""
+        recipe = [f"{k}={v!r}" for k, v in self.settings.items()]
+        recipe += [f"{k}={getattr(self, k):g}" if isinstance(getattr(self, k), float) else f"{k}={getattr(self, k)}"
+                   for k in ("optimizer", "lr", "momentum") if getattr(self, k) is not None]
+        return f"  preset:    {self.name}: {' '.join(recipe)} ({self.source})"
 
 
 @dataclass(frozen=True)
@@ -48,6 +78,11 @@ class ModelSpec:
     ``stride`` (frames between clip starts, d), and the learning-rate drop to ``lr_drop_to`` after
     ``lr_drop_step`` iterations (0: none). ``variant`` says whose model it is: "equations" (the paper's
     equations as printed) or "released code" (what the authors' code ran, where it differs).
+
+    ``epochs`` (None: train.config.DEFAULT_EPOCHS) or ``steps``, an iteration budget that sets the epochs, run on
+    at least ``steps_videos`` training videos (a store with fewer scales the budget and the drop by its share);
+    ``patience`` the early-stopping default (None: train.config's; 0 never); ``decay`` what ``weight_decay`` is
+    added to (:data:`DECAYS`); ``presets`` the named recipes of other scripts of the same code.
     """
 
     name: str
@@ -69,6 +104,12 @@ class ModelSpec:
     lr_drop_step: int = 0
     lr_drop_to: float = 0.0
     variant: str = "equations"
+    epochs: int | None = None
+    steps: int = 0
+    steps_videos: int = 0
+    patience: int | None = None
+    decay: str = "per clip"
+    presets: tuple[Preset, ...] = ()
 
     def __post_init__(self) -> None:
         if not (dataclasses.is_dataclass(self.config) and issubclass(self.config, ModelConfig)):
@@ -77,6 +118,8 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: aggregation must be in {AGGREGATIONS}, got {self.aggregation!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"model {self.name!r}: variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"model {self.name!r}: decay must be one of {DECAYS}, got {self.decay!r}")
         if self.logits not in LOGITS:
             raise ValueError(f"model {self.name!r}: logits must be one of {LOGITS}, got {self.logits!r}")
         defaults = self.config()
@@ -89,8 +132,20 @@ class ModelSpec:
         """The learning-rate schedule in words."""
         if not self.lr_drop_step:
             return "constant"
+        if self.steps:
+            return (f"{self.lr_drop_step:,} iterations at {rate(self.lr)} then {rate(self.lr_drop_to)} for a further "
+                    f"{self.steps - self.lr_drop_step:,} ({self.steps:,} in all; on fewer than {self.steps_videos} "
+                    "training videos both scale by the store's share)")
         return (f"drop to {self.lr_drop_to:g} after {self.lr_drop_step:,} iterations, or after 2/3 of a shorter "
                 "run's iterations")
+
+    def preset(self, name: str) -> Preset:
+        """The preset ``name`` of this model; an unknown one raises a KeyError naming the model's presets."""
+        for preset in self.presets:
+            if preset.name == name:
+                return preset
+        raise KeyError(f"model {self.name!r} has no preset {name!r}; its presets: "
+                       f"{', '.join(p.name for p in self.presets) or 'none'}")
 
     def describe(self) -> str:
         """Several lines for `python -m glimpse.train models`: paper, equations, inputs, training, defaults."""
@@ -108,8 +163,17 @@ class ModelSpec:
             f"  clips:     {policy}; stride={self.stride}; aggregation={self.aggregation}",
             f"  training:  batch_size={self.batch_size} optimizer={self.optimizer} lr={self.lr:g} "
             f"schedule={self.schedule()}",
+            f"  length:    {self.length()}; weight decay on the {self.decay} loss",
             f"  defaults:  {defaults}",
+            *(preset.describe() for preset in self.presets),
         ])
+
+    def length(self) -> str:
+        """How long it trains, in words."""
+        if self.steps:
+            return f"{self.steps:,} iterations" + (", no early stopping" if self.patience == 0 else "")
+        epochs = f"{self.epochs} epochs" if self.epochs else "the default epochs"
+        return epochs + (", no early stopping" if self.patience == 0 else "")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Conv-Attention: a ConvLSTM whose attention map re-weights the cube in place.
 
-CHAM's Conv-Attention layer (Yan et al. 2017) and the ConvLSTM attention model: the map is
+CHAM's Conv-Attention layer (Yan et al. 2017; the ConvLSTM report's model is convlstm_report): the map is
 softmax over the K*K positions of W_z * tanh(W_ha * H_{t-1} + W_xa * X_t + b) with 1x1
 convolutions (Eq. 8); the cube keeps its spatial layout and is multiplied by the map (Eq. 7),
 then enters a ConvLSTM with 3x3 input-to-state and state-to-state convolutions.
@@ -17,7 +17,7 @@ from glimpse.train.models.base import ModelConfig, ModelOutput, ModelSpec, check
 
 CHAM_PAPER = ("Yan, Smith, Lu & Zhang 2017, CHAM: Action recognition using convolutional hierarchical attention "
               "model (ICIP 2017, arXiv:1705.03146)")
-PAPER = CHAM_PAPER + ", Conv-Attention; and the ConvLSTM attention report"
+PAPER = CHAM_PAPER + ", Conv-Attention baseline"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ MLPs of the video's mean feature (Eq. 6); every step predicts the class through 
 `softattn_code` is the model of the authors' released code (kracwarlock/action-recognition-visual-attention,
 src/actrec.py, the model behind Table 1): the location softmax reads the current frame and h_{t-1},
 l_t = softmax(U tanh(Wc X_t,i + Wd h_{t-1} + b)), one LSTM layer, h_0 and c_0 each one tanh layer of the mean
-feature, and no attention penalty (its UCF-11 script sets alpha_c = 0).
+feature, and no attention penalty (its UCF-11 script sets alpha_c = 0). It is initialised as the code initialises
+(:func:`released_code_init`), trains with the code's fixed Adam rate 2e-4 for its 15 epochs, adds its decay_c to the
+batch-summed loss, and is tested as the code tests: every window at stride 1, each window voting the argmax of its
+last ``last_n`` steps' summed softmax, the video labelled by the mode of the votes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from glimpse.train.losses import doubly_stochastic
-from glimpse.train.models.base import LSTMStack, ModelConfig, ModelOutput, ModelSpec, attend, check_streams, positions
+from glimpse.train.models.base import (
+    LSTMStack,
+    ModelConfig,
+    ModelOutput,
+    ModelSpec,
+    Preset,
+    attend,
+    check_streams,
+    positions,
+)
 
 PAPER = "Sharma, Kiros & Salakhutdinov 2015, Action Recognition using Visual Attention (arXiv:1511.04119)"
 
@@ -147,13 +159,35 @@ class SoftAttentionCodeConfig(StackConfig):
     channels, as the code's dimctx), penalty weight ``lam`` 0 (alpha_c = 0) and dropout on. ``temperature``
     divides the scores before the location softmax (1, the code's; below 1 sharpens the maps). ``init`` is where
     h_0 and c_0 come from: "mean" (the code's, from the clip's mean feature) or "zero" (the LSTM starts blank, so
-    the class must be read through the attended cells)."""
+    the class must be read through the attended cells). ``att_layers`` is the code's n_layers_att: the projected
+    context goes through that many layers before the state is added (1: just Wc). ``last_n`` is how many of a clip's
+    last steps vote at test (the code's last_n; 0: all). ``weight_init`` "code" draws every weight as the code does
+    (:func:`released_code_init`), "torch" keeps PyTorch's defaults."""
 
     layers: int = 1
     att_dim: int | None = None
+    att_layers: int = 1
     lam: float = 0.0
     temperature: float = 1.0
     init: str = "mean"
+    last_n: int = 30
+    weight_init: str = "code"
+
+
+def released_code_init(module: nn.Module, gaussian: tuple[str, ...] = ()) -> None:
+    """Initialise ``module``'s weights as the released code's norm_weight / ortho_weight do (src/actrec.py): every
+    square matrix orthogonal, every other one and those named in ``gaussian`` N(0, 0.01^2), each LSTM gate's block
+    on its own (the recurrent ones orthogonal), every bias zero."""
+    for name, param in module.named_parameters():
+        if param.dim() < 2:
+            nn.init.zeros_(param)
+            continue
+        blocks = param.data.chunk(4, 0) if "weight_ih" in name or "weight_hh" in name else (param.data,)
+        for block in blocks:  # (out, in) each
+            if block.shape[0] == block.shape[1] and name not in gaussian:
+                nn.init.orthogonal_(block)
+            else:
+                nn.init.normal_(block, std=0.01)
 
 
 class SoftAttentionCode(nn.Module):
@@ -165,17 +199,23 @@ class SoftAttentionCode(nn.Module):
             raise ValueError(f"softattn_code: temperature must be > 0, got {config.temperature}")
         if config.init not in ("mean", "zero"):
             raise ValueError(f"softattn_code: init must be 'mean' or 'zero', got {config.init!r}")
+        if config.weight_init not in ("code", "torch") or config.att_layers < 1 or config.last_n < 0:
+            raise ValueError(f"softattn_code: weight_init must be 'code' or 'torch', att_layers >= 1 and last_n >= 0, "
+                             f"got {config.weight_init!r}, {config.att_layers}, {config.last_n}")
         self.config = config
         C, H, A = config.channels, config.hidden, config.att_dim or config.channels
         self.init_h = nn.Linear(C, config.layers * H)  # h_0 = tanh(W mean + b) (ff_state)
         self.init_c = nn.Linear(C, config.layers * H)  # c_0 = tanh(W mean + b) (ff_memory)
         self.from_input = nn.Linear(C, A)  # Wc, b (Wc_att, b_att)
+        self.deeper = nn.ModuleList(nn.Linear(A, A) for _ in range(config.att_layers - 1))  # W_att_l, b_att_l
         self.from_state = nn.Linear(H, A, bias=False)  # Wd (Wd_att)
         self.score = nn.Linear(A, 1, bias=False)  # U (U_att); its bias c_tt cancels in the softmax
         self.stack = LSTMStack(C, H, config.layers, config.dropout)
         self.drop = nn.Dropout(config.dropout)
         self.classify = nn.Sequential(nn.Linear(H, H), nn.Tanh(), nn.Dropout(config.dropout),
                                       nn.Linear(H, config.classes))  # ff_logit_lstm, tanh, dropout, ff_logit
+        if config.weight_init == "code":
+            released_code_init(self, gaussian=("from_input.weight",))  # Wc_att: norm_weight(ortho=False)
 
     def forward(self, *cubes: Tensor) -> ModelOutput:
         """(B, T, C, K, K) -> per-step logits (B, T, classes) and attention (B, T, K, K)."""
@@ -190,6 +230,9 @@ class SoftAttentionCode(nn.Module):
             h0 = c0 = X.new_zeros(shape)  # (B, L, H)
         state = list(zip(h0.unbind(1), c0.unbind(1), strict=True))  # L x ((B, H), (B, H))
         from_input = self.from_input(X)  # (B, T, P, A), Wc X_t,i + b for every step at once
+        for i, layer in enumerate(self.deeper):  # n_layers_att > 1: tanh between the deeper layers, not after the last
+            from_input = layer(from_input)
+            from_input = torch.tanh(from_input) if i < len(self.deeper) - 1 else from_input
         outs, maps = [], []
         for t in range(T):
             pre = torch.tanh(from_input[:, t] + self.from_state(state[-1][0])[:, None])  # (B, P, A)
@@ -217,10 +260,21 @@ SOFTATTN = ModelSpec(
     "l_t = softmax(W h_{t-1}) (Eq. 1); x_t = sum_i l_t,i X_t,i (Eq. 2); stacked LSTM (Eq. 3-5); c_0, h_0 = "
     "MLP(mean_t,i X_t,i) (Eq. 6); y_t = softmax(U tanh(V h_t)); loss = sum_t CE + lam sum_i (1 - sum_t l_t,i)^2 "
     "+ weight_decay ||theta||^2", attention=True, batch_size=128)
+#: the other scripts of the released code (scripts/evaluate_hmdb51gln.py, scripts/evaluate_mAP.py). Their plain SGD
+#: steps on the loss summed over the batch, ours on its mean: the rate is the script's times its batch of 128.
+CODE_PRESETS = (
+    Preset("hmdb51", "scripts/evaluate_hmdb51gln.py: n_layers_att 3, dim 1024, sgd at 1e-5 x 128, last_n 16",
+           {"att_layers": 3, "hidden": 1024, "last_n": 16}, "sgd", 1e-5 * 128, 0.0),
+    Preset("hollywood2", "scripts/evaluate_mAP.py: n_layers_att 1, dim 512, sgd at 1e-4 x 128, last_n 16 (its "
+           "score: the mean softmax of the last 16 steps)", {"att_layers": 1, "hidden": 512, "last_n": 16}, "sgd",
+           1e-4 * 128, 0.0),
+)
 SOFTATTN_CODE = ModelSpec(
     "softattn_code", SoftAttentionCode, SoftAttentionCodeConfig,
-    PAPER + ", as the authors' released code ran it (Table 1's numbers)",
+    PAPER + ", as the authors' released code (its UCF-11 script) runs it: one LSTM layer where the paper describes "
+    "three; which of the two produced Table 1 is not stated",
     "l_t,i = softmax_i(U tanh(Wc X_t,i + Wd h_{t-1} + b)) (src/actrec.py, not Eq. 1); x_t = sum_i l_t,i X_t,i; one "
     "LSTM; h_0 = tanh(W_h mean X + b_h), c_0 = tanh(W_c mean X + b_c); y_t = softmax(U tanh(V h_t)); "
     "loss = sum_t CE + lam doubly stochastic (lam = alpha_c = 0 in its UCF-11 script) + weight_decay ||theta||^2",
-    attention=True, batch_size=128, variant="released code")
+    attention=True, batch_size=128, variant="released code", lr=2e-4, epochs=15, sampling="all_windows",
+    aggregation="released_vote", decay="batch sum", presets=CODE_PRESETS)
