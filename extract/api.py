@@ -77,6 +77,7 @@ class RunOptions:
     workers: int | None = None
     sequential: bool = False
     group: int | None = None
+    decode_threads: int | None = None  # per worker; None: the cores each worker has
     scheduler: str | None = None
     codec: str | None = None
     overwrite: bool = False
@@ -254,10 +255,11 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
                         cores, visible, default_workers=cores)
     if device == "cuda" and not (options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or client):
         check_cuda()
-    log.info("device: %s%s", device, " (torch sees no CUDA device)" if options.device == "auto" and device == "cpu"
-             else "")
+    log.info("device: %s%s, %d decode threads per worker", device, " (torch sees no CUDA device)"
+             if options.device == "auto" and device == "cpu" else "", options.decode_threads or plan.threads)
     runtime = Runtime(device=device, batch_size=options.batch_size, threads=plan.threads,
-                      pipelined=not options.sequential, group=options.group, codec=options.codec)
+                      pipelined=not options.sequential, group=options.group, codec=options.codec,
+                      decode_threads=options.decode_threads or plan.threads)
     # the store is created (or reopened, or refused in one line) before any worker starts; the run then resumes it
     prepare_store(out, config, dataset, overwrite=options.overwrite, source=source, codec=options.codec,
                   device=device)

@@ -140,6 +140,9 @@ class Pipeline:
             if not stream.batched and stream.source in (*self.batched, *self.late):
                 self.late.append(name)
         self.batchers: dict[tuple[str, tuple[int, ...]], Batcher] = {}  # (stream, input shape): a batch holds one
+        #: streams a late stream is computed from come back float32 (what its compute sees on the sequential path);
+        #: the others as float16, what the store holds: half the bytes copied off the device, the same bits
+        self.exact = {self.streams[name].source for name in self.late}
 
     def run(self, records: list[VideoRecord]) -> list[Outcome]:
         """Extract ``records``; one outcome per video."""
@@ -232,7 +235,7 @@ class Pipeline:
             else:
                 flight.arrays[name] = stream.compute(source, flight.result)
         for name, stream, inputs in queued:
-            step = stream.batch_size
+            step = stream.batch_for(inputs[0].shape[1:])
             for start in range(0, n, step):
                 self._put((name, flight, start, *stream.prepare(*(x[start : start + step] for x in inputs))))
         if not self.batched:  # nothing goes through the device: the video is complete
@@ -244,16 +247,17 @@ class Pipeline:
         key = (name, tuple(tensors[0].shape[1:]))
         if key not in self.batchers:
             stream = self.streams[name]
-            self.batchers[key] = Batcher(stream.batch_size, stream.run, self._done(name), self._fail)
+            self.batchers[key] = Batcher(stream.batch_for(key[1]), stream.run, self._done(name), self._fail)
         return self.batchers[key]
 
     def _done(self, name: str) -> Callable:
         def done(flight: Flight, start: int, out: torch.Tensor) -> None:
             """A batch's outputs (b, ...) for frames ``start, ...``; streams computed from them go on from the
             device (RAFT's flow into the flow-stream CNN)."""
+            host = (out if name in self.exact else out.half()).cpu().numpy()  # (b, ...); half rounds as numpy
             if name not in flight.arrays:
-                flight.arrays[name] = np.empty((flight.result["n_frames"], *out.shape[1:]), np.float32)
-            flight.arrays[name][start : start + len(out)] = out.cpu().numpy()  # (b, ...)
+                flight.arrays[name] = np.empty((flight.result["n_frames"], *host.shape[1:]), host.dtype)
+            flight.arrays[name][start : start + len(host)] = host
             self._arrived(flight, len(out))
             for follower, stream in self.streams.items():
                 if stream.source == name and stream.batched:

@@ -55,6 +55,8 @@ def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Local Dask workers. [one per core]")
 @click.option("--sequential", is_flag=True, help="Decode, CNN and flow one after the other, a video per task.")
 @click.option("--group", default=None, type=click.IntRange(min=1), help="Videos per Dask task. [a few per worker]")
+@click.option("--decode-threads", default=None, type=click.IntRange(min=1),
+              help="Threads decoding ahead of the CNN in each worker (never changes a value). [the worker's cores]")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS).")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another config.")

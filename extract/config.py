@@ -120,7 +120,7 @@ class Runtime:
     threads: int = 1  # torch threads per task
     pipelined: bool = True  # decode threads feed batches across videos (False: each video in sequence)
     group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
-    decode_threads: int = 2  # threads decoding ahead of the CNN in each worker
+    decode_threads: int = 2  # threads decoding ahead of the CNN in each worker (extract_dataset: the worker's cores)
     codec: str | None = None  # how a new store's chunks are stored (store.layout.CODECS); None: zstd, or the store's
 
 

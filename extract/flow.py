@@ -32,6 +32,10 @@ FARNEBACK_PARAMS = {
 }
 #: recurrent refinement steps of RAFT (torchvision's default)
 RAFT_UPDATES = 12
+#: Bytes RAFT's correlation volumes of one batch may take: a batch holds as many pairs as fit (at most the CNN's
+#: batch). A pair of h x w frames holds 4 bytes x ((h/8) (w/8))^2 for its all-pairs volume at 1/8 resolution and a
+#: third more for the pyramid: 5.6 GB at 1080p (one pair a batch; the CNN's 32 would need ~180 GB), 0.2 GB at 480p.
+RAFT_BATCH_BYTES = 8 * 2**30
 #: RAFT-small's correlation pyramid needs inputs of at least this side (8 x 16); smaller ones are padded
 RAFT_MIN_SIDE = 128
 
@@ -76,7 +80,7 @@ class FlowEstimator:
 
     ``method``: one of :data:`FLOW_METHODS`. ``weights``: RAFT only (see :func:`build_raft`); the
     OpenCV methods take ``"none"``. ``size``: resize frames so their shorter side is ``size`` before
-    computing (None: source resolution). ``batch_size``: RAFT pairs per forward pass.
+    computing (None: source resolution). ``batch_size``: RAFT pairs per forward pass at most (:meth:`batch_for`).
     OpenCV runs its own thread pool; call ``cv2.setNumThreads`` in the worker to bound it.
     Attributes: ``method``, ``size``, ``device``, ``weights_identity``, ``params`` (for store metadata).
     """
@@ -115,9 +119,10 @@ class FlowEstimator:
         if self.method != "raft":
             return self.opencv(first, second)
         out = np.empty((len(first), 2, *first.shape[1:3]), dtype=np.float32)
-        for start in range(0, len(first), self.batch_size):
-            pair = (torch.from_numpy(x[start : start + self.batch_size]) for x in (first, second))
-            out[start : start + self.batch_size] = self.raft(*pair).cpu().numpy()  # (B, 2, h, w)
+        step = self.batch_for(*first.shape[1:3])
+        for start in range(0, len(first), step):
+            pair = (torch.from_numpy(x[start : start + step]) for x in (first, second))
+            out[start : start + step] = self.raft(*pair).cpu().numpy()  # (b, 2, h, w)
         return out
 
     def prepare(self, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,16 +157,22 @@ class FlowEstimator:
         interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR  # INTER_AREA antialiases
         return np.stack([cv2.resize(f, (w, h), interpolation=interpolation) for f in frames])
 
+    def batch_for(self, h: int, w: int) -> int:
+        """RAFT pairs per batch at (h, w) (prepared frames): as many as :data:`RAFT_BATCH_BYTES` holds, 1 to
+        ``batch_size``."""
+        cells = max(-(-h // 8) * 8, RAFT_MIN_SIDE) // 8 * (max(-(-w // 8) * 8, RAFT_MIN_SIDE) // 8)  # (h/8) (w/8)
+        return max(1, min(self.batch_size, RAFT_BATCH_BYTES // (4 * cells * cells * 4 // 3)))
+
     def raft(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        """RAFT flow of prepared pairs, (n, h, w, 3) uint8 tensors with n <= ``batch_size`` (any device, any
+        """RAFT flow of prepared pairs, (n, h, w, 3) uint8 tensors with n <= :meth:`batch_for` (any device, any
         mix of videos of one size) -> (n, 2, h, w) float32 on :attr:`device`.
 
-        The pairs run as one batch of ``batch_size`` (padded with copies of the first pair), so a pair's
+        The pairs run as one batch of :meth:`batch_for` (padded with copies of the first pair), so a pair's
         flow does not depend on its batch-mates: batched across videos equals pair by pair.
         """
         n, h, w = first.shape[:3]
         pad_h, pad_w = max(-(-h // 8) * 8, RAFT_MIN_SIDE) - h, max(-(-w // 8) * 8, RAFT_MIN_SIDE) - w
-        filler = self.batch_size - n
+        filler = self.batch_for(h, w) - n
         if filler > 0:
             first, second = (torch.cat([x, x[:1].expand(filler, -1, -1, -1)]) for x in (first, second))  # (B, h, w, 3)
         # contiguous: the memory layout picks the conv kernels, so it must not depend on how the batch was made

@@ -80,6 +80,11 @@ class StreamCompute:
         """Batched streams: the whole video's model inputs, each (T, ...) (numpy, or device tensors)."""
         raise NotImplementedError
 
+    def batch_for(self, shape: tuple[int, ...]) -> int:
+        """Batched streams: the frames per batch of inputs whose frames are ``shape`` (one size for every batch of
+        that shape, so that batched equals :meth:`compute`)."""
+        return self.batch_size
+
     def prepare(self, *pieces: Any) -> tuple[torch.Tensor, ...]:
         """Batched streams: a piece of :meth:`inputs` (n <= ``batch_size`` frames) -> tensors for :meth:`run`."""
         raise NotImplementedError
@@ -142,7 +147,7 @@ class FlowStream(StreamCompute):
         super().__init__(models)
         self.raft = models.flow if self.config.flow == "raft" else None
         self.batched = self.raft is not None
-        self.batch_size = self.raft.batch_size if self.raft is not None else 0
+        self.batch_size = self.raft.batch_size if self.raft is not None else 0  # at most; see batch_for
         self.local = threading.local()  # an OpenCV estimator per thread (TV-L1 is stateful)
 
     @classmethod
@@ -171,6 +176,9 @@ class FlowStream(StreamCompute):
         first, second = (self.raft or self._opencv()).prepare(source.flow_from, source.flow_to)  # (T, h, w, 3)
         result["flow_pairs"], result["flow_computed_at"] = source.flow_pairs.tolist(), list(first.shape[1:3])
         return first, second
+
+    def batch_for(self, shape: tuple[int, ...]) -> int:
+        return self.raft.batch_for(*shape[:2])  # shape (h, w, 3)
 
     def prepare(self, *pieces: Any) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(piece) for piece in pieces)  # (n, h, w, 3) each

@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
+from extraction import extract
 
 from glimpse.cluster import dask_client, plan_cluster, visible_gpus
-from glimpse.extract.cli import extract_dataset
 from glimpse.store import open_store
 
 TINY_EXTRACT = {"backbone": "googlenet", "weights": "none", "size": 64, "frames": 6, "batch_size": 8}
@@ -49,7 +49,7 @@ def test_extraction_on_cuda_gives_the_cpus_features_within_tolerance(tiny_synthe
     stores = {}
     for device in ("cpu", "cuda"):
         client = dask_client if device == "cpu" else None  # cuda: a local GPU worker per device
-        summary = extract_dataset("synthetic", str(tiny_synthetic), str(tmp_path / device), client=client,
+        summary = extract("synthetic", str(tiny_synthetic), str(tmp_path / device), client=client,
                                   device=device, **TINY_EXTRACT)
         assert not summary.failed
         stores[device] = open_store(tmp_path / device)
@@ -64,7 +64,7 @@ def test_training_on_cuda_runs_and_its_loss_stays_finite(tiny_synthetic, dask_cl
 
     from glimpse.train.loop import train_model
 
-    assert not extract_dataset("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=dask_client,
+    assert not extract("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=dask_client,
                                device="cpu", **TINY_EXTRACT).failed
     result = train_model(tmp_path / "s", "softattn", tmp_path / "run", epochs=2, batch_size=2, workers=0,
                          device="cuda", progress=False, model_args={"hidden": 8})

@@ -36,7 +36,7 @@ def find_store(dataset: str, root: str) -> str:
 #: The TrainConfig fields train takes as options, and the fewer a sweep shares with every run.
 TRAIN_FIELDS = ("split", "epochs", "batch_size", "lr", "optimizer", "seed", "device", "sampling", "frames", "stride",
                 "clips_per_video", "steps", "shuffle_videos", "aggregation", "val_fraction", "patience",
-                "norm_videos", "workers", "cache_dir", "checkpoint_every", "preset")
+                "norm_videos", "workers", "cache_dir", "checkpoint_every", "amp", "preset")
 SWEEP_FIELDS = ("split", "epochs", "batch_size", "lr", "optimizer", "seed", "frames", "val_fraction", "patience")
 
 

@@ -39,6 +39,9 @@ DEFAULT_MOMENTUM = 0.9
 DEFAULT_VAL_FRACTION = 0.15
 MIN_VALIDATION = 20
 
+#: Mixed precision of the training forward: none (float32) or bf16 (torch.autocast to bfloat16).
+AMP = ("none", "bf16")
+
 #: Fields that may change when a run is resumed: where and how it runs, and how long (never what it learns).
 RESUMABLE = ("epochs", "device", "workers", "cache_ram", "cache_dir", "progress", "patience")
 
@@ -64,7 +67,7 @@ class TrainConfig:
     the model's presets (its other scripts' recipe: model settings, optimizer, rate). ``cache_ram`` is a byte
     budget for holding every video in memory (0: read from the store); ``cache_dir`` a folder for a decompressed
     copy of the run's videos, shared between runs (train/cache.py). ``checkpoint_every`` also writes last.pt every
-    N steps.
+    N steps. ``amp`` bf16 runs the training forward under bfloat16 autocast (validation and tests stay float32).
     """
 
     store: str
@@ -96,6 +99,7 @@ class TrainConfig:
     cache_ram: int = 0
     cache_dir: str | None = None
     checkpoint_every: int = 0
+    amp: str = "none"
     progress: bool = True
     preset: str | None = None
 
@@ -108,6 +112,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.amp not in AMP:
+            raise ConfigError(f"amp must be one of {AMP}, got {self.amp!r}")
         if self.preset is not None:
             try:
                 MODELS[self.model].preset(self.preset)

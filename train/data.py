@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -140,12 +140,27 @@ class Normalization:
 
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
+    #: (stream, device) -> (mean, 1 / std), each (C, 1, 1) float32: copied to a device once, not at every step
+    on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def constants(self, stream: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / std) of ``stream``, each (C, 1, 1) float32 on ``device``, copied there on first use only."""
+        key = (stream, device)
+        if key not in self.on_device:
+            mean = torch.from_numpy(self.mean[stream])[:, None, None]  # (C, 1, 1)
+            scale = torch.from_numpy(1.0 / self.std[stream])[:, None, None]  # (C, 1, 1)
+            self.on_device[key] = (mean.to(device), scale.to(device))
+        return self.on_device[key]
 
     def standardize(self, stream: str, x: torch.Tensor) -> torch.Tensor:
         """(..., C, K, K) float16 tensor -> float32 standardized, computed on the tensor's device."""
-        mean = torch.from_numpy(self.mean[stream]).to(x.device)[:, None, None]  # (C, 1, 1)
-        scale = torch.from_numpy(1.0 / self.std[stream]).to(x.device)[:, None, None]  # (C, 1, 1)
+        mean, scale = self.constants(stream, x.device)  # each (C, 1, 1)
         return (x.float() - mean) * scale
+
+    def __getstate__(self) -> dict:
+        """Pickled (to DataLoader workers) without the device copies."""
+        return {**self.__dict__, "on_device": {}}
 
     def to_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Tensors only (what a checkpoint loaded with weights_only=True can hold)."""
@@ -156,7 +171,8 @@ class Normalization:
         """The inverse of :meth:`to_state`; None stays None (a run without standardization)."""
         if not state:
             return None
-        return cls({s: v["mean"].numpy() for s, v in state.items()}, {s: v["std"].numpy() for s, v in state.items()})
+        return cls({s: v["mean"].cpu().numpy() for s, v in state.items()},
+                   {s: v["std"].cpu().numpy() for s, v in state.items()})
 
 
 def compute_normalization(reader: FeatureReader, videos: Sequence[Video], streams: Sequence[str],

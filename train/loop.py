@@ -13,6 +13,7 @@ run continues exactly where the killed one was.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -43,6 +44,8 @@ from glimpse.train.run import (
 )
 from glimpse.train.setup import Setup, prepare
 
+#: the progress bar's loss and accuracy are read from the device at most this often (each read waits for the GPU)
+PROGRESS_SECONDS = 1.0
 #: curves.png is redrawn at most this often (and after the last epoch): drawing costs more than a small store's
 #: epoch
 PLOT_SECONDS = 60.0
@@ -161,12 +164,62 @@ def lr_at(config: ResolvedConfig, step: int, total: int) -> float:
     return config.lr_drop_to if drop and step >= drop and config.lr_drop_to is not None else config.lr
 
 
-def batch_hits(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> int:
-    """Clips whose mean prediction over steps is (one of) their label(s)."""
+def batch_hits(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Clips whose mean prediction over steps is (one of) their label(s): a () int64 tensor on the logits' device."""
     predicted = logits.detach().float().softmax(-1).mean(1).argmax(-1)  # (B,)
     if multi_label:
-        return int(target.gather(1, predicted[:, None]).sum())
-    return int((predicted == target).sum())
+        return target.gather(1, predicted[:, None]).sum().long()
+    return (predicted == target).sum()
+
+
+class Pending:
+    """The sums of the steps taken since the last read, kept on the device so that a step never waits for it: read
+    (one copy) when a value is printed, at a checkpoint and at the end of the epoch.
+
+    ``bad`` is the index, among those steps, of the first non-finite loss (-1: none), ``bad_loss`` that loss."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * clips
+        self.hits = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0  # steps since the last read (known on the host)
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, clips: int) -> None:
+        """One step's () loss (its mean over ``clips``) and () hits, without a host sync."""
+        loss = loss.detach().double()
+        first = (self.bad < 0) & ~torch.isfinite(loss)
+        self.bad = torch.where(first, self.steps, self.bad)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+        self.loss += loss * clips
+        self.hits += hits
+        self.steps += 1
+
+    def read(self) -> tuple[float, int, int, float]:
+        """(loss sum, hits, index of the first non-finite loss or -1, that loss), in one copy to the host."""
+        loss, hits, bad, bad_loss = torch.stack([self.loss, self.hits.double(), self.bad.double(),
+                                                 self.bad_loss]).tolist()
+        return loss, int(hits), int(bad), bad_loss
+
+
+def settle(setup: Setup, run: RunDir, state: LoopState, sums: EpochSums, pending: Pending) -> Pending:
+    """Fold the pending sums into ``sums`` (stopping the run at the first non-finite loss, naming its step); a fresh
+    Pending to go on with."""
+    loss, hits, bad, bad_loss = pending.read()
+    if bad >= 0:
+        back = pending.steps - bad  # the bad step was this many steps ago
+        stop_nonfinite(setup, run, dataclasses.replace(state, step=state.step - back, batch=state.batch - back),
+                       bad_loss)
+    sums.loss += loss
+    sums.hits += hits
+    return Pending(setup.device)
+
+
+def autocast(device: str | torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The training forward's precision context: bfloat16 autocast for ``amp`` bf16, nothing for none."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def finite_parameters(model: torch.nn.Module) -> bool:
@@ -255,40 +308,45 @@ def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
             model.train()
             bar = tqdm(total=batches, initial=state.batch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        unit="batch", disable=not config.progress, dynamic_ncols=True, leave=True)
-            started = waited = time.perf_counter()
+            started = waited = drawn = time.perf_counter()
+            pending = Pending(setup.device)
             for cubes, target in setup.loader:
                 got = time.perf_counter()
                 sums.data_s += got - waited
                 lr = lr_at(config, state.step, batches * config.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                target = target.to(setup.device)
-                out = model(*model_inputs(cubes, setup.train_dataset, setup.device))  # each (B, T, C, K, K)
-                if setup.multi_label:
-                    loss = clip_loss(out.logits, target, True)  # (B,)
-                    loss = (loss + sum(out.aux_losses.values())).mean() if out.aux_losses else loss.mean()
-                else:
-                    loss = model_loss(out, target)
-                if not torch.isfinite(loss):
-                    stop_nonfinite(setup, run, state, float(loss.detach()))
+                target = target.to(setup.device, non_blocking=True)
+                with autocast(setup.device, config.amp):
+                    out = model(*model_inputs(cubes, setup.train_dataset, setup.device))  # each (B, T, C, K, K)
+                    if setup.multi_label:
+                        loss = clip_loss(out.logits, target, True)  # (B,)
+                        loss = (loss + sum(out.aux_losses.values())).mean() if out.aux_losses else loss.mean()
+                    else:
+                        loss = model_loss(out, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                n = target.shape[0]
+                pending.add(loss, batch_hits(out.logits, target, setup.multi_label), n)
                 state.step += 1
                 state.batch += 1
-                n = target.shape[0]
-                sums.loss += float(loss.detach()) * n
-                sums.hits += batch_hits(out.logits, target, setup.multi_label)
                 sums.clips += n
                 waited = time.perf_counter()
                 sums.compute_s += waited - got
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums.loss / sums.clips:.3f}", acc=f"{sums.hits / sums.clips:.3f}",
-                                clips_s=f"{sums.clips / max(waited - started, 1e-9):.1f}")
+                if not bar.disable and waited - drawn >= PROGRESS_SECONDS:  # the only read inside an epoch's steps
+                    loss_sum, hits, _, _ = pending.read()
+                    bar.set_postfix(loss=f"{(sums.loss + loss_sum) / sums.clips:.3f}",
+                                    acc=f"{(sums.hits + hits) / sums.clips:.3f}",
+                                    clips_s=f"{sums.clips / max(waited - started, 1e-9):.1f}")
+                    drawn = waited
                 every = config.checkpoint_every
                 if every and state.step % every == 0 and state.batch < batches:  # inside the epoch
+                    pending = settle(setup, run, state, sums, pending)
                     save(setup, run, dataclasses.replace(state, partial=dataclasses.replace(sums), rng=rng_state()),
                          "last")
+            settle(setup, run, state, sums, pending)
             bar.close()
             end_epoch(setup, run, state, sums, tensorboard)
             if state.stopped:

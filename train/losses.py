@@ -6,6 +6,7 @@ each penalty returns the per-sample value summed over time, shape (batch,).
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -98,9 +99,15 @@ def block_index(size: int, blocks: int, stride: int | None = None, layout: str =
     return torch.tensor([c + [size * size] * (width - len(c)) for c in cells])  # (R, width)
 
 
+@functools.lru_cache(maxsize=64)
+def device_block_index(size: int, blocks: int, stride: int | None, layout: str, device: torch.device) -> Tensor:
+    """:func:`block_index` on ``device``, copied there once per layout (not at every step)."""
+    return block_index(size, blocks, stride, layout).to(device)  # (R, width)
+
+
 def _blocks(attn: Tensor, blocks: int, stride: int | None, layout: str) -> Tensor:
     """(B, T, K, K) maps -> (B, T, R, width) each block's values, zero-padded to the largest block."""
-    index = block_index(attn.shape[-1], blocks, stride, layout).to(attn.device)  # (R, width)
+    index = device_block_index(attn.shape[-1], blocks, stride, layout, attn.device)  # (R, width)
     flat = torch.cat([attn.flatten(2), attn.new_zeros(*attn.shape[:2], 1)], dim=2)  # (B, T, K*K + 1)
     return flat[:, :, index]  # (B, T, R, width)
 

@@ -16,7 +16,7 @@ import click
 
 from glimpse.choices import DEVICES, RegistryChoice
 from glimpse.train.aggregation import AGGREGATIONS
-from glimpse.train.config import OPTIMIZERS, ConfigError, TrainConfig, parse_model_args
+from glimpse.train.config import AMP, OPTIMIZERS, ConfigError, TrainConfig, parse_model_args
 from glimpse.train.data import parse_bytes
 from glimpse.train.models import MODELS
 from glimpse.train.sampling import POLICIES
@@ -47,11 +47,12 @@ OPTION_HELP: dict[str, tuple[str, int | None]] = {
     "workers": ("DataLoader worker processes (spawned).", 0),
     "cache_dir": ("Keep a decompressed copy of the run's videos here (a local disk), shared between runs.", None),
     "checkpoint_every": ("Also checkpoint every N steps, 0 never.", 0),
+    "amp": ("Mixed precision of the training forward: bf16 autocast, or none (float32).", None),
 }
 
 #: Fields whose choices are a registry's names.
 CHOICES: dict[str, Iterable[str]] = {"optimizer": OPTIMIZERS, "device": DEVICES, "sampling": POLICIES,
-                                     "aggregation": AGGREGATIONS}
+                                     "aggregation": AGGREGATIONS, "amp": AMP}
 
 #: Fields whose default (None) is each model's paper value: the ModelSpec attribute it comes from.
 PAPER_DEFAULTS = {"batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "sampling": "sampling",
