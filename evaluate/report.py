@@ -23,13 +23,17 @@ from glimpse.evaluate.metrics import prediction_metrics, save_metrics
 from glimpse.evaluate.published import published_for
 from glimpse.store import open_store
 from glimpse.train.models import MODELS
-from glimpse.train.predict import load_run, predict_run
+from glimpse.train.predict import load_run, open_run_store, predict_run
 
 EVALUATION_DIR = "evaluation"
 
 
-def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best") -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best",
+                 store: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Predict the ``role`` videos of a run's split with the model's own aggregation; save and return metrics.
+
+    ``store``: where the run's store is now, when it moved (its config hash must be the run's); ``device``: where
+    the model predicts ("auto": the GPU when one is visible).
 
     Writes ``run_dir/evaluation/<role>_metrics.json`` (top-1/5, per-class accuracy and AP, mAP,
     confusion, attention localisation where the store has boxes), the confusion CSV/PNG and, for
@@ -37,13 +41,14 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
     over the re-decoded frames.
     """
     run_dir = Path(run_dir)
-    loaded = load_run(run_dir, which)
-    predictions = list(predict_run(run_dir, role, which, loaded=loaded))
+    loaded = load_run(run_dir, which, device)
+    found = open_run_store(run_dir, loaded.store, loaded.config_hash, store)
+    predictions = list(predict_run(run_dir, role, which, loaded.device, found.path, loaded=loaded))
     if not predictions:
         raise ValueError(f"{run_dir}: no done video has role {role!r} in the run's split")
     metrics = prediction_metrics(predictions, loaded.classes, loaded.multi_label)
-    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=loaded.store)
-    entries = {v.id: v for v in open_store(loaded.store).videos}
+    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=found.path)
+    entries = {v.id: v for v in found.videos}
     attended = [p for p in predictions if p.attention is not None]
     if attended and any(entries[p.id].boxes is not None for p in attended):
         metrics["localization"] = localization_scores(attended, entries, loaded.clip)
@@ -114,6 +119,11 @@ def table_row(model: str, metrics: dict[str, Any], dataset: str = "") -> dict[st
             "uniform_hit": place.get("uniform_hit_rate")}
 
 
+def unfinished_row(model: str, done: int, planned: int | None) -> dict[str, Any]:
+    """The comparison table's row for a run that has not finished: epochs done of planned, and no scores."""
+    return {"model": model, "unfinished": f"unfinished: {done} of {planned or '?'} epochs"}
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -126,6 +136,9 @@ def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
              "| model | top-1 accuracy | mAP | published | attention mass in box (uniform) | pointing game (uniform) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
+        if "unfinished" in r:
+            lines.append(f"| {r['model']} | {r['unfinished']} | - | - | - | - |")
+            continue
         mass = "-" if r["mass"] is None else f"{r['mass']:.3f} ({r['uniform_mass']:.3f})"
         hit = "-" if r["hit"] is None else f"{r['hit']:.3f} ({r['uniform_hit']:.3f})"
         published = r.get("published") or "-"

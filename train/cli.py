@@ -18,13 +18,14 @@ from glimpse.errors import Group
 from glimpse.store.catalog import default_root
 
 
-def find_store(dataset: str, root: str) -> str:
-    """The one store of ``dataset`` under ``root`` (the store catalog), or a clear error naming the candidates."""
+def find_store(dataset: str, root: str, backbone: str | None = None) -> str:
+    """The one store of ``dataset`` (of ``backbone`` when given) under ``root`` (the store catalog), or a clear
+    error naming the candidates."""
     from glimpse.store.catalog import resolve_store
     from glimpse.store.reader import StoreError
 
     try:
-        return resolve_store(root, dataset).path
+        return resolve_store(root, dataset, backbone).path
     except StoreError as err:
         raise click.UsageError(f"--dataset {dataset}: {err}") from None
 
@@ -51,10 +52,12 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
 
 @click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
                                                             "show_default": True})
-@click.option("--store", type=click.Path(), help="The feature store to train from.")
+@click.option("--store", type=click.Path(),
+              help="The feature store to train from; with --resume, where the run's store is now if it moved.")
 @click.option("--dataset", help="Find the store of this dataset under --store-root instead of --store.")
 @click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/",
               help="Where --dataset looks for stores.")
+@click.option("--backbone", help="With --dataset: the store of this backbone (when the dataset has several).")
 @click.option("--model", help="A registered model (python -m glimpse.train models).")
 @click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
@@ -91,8 +94,8 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
 @click.option("--checkpoint-every", type=click.IntRange(min=0), help="Also checkpoint every N steps. [0]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam, blocks, sets, normalize, cache_ram,
-         quiet, **plain) -> None:
+def main(ctx: click.Context, store, dataset, store_root, backbone, model, out, resume, lam, blocks, sets, normalize,
+         cache_ram, quiet, **plain) -> None:
     """Train an attention model from a feature store, or continue a run (--resume)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -107,7 +110,7 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
             changes["cache_ram"] = parse_bytes(cache_ram)
         if quiet:
             changes["progress"] = False
-        result = resume_run(resume, **changes)
+        result = resume_run(resume, store, **changes)
         click.echo(result.summary())
         return
     if not model:
@@ -118,7 +121,7 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
         raise click.UsageError(f"unknown model {model!r}; registered models: {', '.join(MODELS)}")
     if not store and not dataset:
         raise click.UsageError("give --store PATH or --dataset NAME")
-    store = store or find_store(dataset, store_root)
+    store = store or find_store(dataset, store_root, backbone)
     if out is None:
         from glimpse.store import open_store
 
