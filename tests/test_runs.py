@@ -25,6 +25,7 @@ from test_train import FAST, hand_store, same_metrics
 from glimpse.cli import main as glimpse_cli
 from glimpse.evaluate.cli import main as evaluate_cli
 from glimpse.train.cli import main as train_cli
+from glimpse.train.config import TrainConfig, resolve
 from glimpse.train.loop import resume_run, train_model
 from glimpse.train.predict import load_run
 from glimpse.train.run import RunBusyError, RunDir, RunFileError, rng_state, set_rng_state
@@ -187,3 +188,14 @@ def test_the_random_state_covers_only_the_devices_the_run_uses(monkeypatch):
     set_rng_state(two_gpus, "cuda")
     set_rng_state({**state, "cuda": torch.zeros(16, dtype=torch.uint8)}, "cuda")
     assert set_on == [(torch.Size([16]), "cuda")] * 2
+
+
+def test_the_step_floor_starts_at_the_reference_stores_40_training_videos():
+    def resolved(videos: int):
+        return resolve(TrainConfig(store="s", model="softattn", out="o"), [30] * videos)
+
+    few, notes = resolved(8)  # one 30-frame clip each: batches of 1, 8 an epoch
+    assert (few.batch_size, few.epochs) == (1, 30)
+    assert "30 epochs (240 steps), no 2000-step floor: 8 training videos (< 40)" in notes[-1]
+    enough, notes = resolved(40)
+    assert (enough.batch_size, enough.epochs) == (5, 250) and "250 epochs instead of 30" in notes[-1]

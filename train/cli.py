@@ -62,7 +62,7 @@ def training_options(model: str, lam: float | None, blocks: int | None, sets: tu
 @click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--split", help="Official split K of the dataset. [1]")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train. [30, or enough for 2,000 steps]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train. [30; 2,000 steps from 40 videos]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step. [the model's paper, <= 1/8 epoch]")
 @click.option("--lr", type=float, help="Learning rate. [the model's paper]")
 @click.option("--optimizer", type=click.Choice(["adam", "adadelta", "sgd"]), help="[the model's paper]")

@@ -26,9 +26,14 @@ DEVICES = ("auto", "cpu", "cuda")
 
 #: the smallest number of batches an epoch is given when the paper's batch size would leave fewer (small stores)
 MIN_BATCHES = 8
-#: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps (a small store): then more
+#: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps on a store of at least
+#: FLOOR_VIDEOS training videos: then more. tests/test_reference.py calibrates the floor: on its 40 training videos
+#: 2,000 steps (250 epochs) reach an independent trainer's accuracy. A store with fewer training videos has no
+#: floor: its test accuracy rests on too few videos to rank models, and more steps only memorise them, so it
+#: trains DEFAULT_EPOCHS (a comparison table of such a store takes minutes, not hours).
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 2000
+FLOOR_VIDEOS = 40
 #: the share of training videos held out for validation when none is given, unless that holds out fewer than
 #: MIN_VALIDATION videos: early stopping and best-checkpoint choice on a handful of videos follow noise, so a
 #: small store trains on all its training videos and keeps the last epoch
@@ -166,10 +171,14 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Tra
         notes.append(f"--steps {config.steps}: {resolved.epochs} epochs of {batches} batches")
     elif config.epochs is None:
         epochs = DEFAULT_EPOCHS
-        if batches and batches * DEFAULT_EPOCHS < MIN_STEPS:
+        if batches and batches * DEFAULT_EPOCHS < MIN_STEPS and len(n_frames or ()) >= FLOOR_VIDEOS:
             epochs = math.ceil(MIN_STEPS / batches)
             notes.append(f"{epochs} epochs instead of {DEFAULT_EPOCHS}: {batches} batches an epoch would give fewer "
                          f"than {MIN_STEPS} optimizer steps; set --epochs to choose")
+        elif batches and batches * DEFAULT_EPOCHS < MIN_STEPS:
+            notes.append(f"{DEFAULT_EPOCHS} epochs ({batches * DEFAULT_EPOCHS} steps), no {MIN_STEPS}-step floor: "
+                         f"{len(n_frames or ())} training videos (< {FLOOR_VIDEOS}) are too few to rank models on; "
+                         "set --epochs or --steps for more")
         resolved = dataclasses.replace(resolved, epochs=epochs)
     return resolved, notes
 

@@ -4,7 +4,8 @@
                            hash, classes), the data selection and the library versions
     RUN/metrics.csv        one row per epoch (rewritten whole from the checkpoint's history)
     RUN/events.log         started / resumed / best / early stop / failure lines, appended
-    RUN/last.pt, best.pt   checkpoints (written to a temporary file, then renamed)
+    RUN/last.pt, best.pt   checkpoints (written to a temporary file, then renamed; one file, two names when
+                           an epoch is both)
     RUN/last.prev.pt       the checkpoint last.pt held before the newest, kept until the next one is complete:
                            --resume falls back to it when last.pt is damaged
     RUN/run.lock           locked (flock) by the process training the run, for the run's life: a second one
@@ -156,17 +157,23 @@ class RunDir:
             os.close(fd)  # closing drops the lock
 
     def save_checkpoint(self, payload: dict[str, Any], *which: str) -> None:
-        """Write ``payload`` atomically to each ``which``.pt (pickled once, however many files); the last.pt it
-        replaces stays as last.prev.pt until the new one is complete."""
+        """Write ``payload`` atomically to the first ``which``.pt and link the others to it (pickled and written
+        once, however many names); the last.pt it replaces stays as last.prev.pt until the new one is complete."""
+        if "last" in which and self.file("last.pt").is_file():
+            self._link(self.file("last.pt"), self.file("last.prev.pt"))
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        for name in which:
-            if name == "last" and self.file("last.pt").is_file():
-                previous = self.file(".last.prev.pt.link")
-                previous.unlink(missing_ok=True)
-                os.link(self.file("last.pt"), previous)  # a second name for the same bytes, then renamed
-                os.replace(previous, self.file("last.prev.pt"))
-            atomic_write_bytes(self.file(f"{name}.pt"), buffer.getvalue())
+        first, *others = which
+        atomic_write_bytes(self.file(f"{first}.pt"), buffer.getvalue())
+        for name in others:
+            self._link(self.file(f"{first}.pt"), self.file(f"{name}.pt"))
+
+    def _link(self, source: Path, target: Path) -> None:
+        """Give ``source``'s bytes the name ``target`` at once (a hard link, renamed over the old ``target``)."""
+        temporary = target.with_name(f".{target.name}.link{os.getpid()}")
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+        os.replace(temporary, target)
 
     def load_checkpoint(self, which: str = "last", map_location: str = "cpu") -> dict[str, Any]:
         """``which``.pt loaded with weights_only=True: tensors and plain data only, never code.
