@@ -199,3 +199,24 @@ def test_the_step_floor_starts_at_the_reference_stores_40_training_videos():
     assert "30 epochs (240 steps), no 2000-step floor: 8 training videos (< 40)" in notes[-1]
     enough, notes = resolved(40)
     assert (enough.batch_size, enough.epochs) == (5, 250) and "250 epochs instead of 30" in notes[-1]
+
+
+def make_dry_run(*assignments: str) -> str:
+    """The commands ``make -n`` would run (the .venv bootstrap taken as done), on one line each."""
+    out = subprocess.run(["make", "-s", "-n", "-o", ".venv/.installed", *assignments], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    return " ".join(out.replace("\\\n", " ").split())
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_the_makefile_joins_roots_with_or_without_a_slash_and_passes_store_backbone_and_train_args():
+    for root in ("/data", "/data/"):
+        assert "--root /data/ucf11 --lab /lab" in make_dry_run("extract", "DATASET=ucf11", f"DATA_ROOT={root}",
+                                                                "STORE_ROOT=/lab")
+    assert "--run /r/ucf11-softattn" in make_dry_run("evaluate", "RUN_ROOT=/r", "DATASET=ucf11", "MODEL=softattn")
+    assert "--run runs/synthetic-regattn --store /moved" in make_dry_run("evaluate", "STORE=/moved")
+    train = make_dry_run("train", "DATASET=ucf11", "BACKBONE=vgg16", "RUN_ROOT=/r/", "TRAIN_ARGS=--epochs 3")
+    assert "--dataset ucf11 --store-root stores --backbone vgg16 --model regattn --out /r/ucf11-regattn --epochs 3" \
+        in train
+    assert "--backbone" not in make_dry_run("train")  # the default backbone filters nothing
+    assert "table --store /s/x --runs runs --epochs 3" in make_dry_run("table", "STORE=/s/x", "TRAIN_ARGS=--epochs 3")
