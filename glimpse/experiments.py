@@ -45,6 +45,9 @@ DEMO_PER_MODEL = {"convattn": {"lr": 3e-4, "model_args": {"hidden": 32}},
                                    "model_args": {"hidden": 64, "blocks": 2, "penalty": "sqrt_mass", "lam": 0.1}}}
 #: regattn trained again at these lambdas and drawn beside the table's run (Quan et al. Fig. 6).
 DEMO_LAMBDAS = (0.0, 0.1)
+#: The table trains with a store that fits this many bytes held in RAM (``cache_ram``): a small store's models then
+#: start no DataLoader processes, each of which cost about 7 s per model on 2 cores; a larger store is read as usual.
+TABLE_CACHE_RAM = 256 * 2**20
 
 
 def supported_models(store_path: str | Path) -> tuple[list[str], dict[str, str]]:
@@ -80,7 +83,8 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
     Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``. A run that is
     not finished is resumed, or with ``train_missing=False`` shown as unfinished (epochs done of planned), never
     as a normal row; one line names each model before it trains.
-    ``train_options`` go to every model's training, ``per_model[row]`` replaces some of them for one row. A row
+    ``train_options`` go to every model's training (``cache_ram`` TABLE_CACHE_RAM unless given),
+    ``per_model[row]`` replaces some of them for one row. A row
     may be a variant of a registered model under its own name: ``per_model[row]["model"]`` names the model
     (e.g. ``{"regattn_sqrt": {"model": "regattn", "model_args": {"penalty": "sqrt_mass"}}}``).
     """
@@ -92,7 +96,7 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
     for i, row in enumerate(chosen, 1):
         run_dir = Path(run_root) / f"{store.dataset}-{row}"
         run = RunDir(run_dir)
-        options = {**train_options, **per_model.get(row, {})}
+        options = {"cache_ram": TABLE_CACHE_RAM, **train_options, **per_model.get(row, {})}
         model = options.pop("model", row)
         if not run.finished:
             if not train_missing:
