@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from glimpse.files import atomic_write_bytes, atomic_write_text
+from glimpse.files import atomic_link, atomic_write_bytes, atomic_write_text
 from glimpse.train.config import ConfigError
 
 log = logging.getLogger("train")
@@ -160,20 +160,13 @@ class RunDir:
         """Write ``payload`` atomically to the first ``which``.pt and link the others to it (pickled and written
         once, however many names); the last.pt it replaces stays as last.prev.pt until the new one is complete."""
         if "last" in which and self.file("last.pt").is_file():
-            self._link(self.file("last.pt"), self.file("last.prev.pt"))
+            atomic_link(self.file("last.pt"), self.file("last.prev.pt"))
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         first, *others = which
         atomic_write_bytes(self.file(f"{first}.pt"), buffer.getvalue())
         for name in others:
-            self._link(self.file(f"{first}.pt"), self.file(f"{name}.pt"))
-
-    def _link(self, source: Path, target: Path) -> None:
-        """Give ``source``'s bytes the name ``target`` at once (a hard link, renamed over the old ``target``)."""
-        temporary = target.with_name(f".{target.name}.link{os.getpid()}")
-        temporary.unlink(missing_ok=True)
-        os.link(source, temporary)
-        os.replace(temporary, target)
+            atomic_link(self.file(f"{first}.pt"), self.file(f"{name}.pt"))
 
     def load_checkpoint(self, which: str = "last", map_location: str = "cpu") -> dict[str, Any]:
         """``which``.pt loaded with weights_only=True: tensors and plain data only, never code.
