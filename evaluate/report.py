@@ -119,9 +119,9 @@ def table_row(model: str, metrics: dict[str, Any], dataset: str = "") -> dict[st
             "uniform_hit": place.get("uniform_hit_rate")}
 
 
-def unfinished_row(model: str, done: int, planned: int | None) -> dict[str, Any]:
-    """The comparison table's row for a run that has not finished: epochs done of planned, and no scores."""
-    return {"model": model, "unfinished": f"unfinished: {done} of {planned or '?'} epochs"}
+def unfinished_row(model: str, status: str) -> dict[str, Any]:
+    """The comparison table's row for a run that has no scores to show, saying why (``status``)."""
+    return {"model": model, "unfinished": status}
 
 
 def _cell(value: Any) -> str:

@@ -81,8 +81,8 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
     """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
 
     Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``. A run that is
-    not finished is resumed, or with ``train_missing=False`` shown as unfinished (epochs done of planned), never
-    as a normal row; one line names each model before it trains.
+    not finished is resumed, or with ``train_missing=False`` shown as unfinished (epochs done of planned), and a
+    failed one (a non-finite loss) as failed: never as a normal row. One line names each model before it trains.
     ``train_options`` go to every model's training (``cache_ram`` TABLE_CACHE_RAM unless given),
     ``per_model[row]`` replaces some of them for one row. A row
     may be a variant of a registered model under its own name: ``per_model[row]["model"]`` names the model
@@ -98,10 +98,15 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
         run = RunDir(run_dir)
         options = {"cache_ram": TABLE_CACHE_RAM, **train_options, **per_model.get(row, {})}
         model = options.pop("model", row)
+        failed = run.exists and (run.read_json("result.json") or {}).get("stopped")
+        if failed and not run.finished:  # a failure resuming would repeat (a non-finite loss): shown, not retried
+            rows.append(unfinished_row(row, f"failed: {failed} (see {run.file('events.log')})"))
+            continue
         if not run.finished:
             if not train_missing:
                 if run.exists:
-                    rows.append(unfinished_row(row, *run.progress()))
+                    done, planned = run.progress()
+                    rows.append(unfinished_row(row, f"unfinished: {done} of {planned} epochs"))
                 continue
             click.echo(f"table {i}/{len(chosen)}: {'resuming' if run.exists else 'training'} {row} -> {run_dir}")
             ensure_trained(store_path, model, run_dir, **options)

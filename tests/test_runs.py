@@ -220,3 +220,15 @@ def test_the_makefile_joins_roots_with_or_without_a_slash_and_passes_store_backb
         in train
     assert "--backbone" not in make_dry_run("train")  # the default backbone filters nothing
     assert "table --store /s/x --runs runs --epochs 3" in make_dry_run("table", "STORE=/s/x", "TRAIN_ARGS=--epochs 3")
+
+
+def test_a_failed_run_is_shown_as_failed_and_not_trained_again(store, tmp_path):
+    run = RunDir(tmp_path / "hand-avgpool_lstm")
+    train_model(store, "avgpool_lstm", run.path, **{**SMALL, "epochs": 1})
+    run.write_json("result.json", {"stopped": "nonfinite_loss", "error": "loss is nan at step 3"})  # as the loop does
+    before = run.file("last.pt").stat().st_mtime_ns
+    table = CliRunner().invoke(glimpse_cli, ["table", "--store", str(store), "--runs", str(tmp_path), "--models",
+                                             "avgpool_lstm"])
+    assert table.exit_code == 0, table.output
+    assert f"| avgpool_lstm | failed: nonfinite_loss (see {run.file('events.log')}) | - |" in table.output
+    assert run.file("last.pt").stat().st_mtime_ns == before
