@@ -29,7 +29,7 @@ EVALUATION_DIR = "evaluation"
 
 
 def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best",
-                 store: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+                 store: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
     """Predict the ``role`` videos of a run's split with the model's own aggregation; save and return metrics.
 
     ``store``: where the run's store is now, when it moved (its config hash must be the run's); ``device``: where
