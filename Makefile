@@ -2,14 +2,21 @@
 PYTHON      ?= python3
 VENV        := .venv
 PY          := $(VENV)/bin/python
-DATA_ROOT   ?= data/
-STORE_ROOT  ?= stores/
-RUN_ROOT    ?= runs/
+# The roots may end in a slash or not: $(call under,ROOT,NAME) is ROOT/NAME either way.
+under        = $(patsubst %/,%,$(1))/$(2)
+DATA_ROOT   ?= data
+STORE_ROOT  ?= stores
+RUN_ROOT    ?= runs
 DATASET     ?= synthetic
 MODEL       ?= regattn
 BACKBONE    ?= googlenet
 WEIGHTS     ?= imagenet
-RUN         ?= $(RUN_ROOT)$(DATASET)-$(MODEL)
+RUN         ?= $(call under,$(RUN_ROOT),$(DATASET)-$(MODEL))
+# STORE= names the store for train, table and evaluate; without it train and table take the one store of
+# DATASET under STORE_ROOT, of BACKBONE when BACKBONE is given (make ... BACKBONE=, or the environment).
+STORE       ?=
+FIND_STORE   = $(if $(STORE),--store $(STORE),--dataset $(DATASET) --store-root $(STORE_ROOT) \
+               $(if $(filter command line environment,$(origin BACKBONE)),--backbone $(BACKBONE)))
 DEMO_DIR    ?= demo/
 PYTEST_ARGS ?=
 EXTRACT_ARGS ?=
@@ -21,9 +28,10 @@ help:
 	@echo "make demo                         synthetic dataset -> store -> models -> comparison table"
 	@echo "make test                         the whole test suite (make test-fast: every module, a few minutes)"
 	@echo "make extract DATASET=ucf11        DATA_ROOT/ucf11 -> STORE_ROOT/ucf11 (BACKBONE=, WEIGHTS=)"
-	@echo "make train MODEL=regattn [DATASET=ucf11]"
-	@echo "make evaluate RUN=runs/ucf11-regattn"
-	@echo "make table DATASET=ucf11              every registered model on the dataset's store, one table"
+	@echo "make install                      .venv with glimpse and its tools (every target does it first)"
+	@echo "make train MODEL=regattn [DATASET=ucf11] [STORE=path | BACKBONE=] [TRAIN_ARGS=...]"
+	@echo "make evaluate [DATASET=ucf11 MODEL=regattn | RUN=runs/ucf11-regattn] [STORE=moved store]"
+	@echo "make table DATASET=ucf11 [STORE= | BACKBONE=] [TRAIN_ARGS='--epochs 5']   every model, one table"
 	@echo "make bench                        benchmarks under bench/ -> docs/benchmarks.md"
 
 # The stamp is rebuilt when pyproject.toml changes. torch/torchvision are left unpinned so pip
@@ -41,19 +49,19 @@ install: $(VENV)/.installed
 
 # The store lands under STORE_ROOT/<dataset>/<backbone>-<config hash>: the same features are extracted once.
 extract: install
-	$(PY) -m glimpse.extract --dataset $(DATASET) --root $(DATA_ROOT)$(DATASET) --lab $(STORE_ROOT) \
+	$(PY) -m glimpse.extract --dataset $(DATASET) --root $(call under,$(DATA_ROOT),$(DATASET)) --lab $(STORE_ROOT) \
 		--backbone $(BACKBONE) --weights $(WEIGHTS) $(EXTRACT_ARGS)
 
-# train and table find the dataset's store in the STORE_ROOT catalog; table and demo train, then evaluate
-# (glimpse/experiments.py, above both stages).
+# train and table find the dataset's store in the STORE_ROOT catalog (or take STORE=); table and demo train, then
+# evaluate (glimpse/experiments.py, above both stages). TRAIN_ARGS go to train and to table (--epochs, --set).
 train: install
-	$(PY) -m glimpse.train --dataset $(DATASET) --store-root $(STORE_ROOT) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
+	$(PY) -m glimpse.train $(FIND_STORE) --model $(MODEL) --out $(RUN) $(TRAIN_ARGS)
 
 evaluate: install
-	$(PY) -m glimpse.evaluate --run $(RUN)
+	$(PY) -m glimpse.evaluate --run $(RUN) $(if $(STORE),--store $(STORE))
 
 table: install
-	$(PY) -m glimpse table --dataset $(DATASET) --store-root $(STORE_ROOT) --runs $(RUN_ROOT)
+	$(PY) -m glimpse table $(FIND_STORE) --runs $(RUN_ROOT) $(TRAIN_ARGS)
 
 demo: install
 	$(PY) -m glimpse demo --out $(DEMO_DIR)

@@ -20,8 +20,12 @@ from glimpse.errors import Group
 @click.option("--split", "role", default="test", show_default=True, help="Which videos of the run's split.")
 @click.option("--figures", default=4, show_default=True, help="Videos to draw attention strips and GIFs for.")
 @click.option("--checkpoint", "which", default="best", show_default=True, type=click.Choice(["best", "last"]))
+@click.option("--store", default=None, help="Where the run's store is now, when it moved. [the one the run recorded]")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the model predicts (auto: the GPU when one is visible).")
 @click.pass_context
-def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which: str) -> None:
+def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which: str, store: str | None,
+         device: str) -> None:
     """Evaluate a trained run (metrics, confusion, attention localisation, attention figures)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -31,7 +35,7 @@ def main(ctx: click.Context, run_dir: str | None, role: str, figures: int, which
     from glimpse.train.config import ConfigError
 
     try:
-        metrics = evaluate_run(run_dir, role, figures, which)
+        metrics = evaluate_run(run_dir, role, figures, which, store, device)
     except (ConfigError, FileNotFoundError, ValueError) as exc:  # a broken or hostile run dir, names the file
         raise click.ClickException(str(exc)) from exc
     line = f"{metrics['model']} on {metrics['videos']} {role} videos: top-1 {metrics['top1']:.3f}, " \

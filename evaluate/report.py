@@ -23,13 +23,17 @@ from glimpse.evaluate.metrics import frame_accuracy, prediction_metrics, save_me
 from glimpse.evaluate.published import published_for
 from glimpse.store import open_store
 from glimpse.train.models import MODELS
-from glimpse.train.predict import load_run, predict_run
+from glimpse.train.predict import load_run, open_run_store, predict_run
 
 EVALUATION_DIR = "evaluation"
 
 
-def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best") -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, which: str = "best",
+                 store: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
     """Predict the ``role`` videos of a run's split with the model's own aggregation; save and return metrics.
+
+    ``store``: where the run's store is now, when it moved (its config hash must be the run's); ``device``: where
+    the model predicts ("auto": the GPU when one is visible).
 
     Writes ``run_dir/evaluation/<role>_metrics.json`` (top-1/5, frame-level top-1 ``frame_top1`` (each step's own
     prediction), the store's backbone, per-class accuracy and AP, mAP,
@@ -38,16 +42,16 @@ def evaluate_run(run_dir: str | Path, role: str = "test", figures: int = 4, whic
     over the re-decoded frames.
     """
     run_dir = Path(run_dir)
-    loaded = load_run(run_dir, which)
-    predictions = list(predict_run(run_dir, role, which, loaded=loaded))
+    loaded = load_run(run_dir, which, device)
+    found = open_run_store(run_dir, loaded.store, loaded.config_hash, store)
+    predictions = list(predict_run(run_dir, role, which, loaded.device, found.path, loaded=loaded))
     if not predictions:
         raise ValueError(f"{run_dir}: no done video has role {role!r} in the run's split")
     metrics = prediction_metrics(predictions, loaded.classes, loaded.multi_label)
-    store = open_store(loaded.store)
-    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=loaded.store,
+    metrics.update(run=str(run_dir), model=loaded.name, role=role, checkpoint=which, store=found.path,
                    frame_top1=frame_accuracy(predictions, loaded.multi_label),
-                   backbone=store.streams[loaded.streams[0]].get("backbone"))
-    entries = {v.id: v for v in store.videos}
+                   backbone=found.streams[loaded.streams[0]].get("backbone"))
+    entries = {v.id: v for v in found.videos}
     attended = [p for p in predictions if p.attention is not None]
     if attended and any(entries[p.id].boxes is not None for p in attended):
         metrics["localization"] = localization_scores(attended, entries, loaded.clip)
@@ -123,6 +127,11 @@ def table_row(model: str, metrics: dict[str, Any], dataset: str = "") -> dict[st
             "uniform_hit": place.get("uniform_hit_rate")}
 
 
+def unfinished_row(model: str, status: str) -> dict[str, Any]:
+    """The comparison table's row for a run that has no scores to show, saying why (``status``)."""
+    return {"model": model, "unfinished": status}
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -136,6 +145,9 @@ def format_table(rows: Sequence[dict[str, Any]], title: str) -> str:
              "pointing game (uniform) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "unfinished" in r:
+            lines.append(f"| {r['model']} | {r['unfinished']} | - | - | - | - |")
+            continue
         mass = "-" if r["mass"] is None else f"{r['mass']:.3f} ({r['uniform_mass']:.3f})"
         hit = "-" if r["hit"] is None else f"{r['hit']:.3f} ({r['uniform_hit']:.3f})"
         published = r.get("published") or "-"

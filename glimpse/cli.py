@@ -58,6 +58,7 @@ STORE_OPTIONS = [
     click.option("--store", default=None, help="The feature store."),
     click.option("--dataset", default=None, help="Pick the store of this dataset under --store-root."),
     click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/"),
+    click.option("--backbone", default=None, help="With --dataset: the store of this backbone (of several)."),
     click.option("--epochs", default=None, type=int, help="Epochs for runs trained here. [the training default]"),
     click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
                  help="A model setting for runs trained here, as in train (e.g. --set hidden=64)."),
@@ -71,15 +72,16 @@ def store_options(command):
     return command
 
 
-def _store_path(store: str | None, dataset: str | None, store_root: str) -> str:
-    """--store as given, or the one store of --dataset under --store-root (a clear error when several match)."""
+def _store_path(store: str | None, dataset: str | None, store_root: str, backbone: str | None) -> str:
+    """--store as given, or the one store of --dataset (and --backbone) under --store-root (a clear error when
+    several match)."""
     from glimpse.train.cli import find_store
 
     if store:
         return store
     if not dataset:
         raise click.UsageError("give --store PATH or --dataset NAME")
-    return find_store(dataset, store_root)
+    return find_store(dataset, store_root, backbone)
 
 
 def _model_settings(models: list[str], assignments: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -110,15 +112,18 @@ def _model_settings(models: list[str], assignments: tuple[str, ...]) -> dict[str
 @click.option("--runs", "run_root", default="runs/", show_default=True, help="Where runs are found or trained.")
 @click.option("--models", default=None, help="Comma-separated models. [every registered model the store feeds]")
 @click.option("--no-train", is_flag=True, help="Only collect existing runs; train none.")
-def table(store: str | None, dataset: str | None, store_root: str, epochs: int | None, assignments: tuple[str, ...],
-          run_root: str, models: str | None, no_train: bool) -> None:
-    """Collect (or train) every registered model on one store and write the comparison table."""
+def table(store: str | None, dataset: str | None, store_root: str, backbone: str | None, epochs: int | None,
+          assignments: tuple[str, ...], run_root: str, models: str | None, no_train: bool) -> None:
+    """Collect (or train) every registered model on one store and write the comparison table.
+
+    A run cut short is resumed (shown as unfinished with --no-train); existing runs are evaluated on this
+    store, so --store points them at a store that moved (its config hash must be theirs)."""
     from glimpse.experiments import comparison_table
     from glimpse.train.models import MODELS
 
     chosen = [m.strip() for m in models.split(",")] if models else None
     per_model = _model_settings(chosen or list(MODELS), assignments)
-    path = _store_path(store, dataset, store_root)
+    path = _store_path(store, dataset, store_root, backbone)
     click.echo(comparison_table(path, run_root, chosen, train_missing=not no_train, per_model=per_model,
                                 **({} if epochs is None else {"epochs": epochs})))
 
@@ -127,7 +132,7 @@ def table(store: str | None, dataset: str | None, store_root: str, epochs: int |
 @store_options
 @click.option("--model", required=True, help="A registered model.")
 @click.option("--out", default=None, help="Where the fold runs go. [runs/protocol-<dataset>-<model>]")
-def protocol(store: str | None, dataset: str | None, store_root: str, epochs: int | None,
+def protocol(store: str | None, dataset: str | None, store_root: str, backbone: str | None, epochs: int | None,
              assignments: tuple[str, ...], model: str, out: str | None) -> None:
     """Train and evaluate MODEL on every fold of the dataset's protocol; report mean and std."""
     from glimpse.experiments import protocol_text, run_protocol
@@ -136,7 +141,7 @@ def protocol(store: str | None, dataset: str | None, store_root: str, epochs: in
     settings = _model_settings([model], assignments)[model]
     if epochs is not None:
         settings["epochs"] = epochs
-    path = _store_path(store, dataset, store_root)
+    path = _store_path(store, dataset, store_root, backbone)
     out = out or os.path.join("runs", f"protocol-{open_store(path).dataset}-{model}")
     click.echo(protocol_text(run_protocol(path, model, out, **settings)))
 

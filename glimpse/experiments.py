@@ -18,7 +18,7 @@ import numpy as np
 
 from glimpse.evaluate.metrics import save_json
 from glimpse.evaluate.published import published_for
-from glimpse.evaluate.report import compare_runs, evaluate_run, format_table, table_row
+from glimpse.evaluate.report import compare_runs, evaluate_run, format_table, table_row, unfinished_row
 from glimpse.extract.api import FeatureRequest, RunOptions, extract_dataset
 from glimpse.extract.synth import SynthConfig, make_synthetic
 from glimpse.files import atomic_write_text
@@ -46,6 +46,9 @@ DEMO_PER_MODEL = {"convattn": {"lr": 3e-4, "model_args": {"hidden": 32}},
                                    "model_args": {"hidden": 64, "blocks": 2, "penalty": "sqrt_mass", "lam": 0.1}}}
 #: regattn trained again at these lambdas and drawn beside the table's run (Quan et al. Fig. 6).
 DEMO_LAMBDAS = (0.0, 0.1)
+#: The table trains with a store that fits this many bytes held in RAM (``cache_ram``): a small store's models then
+#: start no DataLoader processes, each of which cost about 7 s per model on 2 cores; a larger store is read as usual.
+TABLE_CACHE_RAM = 256 * 2**20
 
 
 def supported_models(store_path: str | Path) -> tuple[list[str], dict[str, str]]:
@@ -61,21 +64,16 @@ def supported_models(store_path: str | Path) -> tuple[list[str], dict[str, str]]
     return usable, skipped
 
 
-def ensure_trained(store_path: str | Path, model: str, run_dir: Path, **train_options: Any) -> bool:
-    """Train ``model`` into ``run_dir`` unless a run there has a best checkpoint (resume one that was cut short).
-
-    Returns False when no run exists and ``train_options`` says ``train=False``.
-    """
+def ensure_trained(store_path: str | Path, model: str, run_dir: Path, **train_options: Any) -> None:
+    """Leave a finished run of ``model`` in ``run_dir``: train it, or resume it on ``store_path`` when it was cut
+    short (a run without a result.json that says it completed or stopped early is not finished)."""
     run = RunDir(run_dir)
-    if run.file("best.pt").is_file():
-        return True
-    if not train_options.pop("train", True):
-        return False
+    if run.finished:
+        return
     if run.exists:
-        resume_run(run_dir)
+        resume_run(run_dir, store=store_path)
     else:
         train_model(store_path, model, run_dir, **train_options)
-    return True
 
 
 def comparison_table(store_path: str | Path, run_root: str | Path, models: Sequence[str] | None = None,
@@ -83,8 +81,11 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
                      per_model: Mapping[str, Mapping[str, Any]] | None = None, **train_options: Any) -> str:
     """Evaluate (training first where no finished run exists) every model on one store; write and return the table.
 
-    Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``.
-    ``train_options`` go to every model's training, ``per_model[row]`` replaces some of them for one row. A row
+    Runs live in ``run_root/<dataset>-<row>``; the table goes to ``run_root/table-<dataset>.md``. A run that is
+    not finished is resumed, or with ``train_missing=False`` shown as unfinished (epochs done of planned), and a
+    failed one (a non-finite loss) as failed: never as a normal row. One line names each model before it trains.
+    ``train_options`` go to every model's training (``cache_ram`` TABLE_CACHE_RAM unless given),
+    ``per_model[row]`` replaces some of them for one row. A row
     may be a variant of a registered model under its own name: ``per_model[row]["model"]`` names the model
     (e.g. ``{"regattn_sqrt": {"model": "regattn", "model_args": {"penalty": "sqrt_mass"}}}``).
     """
@@ -93,13 +94,25 @@ def comparison_table(store_path: str | Path, run_root: str | Path, models: Seque
     per_model = per_model or {}
     chosen = [m for m in (models or usable) if per_model.get(m, {}).get("model", m) in usable]
     rows = []
-    for row in chosen:
+    for i, row in enumerate(chosen, 1):
         run_dir = Path(run_root) / f"{store.dataset}-{row}"
-        options = {**train_options, **per_model.get(row, {})}
+        run = RunDir(run_dir)
+        options = {"cache_ram": TABLE_CACHE_RAM, **train_options, **per_model.get(row, {})}
         model = options.pop("model", row)
-        if not ensure_trained(store_path, model, run_dir, train=train_missing, **options):
+        failed = run.exists and (run.read_json("result.json") or {}).get("stopped")
+        if failed and not run.finished:  # a failure resuming would repeat (a non-finite loss): shown, not retried
+            rows.append(unfinished_row(row, f"failed: {failed} (see {run.file('events.log')})"))
             continue
-        rows.append({**table_row(model, evaluate_run(run_dir, figures=figures), store.dataset), "model": row})
+        if not run.finished:
+            if not train_missing:
+                if run.exists:
+                    done, planned = run.progress()
+                    rows.append(unfinished_row(row, f"unfinished: {done} of {planned} epochs"))
+                continue
+            click.echo(f"table {i}/{len(chosen)}: {'resuming' if run.exists else 'training'} {row} -> {run_dir}")
+            ensure_trained(store_path, model, run_dir, **options)
+        metrics = evaluate_run(run_dir, figures=figures, store=store_path)
+        rows.append({**table_row(model, metrics, store.dataset), "model": row})
     notes = "".join(f"\n- {name}: not run, {why}" for name, why in skipped.items() if not models or name in models)
     text = format_table(rows, f"{store.dataset}: test split, store {Path(store_path).name}") + notes + "\n"
     out = Path(run_root) / f"table-{store.dataset}.md"
@@ -119,7 +132,7 @@ def run_protocol(store_path: str | Path, model: str, out: str | Path, **train_op
     for fold in folds:
         run_dir = Path(out) / f"split{fold}"
         ensure_trained(store_path, model, run_dir, split=fold, **train_options)
-        metrics = evaluate_run(run_dir, figures=0)
+        metrics = evaluate_run(run_dir, figures=0, store=store_path)
         per_fold[fold] = {"top1": metrics["top1"], "map": metrics.get("map")}
     top1 = np.array([m["top1"] for m in per_fold.values()], dtype=np.float64)
     result = {"dataset": store.dataset, "model": model, "folds": per_fold, "mean_top1": float(top1.mean()),

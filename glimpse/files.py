@@ -3,7 +3,8 @@ the fingerprint of a source file, which survives copying the file to another dis
 
 The bytes go to a temporary file beside the target, are flushed and fsynced, then renamed over the target
 (``os.replace`` is atomic on POSIX and Windows), and the folder is fsynced so that the rename survives a power
-loss. Run directories, evaluation results and tables all go through here.
+loss. Run directories, evaluation results and tables all go through here; :func:`atomic_link` gives a complete
+file a second name the same way (a checkpoint that is both last.pt and best.pt, last.pt kept as last.prev.pt).
 """
 
 from __future__ import annotations
@@ -34,12 +35,33 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _sync_folder(path.parent)
+
+
+def atomic_link(source: str | Path, target: str | Path) -> Path:
+    """Give the complete file ``source`` the second name ``target`` at once: a hard link under a temporary name,
+    renamed over ``target``, so a reader of ``target`` sees its old bytes or ``source``'s, never half a file."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.link{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _sync_folder(target.parent)
+    return target
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; elsewhere a no-op)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(folder)
+            os.fsync(fd)
         finally:
-            os.close(folder)
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -22,13 +22,14 @@ from glimpse.train.models import MODELS
 from glimpse.train.options import config_options, config_values, model_settings
 
 
-def find_store(dataset: str, root: str) -> str:
-    """The one store of ``dataset`` under ``root`` (the store catalog), or a clear error naming the candidates."""
+def find_store(dataset: str, root: str, backbone: str | None = None) -> str:
+    """The one store of ``dataset`` (of ``backbone`` when given) under ``root`` (the store catalog), or a clear
+    error naming the candidates."""
     from glimpse.store.catalog import resolve_store
     from glimpse.store.reader import StoreError
 
     try:
-        return resolve_store(root, dataset).path
+        return resolve_store(root, dataset, backbone).path
     except StoreError as err:
         raise click.UsageError(f"--dataset {dataset}: {err}") from None
 
@@ -51,10 +52,12 @@ def model_settings_or_usage(model: str, sets: tuple[str, ...], lam: float | None
 
 @click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"],
                                                             "show_default": True})
-@click.option("--store", type=click.Path(), help="The feature store to train from.")
+@click.option("--store", type=click.Path(),
+              help="The feature store to train from; with --resume, where the run's store is now if it moved.")
 @click.option("--dataset", help="Find the store of this dataset under --store-root instead of --store.")
 @click.option("--store-root", default=default_root, show_default="$STORE_ROOT or stores/",
               help="Where --dataset looks for stores.")
+@click.option("--backbone", help="With --dataset: the store of this backbone (when the dataset has several).")
 @click.option("--model", type=RegistryChoice(MODELS), help="A registered model (python -m glimpse.train models).")
 @click.option("--out", type=click.Path(), help="The new run directory. [runs/<dataset>-<model>]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
@@ -66,8 +69,8 @@ def model_settings_or_usage(model: str, sets: tuple[str, ...], lam: float | None
 @click.option("--cache-ram", help="Hold the store in RAM if it fits this budget, e.g. 8GB.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam, blocks, sets, normalize, cache_ram,
-         quiet, **plain) -> None:
+def main(ctx: click.Context, store, dataset, store_root, backbone, model, out, resume, lam, blocks, sets, normalize,
+         cache_ram, quiet, **plain) -> None:
     """Train an attention model from a feature store, or continue a run (--resume)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -75,14 +78,14 @@ def main(ctx: click.Context, store, dataset, store_root, model, out, resume, lam
     from glimpse.train.loop import resume_run, train_model
 
     if resume:
-        result = resume_run(resume, **config_values(plain, cache_ram, quiet))
+        result = resume_run(resume, store, **config_values(plain, cache_ram, quiet))
         click.echo(result.summary())
         return
     if not model:
         raise click.UsageError("--model is required (or --resume RUN_DIR); python -m glimpse.train models lists them")
     if not store and not dataset:
         raise click.UsageError("give --store PATH or --dataset NAME")
-    store = store or find_store(dataset, store_root)
+    store = store or find_store(dataset, store_root, backbone)
     if out is None:
         from glimpse.store import open_store
 

@@ -27,9 +27,14 @@ OPTIMIZERS = {"adam": 1e-4, "adadelta": 1.0, "sgd": 1e-2}
 
 #: the smallest number of batches an epoch is given when the paper's batch size would leave fewer (small stores)
 MIN_BATCHES = 8
-#: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps (a small store): then more
+#: epochs when none are given, unless that leaves fewer than MIN_STEPS optimizer steps on a store of at least
+#: FLOOR_VIDEOS training videos: then more. tests/test_reference.py calibrates the floor: on its 40 training videos
+#: 2,000 steps (250 epochs) reach an independent trainer's accuracy. A store with fewer training videos has no
+#: floor: its test accuracy rests on too few videos to rank models, and more steps only memorise them, so it
+#: trains DEFAULT_EPOCHS (a comparison table of such a store takes minutes, not hours).
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 2000
+FLOOR_VIDEOS = 40
 #: epochs without a better validation score that stop a run, unless the model's recipe says otherwise
 DEFAULT_PATIENCE = 5
 DEFAULT_MOMENTUM = 0.9
@@ -215,9 +220,14 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
         given = f"--steps {steps}" if config.steps else f"the model's budget of {steps} steps"
         notes.append(f"{given}: {values['epochs']} epochs of {batches} batches")
     elif config.epochs is None and batches and batches * default_epochs < MIN_STEPS:
-        values["epochs"] = math.ceil(MIN_STEPS / batches)
-        notes.append(f"{values['epochs']} epochs instead of {default_epochs}: {batches} batches an epoch would give "
-                     f"fewer than {MIN_STEPS} optimizer steps; set --epochs to choose")
+        if len(n_frames or ()) >= FLOOR_VIDEOS:
+            values["epochs"] = math.ceil(MIN_STEPS / batches)
+            notes.append(f"{values['epochs']} epochs instead of {default_epochs}: {batches} batches an epoch would "
+                         f"give fewer than {MIN_STEPS} optimizer steps; set --epochs to choose")
+        else:
+            notes.append(f"{default_epochs} epochs ({batches * default_epochs} steps), no {MIN_STEPS}-step floor: "
+                         f"{len(n_frames or ())} training videos (< {FLOOR_VIDEOS}) are too few to rank models on; "
+                         "set --epochs or --steps for more")
     given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     return ResolvedConfig(**{**given, **values}), notes
 

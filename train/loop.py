@@ -31,7 +31,7 @@ from glimpse.errors import GlimpseError
 from glimpse.train.config import RESUMABLE, ConfigError, ResolvedConfig, TrainConfig
 from glimpse.train.data import model_inputs
 from glimpse.train.losses import clip_loss, model_loss
-from glimpse.train.predict import predict_videos, score
+from glimpse.train.predict import open_run_store, predict_videos, score
 from glimpse.train.run import (
     RunDir,
     RunFileError,
@@ -40,6 +40,7 @@ from glimpse.train.run import (
     pack_history,
     rng_state,
     set_rng_state,
+    store_location,
     unpack_history,
 )
 from glimpse.train.setup import Setup, prepare
@@ -55,6 +56,10 @@ log = logging.getLogger("train")
 
 class NonFiniteLossError(GlimpseError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class RunInterrupted(GlimpseError):
+    """Training was interrupted (Ctrl-C); the message says how to continue."""
 
 
 @dataclass
@@ -120,16 +125,19 @@ class RunResult:
 
 def train_model(store: str | Path, model: str, out: str | Path, **options: Any) -> RunResult:
     """Train ``model`` on ``store`` into the new run directory ``out``; ``options`` are TrainConfig fields."""
-    return run_training(TrainConfig(store=str(store), model=model, out=str(out), **options))
+    return run_training(TrainConfig(store=store_location(store), model=model, out=str(out), **options))
 
 
-def resume_run(run_dir: str | Path, **changes: Any) -> RunResult:
+def resume_run(run_dir: str | Path, store: str | Path | None = None, **changes: Any) -> RunResult:
     """Continue the run in ``run_dir`` from its last checkpoint (a finished run just reports its result).
 
-    ``changes`` may set only fields in :data:`train.config.RESUMABLE` (e.g. more ``epochs``, another device).
+    ``store``: where the run's store is now, when it moved (its config hash must be the run's; config.json then
+    records the new place). ``changes`` may set only fields in :data:`train.config.RESUMABLE` (e.g. more
+    ``epochs``, another device).
     """
     run = RunDir(run_dir)
-    saved = run.config()["train"]
+    recorded = run.config()
+    saved = recorded["train"]
     bad = sorted(set(changes) - set(RESUMABLE))
     if bad:
         raise ConfigError(f"--resume keeps what the run learns; only {', '.join(RESUMABLE)} may change, not "
@@ -142,6 +150,12 @@ def resume_run(run_dir: str | Path, **changes: Any) -> RunResult:
         config = TrainConfig(**{**saved, "out": str(run_dir)})
     except (TypeError, ValueError) as err:  # a field missing, or a value of the wrong kind
         raise RunFileError(f"{run.file('config.json')}: its training config is not valid ({err})") from None
+    found = open_run_store(run.path, recorded["store"]["path"], recorded["store"]["config_hash"], store)
+    if found.path != recorded["store"]["path"]:
+        run.write_json("config.json", {**recorded, "train": {**saved, "store": found.path},
+                                       "store": {**recorded["store"], "path": found.path}})
+        run.event(f"store moved: {recorded['store']['path']} -> {found.path} (same config hash)")
+        config = dataclasses.replace(config, store=found.path)
     return run_training(dataclasses.replace(config, **changes), resume=True)
 
 
@@ -231,29 +245,34 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
     """Train (or resume) the run ``config`` describes; see the module docstring."""
     run = RunDir(config.out)
     ckpt = None
-    if resume:
-        saved = run.config()
-        ckpt = run.load_checkpoint("last") if run.file("last.pt").is_file() else None
-    setup = prepare(config, ckpt["normalization"] if ckpt else None)
-    config = setup.config
-    if resume:
-        if saved["store"]["config_hash"] != setup.store.config_hash:
-            raise ConfigError(f"{config.store}: the store's config hash is {setup.store.config_hash}, the run "
-                              f"{run.path} was trained on {saved['store']['config_hash']}: not the same features")
-        run.event("resumed " + (f"at epoch {ckpt['epoch'] + 1} batch {ckpt['batch']} (step {ckpt['step']})"
-                                if ckpt else "from the start (no checkpoint yet)"))
-    else:
-        run.create({"train": config.to_dict(), **setup.describe()})
-        run.event(f"started {config.model} on {config.store} split {config.split}: "
-                  f"{len(setup.selection.train)} train / {len(setup.selection.val)} val / "
-                  f"{len(setup.selection.test)} test videos")
-        for note in setup.notes:
-            run.event(f"note: {note}")
-    state = restore(setup, ckpt)
-    if state.stopped is None or state.epoch < config.epochs and state.stopped == "completed":
-        state.stopped = None
-        fit(setup, run, state)
-    return finish(setup, run, state)
+    with contextlib.ExitStack() as held:  # the run's lock, from the start (or the resume) to the end
+        if resume:
+            run.config()
+            held.enter_context(run.lock())
+            ckpt = run.resume_checkpoint()
+        setup = prepare(config, ckpt["normalization"] if ckpt else None)
+        config = setup.config
+        if resume:
+            run.event("resumed " + (f"at epoch {ckpt['epoch'] + 1} batch {ckpt['batch']} (step {ckpt['step']})"
+                                    if ckpt else "from the start (no checkpoint yet)"))
+        else:
+            run.create({"train": config.to_dict(), **setup.describe()})
+            held.enter_context(run.lock())
+            run.event(f"started {config.model} on {config.store} split {config.split}: "
+                      f"{len(setup.selection.train)} train / {len(setup.selection.val)} val / "
+                      f"{len(setup.selection.test)} test videos")
+            for note in setup.notes:
+                run.event(f"note: {note}")
+        state = restore(setup, ckpt)
+        try:
+            if state.stopped is None or state.epoch < config.epochs and state.stopped == "completed":
+                state.stopped = None
+                fit(setup, run, state)
+        except KeyboardInterrupt:
+            run.event(f"interrupted in epoch {state.epoch + 1}")
+            raise RunInterrupted(f"{run.path}: interrupted in epoch {state.epoch + 1} of {config.epochs}; "
+                                 f"continue with: python -m glimpse.train --resume {run.path}") from None
+        return finish(setup, run, state)
 
 
 def restore(setup: Setup, ckpt: dict | None) -> LoopState:
@@ -299,7 +318,7 @@ def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
         while state.epoch < config.epochs:
             epoch = state.epoch
             if state.batch:  # resumed inside the epoch
-                set_rng_state(state.rng)
+                set_rng_state(state.rng, setup.device)
                 sums = dataclasses.replace(state.partial or EpochSums())
             else:
                 torch.manual_seed(epoch_seed(config.seed, epoch))
@@ -344,8 +363,8 @@ def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
                 every = config.checkpoint_every
                 if every and state.step % every == 0 and state.batch < batches:  # inside the epoch
                     pending = settle(setup, run, state, sums, pending)
-                    save(setup, run, dataclasses.replace(state, partial=dataclasses.replace(sums), rng=rng_state()),
-                         "last")
+                    save(setup, run, dataclasses.replace(state, partial=dataclasses.replace(sums),
+                                                         rng=rng_state(setup.device)), "last")
             settle(setup, run, state, sums, pending)
             bar.close()
             end_epoch(setup, run, state, sums, tensorboard)

@@ -25,7 +25,7 @@ from glimpse.train.sampling import POLICIES
 #: (store, model, out; model_args is --set; cache_ram is --cache-ram, progress is --quiet).
 OPTION_HELP: dict[str, tuple[str, int | None]] = {
     "split": ("Official split K of the dataset.", None),
-    "epochs": ("Epochs to train. [30, or enough for 2,000 steps]", 1),
+    "epochs": ("Epochs to train. [the model's, 30 for most; 2,000 steps from 40 training videos]", 1),
     "batch_size": ("Clips per step.", 1),
     "lr": ("Learning rate.", None),
     "optimizer": ("Optimizer.", None),

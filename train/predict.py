@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from glimpse.store import open_store
+from glimpse.store import Store, open_store
 from glimpse.train.aggregation import aggregate
 from glimpse.train.clips import role_videos
+from glimpse.train.config import ConfigError
 from glimpse.train.data import (
     FeatureReader,
     Normalization,
@@ -31,6 +32,7 @@ from glimpse.train.metrics import average_precisions, multi_hot
 from glimpse.train.models import build_model
 from glimpse.train.run import RunDir
 from glimpse.train.sampling import Policy, Windows
+from glimpse.train.setup import pick_device
 
 
 @dataclass
@@ -94,6 +96,7 @@ class LoadedRun:
     model: nn.Module
     name: str
     store: str
+    config_hash: str
     clip: Policy
     aggregation: str
     normalization: Normalization | None
@@ -102,33 +105,53 @@ class LoadedRun:
     streams: tuple[str, ...]
     checkpoint: dict
     split: str
+    device: str
+
+
+def open_run_store(run_dir: str | Path, recorded: str, config_hash: str, store: str | Path | None = None) -> Store:
+    """The store a run reads: ``store`` (where it is now, after a move) or the one the run recorded; refused in one
+    line when its config hash is not the run's (other features), or when the recorded one is gone."""
+    location = str(store) if store is not None else recorded
+    if store is None and "://" not in recorded and not Path(recorded).exists():
+        raise ConfigError(f"{run_dir}: its store {recorded} is not there; if it moved, give --store NEW_PATH")
+    found = open_store(location if "://" in location else str(Path(location).resolve()))
+    if found.config_hash != config_hash:
+        raise ConfigError(f"{found.path}: config hash {found.config_hash}, but the run {run_dir} was trained on "
+                          f"{recorded} of config hash {config_hash}: not the same features")
+    return found
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> LoadedRun:
-    """Rebuild a run's model from its ``which`` checkpoint (weights_only) and its config.json."""
+    """Rebuild a run's model from its ``which`` checkpoint (weights_only) and its config.json, on ``device``
+    ("auto": the GPU when one is visible).
+
+    The checkpoint is read on the CPU (its standardization stays numpy), then the model is moved to ``device``.
+    """
+    device = pick_device(device)
     run = RunDir(run_dir)
     config = run.config()
-    ckpt = run.load_checkpoint(which, map_location=device)
-    model = build_model(ckpt["model"], **ckpt["config"]).to(device)
+    ckpt = run.load_checkpoint(which, map_location="cpu")
+    model = build_model(ckpt["model"], **ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model.to(device).eval()
     train = config["train"]
     sampling = config["data"].get("sampling")  # runs from before clip policies tested on T-frame blocks
     clip = Policy.from_dict(sampling) if sampling else Windows(train["frames"])
-    return LoadedRun(model, ckpt["model"], train["store"], clip,
+    return LoadedRun(model, ckpt["model"], config["store"]["path"], config["store"]["config_hash"], clip,
                      train["aggregation"], Normalization.from_state(ckpt.get("normalization")),
                      config["data"]["multi_label"], tuple(config["store"]["classes"]),
-                     tuple(config["data"]["streams"]), ckpt, train["split"])
+                     tuple(config["data"]["streams"]), ckpt, train["split"], device)
 
 
 def predict_run(run_dir: str | Path, role: str = "test", which: str = "best", device: str = "cpu",
                 store: str | None = None, loaded: LoadedRun | None = None) -> Iterator[VideoPrediction]:
     """Predictions of a trained run on the done videos of its split's ``role`` ("test", "train" or "unused").
 
-    ``loaded``: the run as :func:`load_run` already gave it (on ``device``), so it is not loaded twice.
+    ``loaded``: the run as :func:`load_run` already gave it (on ``device``), so it is not loaded twice; ``store``:
+    where the run's store is now, when it moved (see :func:`open_run_store`).
     """
     loaded = loaded or load_run(run_dir, which, device)
-    s = open_store(store or loaded.store)
+    s = open_run_store(run_dir, loaded.store, loaded.config_hash, store)
     videos = role_videos(s, loaded.split, role)
     unfit = unfit_videos(s, videos, loaded.streams)  # each logged there
     videos = [v for v in videos if v.id not in unfit]

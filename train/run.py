@@ -4,7 +4,12 @@
                            hash, classes), the data selection and the library versions
     RUN/metrics.csv        one row per epoch (rewritten whole from the checkpoint's history)
     RUN/events.log         started / resumed / best / early stop / failure lines, appended
-    RUN/last.pt, best.pt   checkpoints (written to a temporary file, then renamed)
+    RUN/last.pt, best.pt   checkpoints (written to a temporary file, then renamed; one file, two names when
+                           an epoch is both)
+    RUN/last.prev.pt       the checkpoint last.pt held before the newest, kept until the next one is complete:
+                           --resume falls back to it when last.pt is damaged
+    RUN/run.lock           locked (flock) by the process training the run, for the run's life: a second one
+                           is refused; the kernel drops the lock when its holder dies
     RUN/curves.png         loss and accuracy per epoch
     RUN/result.json        the outcome: best epoch, validation and test scores, why it stopped
     RUN/test_predictions.csv   video, true label(s), predicted class, score
@@ -13,19 +18,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
+import logging
 import math
+import os
 import pickle
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from glimpse.files import atomic_write_bytes, atomic_write_text
+from glimpse.files import atomic_link, atomic_write_bytes, atomic_write_text
 from glimpse.train.config import ConfigError
+
+log = logging.getLogger("train")
 
 #: metrics.csv columns; the last three are timings (different in every run, even with the same seed)
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_score", "best",
@@ -46,19 +59,31 @@ class RunFileError(ConfigError):
     glimpse did not write); the message names the file. Nothing in such a file is ever run."""
 
 
-def rng_state() -> dict[str, torch.Tensor]:
-    """The torch CPU (and CUDA) random states as tensors: weights_only-loadable."""
+class RunBusyError(ConfigError):
+    """Another process is training this run (it holds RUN/run.lock)."""
+
+
+def store_location(store: str | Path) -> str:
+    """What a run records of its store: the absolute path (a URL as it is), so it is found from any directory."""
+    text = str(store)
+    return text if "://" in text else str(Path(text).resolve())
+
+
+def rng_state(device: str) -> dict[str, torch.Tensor]:
+    """The torch random states of the devices the run uses, as tensors (weights_only-loadable): the CPU's, and
+    the current CUDA device's for a "cuda" run. A CPU run never initialises CUDA."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    """Restore what :func:`rng_state` returned."""
+def set_rng_state(state: dict[str, torch.Tensor], device: str) -> None:
+    """Restore what :func:`rng_state` returned, for the devices the resumed run uses (however many GPUs show)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+    if "cuda" in state and device.startswith("cuda"):
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda[0] if cuda.dim() == 2 else cuda, device)  # (GPUs, N): an older checkpoint
 
 
 class RunDir:
@@ -112,12 +137,36 @@ class RunDir:
         path = self.file("events.log")
         return [line.split(" ", 2)[2] for line in path.read_text().splitlines()] if path.exists() else []
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold RUN/run.lock (an exclusive flock) for the block: a second process training this run is refused
+        with :class:`RunBusyError`; the kernel drops the lock when the holder exits or is killed."""
+        path = self.file("run.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise RunBusyError(f"{self.path}: being trained by another process (pid {holder}); wait for it to "
+                                   "end, or stop it first") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
+
     def save_checkpoint(self, payload: dict[str, Any], *which: str) -> None:
-        """Write ``payload`` atomically to each ``which``.pt (pickled once, however many files)."""
+        """Write ``payload`` atomically to the first ``which``.pt and link the others to it (pickled and written
+        once, however many names); the last.pt it replaces stays as last.prev.pt until the new one is complete."""
+        if "last" in which and self.file("last.pt").is_file():
+            atomic_link(self.file("last.pt"), self.file("last.prev.pt"))
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        for name in which:
-            atomic_write_bytes(self.file(f"{name}.pt"), buffer.getvalue())
+        first, *others = which
+        atomic_write_bytes(self.file(f"{first}.pt"), buffer.getvalue())
+        for name in others:
+            atomic_link(self.file(f"{first}.pt"), self.file(f"{name}.pt"))
 
     def load_checkpoint(self, which: str = "last", map_location: str = "cpu") -> dict[str, Any]:
         """``which``.pt loaded with weights_only=True: tensors and plain data only, never code.
@@ -131,16 +180,55 @@ class RunDir:
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
-            detail = next((line.strip().split(". Please")[0] for line in str(exc).splitlines()
-                           if "Unpickler error" in line), "")  # without torch's advice to allow the object
-            raise RunFileError(f"{path}: refused: not a checkpoint of tensors and plain data, so it was not loaded "
-                               f"(nothing in it was run){': ' + detail if detail else ''}") from None
-        except (EOFError, RuntimeError, OSError, ValueError) as exc:  # truncated, or no torch file at all
-            raise RunFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            if found:  # torch's weights-only unpickler met an object it will not build
+                raise RunFileError(f"{path}: refused: it holds an object ({found.group(1)}) besides tensors and "
+                                   "plain data, so it was not loaded (nothing in it was run)") from None
+            raise RunFileError(f"{path}: not a readable checkpoint: damaged, or not a torch file") from None
+        except (EOFError, RuntimeError, OSError, ValueError):  # truncated, or no torch file at all
+            raise RunFileError(f"{path}: not a readable checkpoint: damaged (truncated?), or not a torch "
+                               "file") from None
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         if missing:
             raise RunFileError(f"{path}: not a glimpse checkpoint (it lacks {', '.join(missing)})")
         return ckpt
+
+    def resume_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint ``--resume`` continues from: last.pt, or last.prev.pt (said in one line) when last.pt is
+        damaged or gone; None for a run that has none yet. A refused (hostile) last.pt is never passed over;
+        trained epochs with no checkpoint to continue from are an error, not a silent restart."""
+        try:
+            return self.load_checkpoint("last")
+        except (RunFileError, FileNotFoundError) as err:
+            if "refused" in str(err):
+                raise
+            if self.file("last.prev.pt").is_file():
+                ckpt = self.load_checkpoint("last.prev")
+                why = str(err).removeprefix(f"{self.file('last.pt')}: ") if self.file("last.pt").is_file() else \
+                    "missing"
+                message = (f"{self.file('last.pt')}: {why}; continuing from the previous checkpoint "
+                           f"{self.file('last.prev.pt')} (epoch {ckpt['epoch']}, step {ckpt['step']})")
+                log.warning("%s", message)
+                self.event(message)
+                return ckpt
+            if self.file("last.pt").is_file():
+                raise
+        if self.file("best.pt").is_file() or self.file("metrics.csv").is_file():
+            raise RunFileError(f"{self.file('last.pt')}: missing, though the run trained epochs (best.pt or "
+                               "metrics.csv is there): nothing to continue from; restore last.pt, or start again "
+                               "with another --out")
+        return None
+
+    def progress(self) -> tuple[int, int | None]:
+        """(epochs done, epochs planned) as metrics.csv and config.json say."""
+        done = len(self.metrics()) if self.file("metrics.csv").is_file() else 0
+        return done, self.config()["train"].get("epochs")
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ended as planned (completed or stopped early) and was tested: result.json says so."""
+        result = self.read_json("result.json") or {}
+        return result.get("stopped") in ("completed", "early_stopping")
 
     def write_metrics(self, history: list[dict[str, float]]) -> None:
         """metrics.csv from the whole history (so a resumed run never holds a row twice).
