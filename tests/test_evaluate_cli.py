@@ -84,7 +84,8 @@ def test_table_collects_every_chosen_model_and_names_what_a_store_cannot_feed(tw
                for m in ("softmax", "softattn")}
     assert trained == {"softmax": 2, "softattn": 1}  # per-model settings replace the shared ones for that model
     softattn = next(row for row in rows if "softattn" in row)
-    assert "(" in softattn.split("|")[5]  # attention models show localisation against uniform
+    header = next(line for line in text.splitlines() if line.startswith("| model")).split("|")
+    assert "(" in softattn.split("|")[header.index(" attention mass in box (uniform) ")]  # against uniform
     assert softattn.split("|")[4].strip() == "-"  # no paper reports a "synthetic" dataset
 
 

@@ -366,6 +366,9 @@ def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
                     save(setup, run, dataclasses.replace(state, partial=dataclasses.replace(sums),
                                                          rng=rng_state(setup.device)), "last")
             settle(setup, run, state, sums, pending)
+            if sums.clips:  # the epoch's own figures on its finished bar
+                bar.set_postfix(loss=f"{sums.loss / sums.clips:.3f}", acc=f"{sums.hits / sums.clips:.3f}",
+                                clips_s=f"{sums.clips / max(time.perf_counter() - started, 1e-9):.1f}")
             bar.close()
             end_epoch(setup, run, state, sums, tensorboard)
             if state.stopped:
