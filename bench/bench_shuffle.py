@@ -16,6 +16,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,14 +49,14 @@ def epoch(loader: EpochLoader, number: int) -> tuple[int, int]:
     return copied, cut
 
 
-def timing(tmp: Path, shape: dict) -> dict[str, dict]:
+def timing(tmp: Path, shape: dict) -> dict[str, Any]:
     """Per buffer: medians of videos and classes per batch, seconds of a first and a second dense epoch (best of
     the rounds, taken in turn, each round a fresh loader), host bytes copied per epoch and a cutter's."""
     store = open_store(make_store(tmp / "store", shape))
     videos = role_videos(store, "1", "train")
     policy = Windows(shape["clip"])
     targets = targets_for(videos, len(store.classes), False)
-    out = {name: {"seconds": [[], []]} for name in BUFFERS}
+    out: dict[str, dict[str, Any]] = {name: {"seconds": [[], []]} for name in BUFFERS}
     for _ in range(shape["rounds"]):
         for name, cap in BUFFERS.items():
             dataset = ClipDataset(FeatureReader(store.path).open(videos, ["rgb"]), videos, ["rgb"], policy, targets,
@@ -71,7 +72,7 @@ def timing(tmp: Path, shape: dict) -> dict[str, dict]:
     return {"videos": len(videos), **out}
 
 
-def ablation(tmp: Path, shape: dict) -> dict[str, list[tuple[float, float]]]:
+def ablation(tmp: Path, shape: dict) -> dict[str, Any]:
     """softattn on the synthetic dataset's extracted store, dense windows, per buffer and seed: (test accuracy,
     median distinct videos per batch)."""
     from distributed import Client, LocalCluster
@@ -87,7 +88,7 @@ def ablation(tmp: Path, shape: dict) -> dict[str, list[tuple[float, float]]]:
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         assert not extract_dataset(request, RunOptions(out=str(tmp / "synth-store"), batch_size=16), client).failed
-    out = {}
+    out: dict[str, Any] = {}
     torch.set_num_threads(1)
     for name, cap in BUFFERS.items():
         for seed in SEEDS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,10 @@ def test_regattn_votes_over_every_segment_of_every_test_video(store, tmp_path):
     assert 0 <= result.test_accuracy <= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["sampling"] == {"name": "segments", "frames": 4, "stride": 3, "clips_per_video": 0}
+    # 4 training videos of 2 classes in one shuffle buffer: batches of 3 clips from more than 2 videos, on median
+    mix = re.search(r"epoch 1 batches: median ([0-9.]+) distinct videos and ([0-9.]+) classes per batch",
+                    (tmp_path / "run" / "events.log").read_text())
+    assert mix and float(mix[1]) > 2 and float(mix[2]) == 2
     # training: floor((n - T) / d) + 1 segments of every training video per epoch
     assert config["data"]["clips_per_epoch"] == 2 * sum((n - 4) // 3 + 1 for n in LENGTHS[2:])
     predictions = {p.id: p for p in predict_run(tmp_path / "run")}

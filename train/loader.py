@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glimpse.train.data import ClipDataset
-from glimpse.train.sampling import Policy, epoch_plan, items_per_epoch
+from glimpse.train.sampling import Group, Policy, epoch_plan, items_per_epoch
 
 #: The shuffle buffer's size: the frames of a plan group (every stream, float16) held at once, on the host and on
 #: the training device. A training set this small is one group, whose clips are shuffled all together (the
@@ -176,11 +176,11 @@ class EpochLoader:
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def plan(self, epoch: int) -> list:
+    def plan(self, epoch: int) -> list[Group]:
         """The plan groups of ``epoch``."""
         return epoch_plan(self.n_frames, self.policy, self.seed, epoch, videos=self.videos, frames=self.frames)
 
-    def remaining(self) -> list[tuple[object, int]]:
+    def remaining(self) -> list[tuple[Group, int]]:
         """(plan group, clips of it to skip) for the groups of this epoch not yet trained on."""
         left, out = self.skip, []
         for g in self.plan(self.epoch):
@@ -234,7 +234,7 @@ class EpochLoader:
         moved = tuple((frames, torch.from_numpy(rows).to(self.device, non_blocking=True)) for frames, rows, _ in parts)
         return Batch(moved, self.dataset.targets[torch.from_numpy(videos)], videos, self.buffers)
 
-    def groups(self, plan: list[tuple[object, int]]) -> Iterator[tuple[torch.Tensor, ...]]:
+    def groups(self, plan: list[tuple[Group, int]]) -> Iterator[tuple[torch.Tensor, ...]]:
         """The frames of ``plan``'s groups (this epoch's :meth:`remaining`) on the device, in order: the last group
         held again when it is the first, the others from the workers, or, without workers, read in a background
         thread one group ahead (decoding releases the GIL, so it overlaps the steps)."""
@@ -250,7 +250,7 @@ class EpochLoader:
 
     def read(self, ranges: list[tuple]) -> Iterator[tuple[torch.Tensor, ...]]:
         """The frames of each of ``ranges`` (the groups' ranges), in order, read ahead."""
-        if self.workers:
+        if self.reader is not None:
             yield from self.reader
             return
         if not ranges:
