@@ -119,9 +119,9 @@ def run(quick: bool = False) -> str:
             dataset = ClipDataset(reader, videos, ["rgb"], policy, targets, None)
             return EpochLoader(dataset, policy, seed=0, batch_size=B, workers=workers, ahead=ahead)
 
-        def epoch(load):
+        def epoch(load):  # each batch's clips gathered from its frames, as the model gathers them
             load.set_epoch(0)
-            return sum(1 for _ in load)
+            return sum(1 for b in load if b.cubes())
 
         disk = DiskCache.build(store, videos, ["rgb"], tmp / "cache")
         readers = {  # source name -> a fresh reader of it
@@ -173,7 +173,8 @@ def step_overlap(shape: dict, sources: dict[str, dict[int, EpochLoader]]) -> dic
             load.set_epoch(0)
             start = waited = time.perf_counter()
             wait = 0.0
-            for _ in load:
+            for batch in load:
+                batch.cubes()
                 got = time.perf_counter()
                 wait += got - waited
                 time.sleep(step)

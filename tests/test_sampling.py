@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_each_policy_cuts_the_clips_its_paper_describes():
 def test_an_epoch_plan_is_video_major_seeded_and_resumable():
     lengths = [7, 30, 12, 9, 41, 5, 18]
     policy = Windows(5)
-    plan = epoch_plan(lengths, policy, seed=1, epoch=2, group=3)
+    plan = epoch_plan(lengths, policy, seed=1, epoch=2, videos=3)
     seen = [i for g in plan for i, _, _ in g.ranges]
     assert sorted(seen) == list(range(len(lengths)))  # each video read once: one range per video per epoch
     items = np.concatenate([g.items for g in plan])
@@ -92,9 +93,9 @@ def test_an_epoch_plan_is_video_major_seeded_and_resumable():
         assert all(lo[int(v)][0] <= c.min() and c.max() < lo[int(v)][1] for v, c in zip(g.items, g.clips, strict=True))
         if len(g.ranges) > 1:  # the clips of a group's videos are shuffled together, not one video after another
             assert (np.diff(g.items) != 0).sum() > len(g.ranges) - 1
-    again = epoch_plan(lengths, policy, seed=1, epoch=2, group=3)
+    again = epoch_plan(lengths, policy, seed=1, epoch=2, videos=3)
     assert all((a.clips == b.clips).all() and (a.items == b.items).all() for a, b in zip(plan, again, strict=True))
-    other = epoch_plan(lengths, policy, seed=1, epoch=3, group=3)
+    other = epoch_plan(lengths, policy, seed=1, epoch=3, videos=3)
     assert not np.array_equal(np.concatenate([g.items for g in other]), items)
 
 
@@ -103,22 +104,92 @@ def test_the_loader_cuts_each_clip_from_the_frames_it_names_and_resumes_mid_epoc
     videos = role_videos(s, "1", "train")
     reader = FeatureReader(str(store)).open(videos, ["rgb"])
     dataset = ClipDataset(reader, videos, ["rgb"], Windows(4), targets_for(videos, 2, False), None)
-    loader = EpochLoader(dataset, Windows(4), seed=0, batch_size=3, workers=0, group=2)
+    loader = EpochLoader(dataset, Windows(4), seed=0, batch_size=3, workers=0, videos=2)
     loader.set_epoch(1)
     batches = list(loader)
     assert len(batches) == loader.batches == -(-loader.items // 3)
     assert loader.items == sum(Windows(4).count(v.n_frames) for v in videos)
-    clips = torch.cat([b[0][0] for b in batches])  # (items, T, C, K, K)
+    clips = torch.cat([b.cubes()[0].clone() for b in batches])  # (items, T, C, K, K)
     steps = clips[:, :, 0, 0, 0].double()  # (items, T): frame + 100 * video number
     assert (torch.diff(steps, dim=1) == 1).all()  # T consecutive frames of one video
     numbers = {v.id: 100 * [r.id for r in s.manifest].index(v.id) for v in videos}
-    labels = torch.cat([b[1] for b in batches])
+    labels = torch.cat([b.target for b in batches])
     by_number = {n: v for v, n in numbers.items()}
     for row, label in zip(steps, labels, strict=True):
         video = next(v for v in videos if v.id == by_number[int(row[0]) // 100 * 100])
         assert label == video.label and row[-1] - numbers[video.id] < video.n_frames
     loader.set_epoch(1, skip=4)  # a run resumed after 4 clips of this epoch sees the same rest
-    assert torch.equal(torch.cat([b[0][0] for b in loader]), clips[4:])
+    assert torch.equal(torch.cat([b.cubes()[0].clone() for b in loader]), clips[4:])
+
+
+def long_store(path: Path, videos: int = 8, frames: int = 64, classes: int = 4) -> Path:
+    """``videos`` videos of ``frames`` frames in ``classes`` classes, all training, random cubes of (32, 4, 4)."""
+    names = tuple("abcdefgh"[:classes])
+    records = [VideoRecord(id=f"{names[i % classes]}/v{i}", path=f"/v/{i}.avi", labels=(i % classes,),
+                           splits={"1": "train"}, group=f"g{i}") for i in range(videos)]
+    writer = create_store(path, dataset="long", classes=names, records=records, config={"long": 1},
+                          streams={"rgb": {"frame_shape": [32, 4, 4]}})
+    rng = np.random.default_rng(0)
+    for r in records:
+        writer.write_video(video_key(r.id), {"rgb": rng.standard_normal((frames, 32, 4, 4)).astype(np.float32)},
+                           {"n_frames": frames, "frame_indices": list(range(frames))})
+    return path
+
+
+def test_batches_gather_the_windows_a_plain_cutter_cuts_from_one_copy_of_each_frame(tmp_path):
+    s = open_store(long_store(tmp_path / "long"))
+    videos = role_videos(s, "1", "train")
+    policy, B = Windows(16), 10
+    dataset = ClipDataset(FeatureReader(s.path).open(videos, ["rgb"]), videos, ["rgb"], policy,
+                          targets_for(videos, 4, False), None)
+    loader = EpochLoader(dataset, policy, seed=3, batch_size=B, workers=0)
+    # the plain window cutter: the plan's clips in order, each window cut from the video's whole array
+    arrays = [s.read(v.id, "rgb") for v in videos]
+    plan = epoch_plan([v.n_frames for v in videos], policy, 3, 1, frames=loader.frames)
+    order = [(int(v), c) for g in plan for v, c in zip(g.items, g.clips, strict=True)]
+    windows = np.stack([arrays[v][c] for v, c in order])  # (clips, T, C, K, K)
+    loader.set_epoch(1)
+    held, copied, cut, got = set(), 0, 0, []
+    for batch in loader:
+        cubes = batch.cubes()[0]  # (B, T, C, K, K)
+        got.append(cubes.clone())
+        cut += cubes.nbytes  # what a window cutter copies on the host
+        for frames, rows in batch.parts:  # what the loader copies: each group's frames once
+            copied += rows.nbytes + sum(f.nbytes for f in frames if id(f) not in held)
+            held.update(id(f) for f in frames)
+        assert torch.equal(batch.target, torch.tensor([videos[v].label for v in batch.videos]))
+    assert np.array_equal(torch.cat(got).numpy(), windows)
+    assert len(got) == loader.batches and all(len(b) == B for b in got[:-1])
+    assert copied <= cut / 10, (copied, cut)
+    # 8 videos of 64 frames fit the shuffle buffer: every batch draws from (nearly) every video
+    assert loader.mix(1)[0] >= min(B, len(videos)) / 2
+    capped = EpochLoader(dataset, policy, seed=3, batch_size=B, workers=0, videos=2)
+    assert capped.mix(1)[0] <= 2 and capped.mix(1)[1] <= 2
+    # a buffer of 130 frames: groups of two videos (128 frames), each read once, batches spanning two groups
+    small = EpochLoader(dataset, policy, seed=3, batch_size=B, workers=0, buffer_bytes=130 * dataset.frame_bytes())
+    groups = small.plan(1)
+    assert [len(g.ranges) for g in groups] == [2] * 4 and all(g.frames <= 130 for g in groups)
+    small.set_epoch(1)
+    spanning = [b for b in small if len(b.parts) == 2]
+    assert spanning and all(len(b.videos) == B for b in spanning)
+    small.set_epoch(1)
+    rows = [r for b in small for r in b.cubes()[0].clone()]
+    assert np.array_equal(torch.stack(rows).numpy(), np.stack([arrays[v][c] for g in groups
+                                                               for v, c in zip(g.items, g.clips, strict=True)]))
+
+
+def test_a_training_set_that_is_one_group_is_read_once_for_every_epoch(tmp_path):
+    s = open_store(long_store(tmp_path / "long", videos=4, frames=20))
+    videos = role_videos(s, "1", "train")
+    dataset = ClipDataset(FeatureReader(s.path).open(videos, ["rgb"]), videos, ["rgb"], Windows(5),
+                          targets_for(videos, 4, False), None)
+    loader = EpochLoader(dataset, Windows(5), seed=0, batch_size=4, workers=0)
+    frames = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        frames.append({id(f) for b in loader for f, _ in b.parts})
+        assert loader.reading == ([] if epoch else [loader.plan(0)[0].ranges])
+    assert frames[0] == frames[1] == frames[2] and len(frames[0]) == 1
 
 
 def test_store_batches_equal_ram_batches_read_ahead_in_process_and_in_a_spawned_worker(store):
@@ -130,10 +201,10 @@ def test_store_batches_equal_ram_batches_read_ahead_in_process_and_in_a_spawned_
     def batches(reader, workers, ahead=0):
         policy = RandomWindows(4)
         loader = EpochLoader(ClipDataset(reader, videos, ["rgb"], policy, targets, None), policy, seed=0,
-                             batch_size=3, workers=workers, group=2, ahead=ahead)
+                             batch_size=3, workers=workers, videos=2, ahead=ahead)
         loader.set_epoch(2)
         next(iter(loader))  # an epoch left after one batch stops its read-ahead and starts cleanly again
-        return [(b[0][0].clone(), b[1]) for b in loader]
+        return [(b.cubes()[0].clone(), b.target) for b in loader]
 
     expected = batches(FeatureReader(str(store), ram), 0)
     # groups read ahead by a thread here or decoded into shared memory by a spawned worker; batches cut between
@@ -182,6 +253,10 @@ def test_regattn_votes_over_every_segment_of_every_test_video(store, tmp_path):
     assert 0 <= result.test_accuracy <= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["sampling"] == {"name": "segments", "frames": 4, "stride": 3, "clips_per_video": 0}
+    # 4 training videos of 2 classes in one shuffle buffer: batches of 3 clips from more than 2 videos, on median
+    mix = re.search(r"epoch 1 batches: median ([0-9.]+) distinct videos and ([0-9.]+) classes per batch",
+                    (tmp_path / "run" / "events.log").read_text())
+    assert mix and float(mix[1]) > 2 and float(mix[2]) == 2
     # training: floor((n - T) / d) + 1 segments of every training video per epoch
     assert config["data"]["clips_per_epoch"] == 2 * sum((n - 4) // 3 + 1 for n in LENGTHS[2:])
     predictions = {p.id: p for p in predict_run(tmp_path / "run")}

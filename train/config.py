@@ -64,7 +64,8 @@ class TrainConfig:
     (Sharma's training stride s, Quan's segment spacing d), ``clips_per_video`` the clips of a video
     per epoch (random: how many; dense policies: a random subset, 0 all), ``steps`` an iteration
     budget (CHAM's count; it sets ``epochs``, rounded up to whole epochs; 0: use ``epochs``),
-    ``shuffle_videos`` the videos whose clips are shuffled together (the shuffle buffer),
+    ``shuffle_videos`` caps the videos whose clips are shuffled together (0: as many as the shuffle buffer's bytes
+    hold, train/loader.py),
     ``aggregation`` how clip scores become a video score (train/aggregation.py). ``model_args``
     overrides fields of the model's config (hidden, lam, blocks, ...). ``val_fraction`` of the
     training videos is held out by group for validation; ``patience`` epochs without a better
@@ -91,7 +92,7 @@ class TrainConfig:
     stride: int | None = None
     clips_per_video: int | None = None
     steps: int = 0
-    shuffle_videos: int = 8
+    shuffle_videos: int = 0
     aggregation: str | None = None
     lr_drop_step: int | None = None
     lr_drop_to: float | None = None
@@ -128,15 +129,16 @@ class TrainConfig:
             raise ConfigError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.sampling is not None and self.sampling not in POLICIES:
             raise ConfigError(f"sampling must be one of {tuple(POLICIES)}, got {self.sampling!r}")
-        for name in ("epochs", "batch_size", "frames", "stride", "shuffle_videos"):
+        for name in ("epochs", "batch_size", "frames", "stride"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if min(self.workers, self.cache_ram, self.checkpoint_every, self.patience or 0, self.steps,
-               self.clips_per_video or 0) < 0:
-            raise ConfigError("workers, cache_ram, checkpoint_every, patience, steps and clips_per_video must be >= 0")
+               self.clips_per_video or 0, self.shuffle_videos) < 0:
+            raise ConfigError("workers, cache_ram, checkpoint_every, patience, steps, clips_per_video and "
+                              "shuffle_videos must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (what config.json holds under "train")."""

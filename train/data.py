@@ -1,8 +1,9 @@
 """Reading clips from a store fast enough for training: a reader over the store (or a RAM or disk cache),
-per-channel standardization, and the datasets batches are made of (train/loader.py cuts them).
+per-channel standardization, and the datasets batches are made of (train/loader.py batches them).
 
 An epoch reads each video's frames once per stream (the range its clips of this epoch span, only the
-chunks it touches) and cuts all its clips from them (train/sampling.py plans which). The store's
+chunks it touches), a group of videos into one tensor, and every clip is gathered from it where the model
+runs (train/sampling.py plans which). The store's
 arrays are opened once in the main process and travel to the DataLoader workers open; workers are
 started with "spawn" (fork can hang with some zarr and PyAV builds).
 """
@@ -95,6 +96,27 @@ class FeatureReader:
         if self.disk is not None:
             return self.disk.frames(video.key, stream)[lo:hi]
         return self.stream(video, stream).read(lo, hi)
+
+    def frame_shape(self, video: Video, stream: str) -> tuple[int, ...]:
+        """(C, K, K) of one frame of the video's stream."""
+        if self.cache is not None:
+            return tuple(self.cache[(video.key, stream)].shape[1:])
+        if self.disk is not None:
+            return tuple(self.disk.layout[(video.key, stream)][1][1:])
+        return tuple(self.stream(video, stream).shape[1:])
+
+    def read_into(self, video: Video, stream: str, lo: int, hi: int, out: np.ndarray) -> None:
+        """Frames lo..hi-1 of one stream into ``out`` (hi - lo, C, K, K), a stream shorter than hi repeating its
+        last frame; store chunks are decoded straight into ``out``."""
+        if self.from_store:
+            source = self.stream(video, stream)
+            a, b = source.clip(lo, hi)
+            source.read(a, b, out=out[: b - a])
+        else:
+            block = self.frames(video, stream, lo, hi)  # (<= hi - lo, C, K, K)
+            b = lo + len(block)
+            out[: b - lo] = block
+        out[b - lo :] = out[b - lo - 1]
 
     def read(self, video: Video, stream: str, indices: np.ndarray) -> np.ndarray:
         """(len(indices), C, K, K) float16: the frames at ``indices`` (any order, repeats allowed), read in one call."""
@@ -228,26 +250,30 @@ class ClipDataset(Dataset):
         return tuple(torch.from_numpy(np.ascontiguousarray(self.reader.read(video, s, indices)))
                      for s in self.streams)
 
-    def __getitem__(self, ranges: tuple[tuple[int, int, int], ...]) -> tuple[list[torch.Tensor], ...]:
-        """One plan group's frames: per stream, per (video index, lo, hi) the frames lo..hi-1, each read once.
+    def frame_bytes(self) -> int:
+        """Bytes of one frame of every stream, as held in memory (float16)."""
+        return sum(2 * int(np.prod(self.reader.frame_shape(self.videos[0], s))) for s in self.streams)
 
-        In a DataLoader worker, store reads are decoded straight into shared memory, which the batch then
-        travels in without another copy.
+    def __getitem__(self, ranges: tuple[tuple[int, int, int], ...]) -> tuple[torch.Tensor, ...]:
+        """One plan group's frames: per stream one (frames, C, K, K) float16 tensor holding, range after range,
+        the frames lo..hi-1 of each (video index, lo, hi), each frame read once.
+
+        In a DataLoader worker the tensors are in shared memory, which they travel in without another copy.
         """
         shared = get_worker_info() is not None
-        return tuple([self.frames(self.videos[i], s, lo, hi, shared) for i, lo, hi in ranges] for s in self.streams)
-
-    def frames(self, video: Video, stream: str, lo: int, hi: int, shared: bool) -> torch.Tensor:
-        """(<= hi - lo, C, K, K) float16 frames of one stream; ``shared``: in shared memory when read from the store."""
-        if self.reader.cache is None and self.reader.disk is None:
-            source = self.reader.stream(video, stream)
-            lo, hi = source.clip(lo, hi)
-            out = torch.empty((hi - lo, *source.shape[1:]), dtype=torch.float16)  # (frames, C, K, K)
+        total = sum(hi - lo for _, lo, hi in ranges)
+        out = []
+        for s in self.streams:
+            shape = self.reader.frame_shape(self.videos[ranges[0][0]], s)
+            frames = torch.empty((total, *shape), dtype=torch.float16)  # (frames, C, K, K)
             if shared:
-                out.share_memory_()
-            source.read(lo, hi, out=out.numpy())
-            return out
-        return torch.from_numpy(np.ascontiguousarray(self.reader.frames(video, stream, lo, hi)))
+                frames.share_memory_()
+            target, at = frames.numpy(), 0
+            for i, lo, hi in ranges:
+                self.reader.read_into(self.videos[i], s, lo, hi, target[at : at + hi - lo])
+                at += hi - lo
+            out.append(frames)
+        return tuple(out)
 
 
 class VideoDataset(ClipDataset):

@@ -329,15 +329,15 @@ def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
                        unit="batch", disable=not config.progress, dynamic_ncols=True, leave=True)
             started = waited = drawn = time.perf_counter()
             pending = Pending(setup.device)
-            for cubes, target in setup.loader:
+            for batch in setup.loader:
                 got = time.perf_counter()
                 sums.data_s += got - waited
                 lr = lr_at(config, state.step, batches * config.epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                target = target.to(setup.device, non_blocking=True)
+                target = batch.target.to(setup.device, non_blocking=True)
                 with autocast(setup.device, config.amp):
-                    out = model(*model_inputs(cubes, setup.train_dataset, setup.device))  # each (B, T, C, K, K)
+                    out = model(*model_inputs(batch.cubes(), setup.train_dataset, setup.device))  # each (B, T, C, K, K)
                     if setup.multi_label:
                         loss = clip_loss(out.logits, target, True)  # (B,)
                         loss = (loss + sum(out.aux_losses.values())).mean() if out.aux_losses else loss.mean()
@@ -414,8 +414,11 @@ def end_epoch(setup: Setup, run: RunDir, state: LoopState, sums: EpochSums, tb: 
     line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
             + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")
             + (" (best)" if better else ""))
-    run.event(line)
-    log.info("%s", line)
+    videos, classes = setup.loader.mix(epoch - 1)
+    mix = f"epoch {epoch} batches: median {videos:g} distinct videos and {classes:g} classes per batch"
+    for text in (line, mix):
+        run.event(text)
+        log.info("%s", text)
     if state.stopped == "early_stopping":
         run.event(f"early stopping: no better validation score for {config.patience} epochs")
 

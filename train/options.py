@@ -37,7 +37,7 @@ OPTION_HELP: dict[str, tuple[str, int | None]] = {
     "clips_per_video": ("Clips of a video per epoch: random windows drawn, or a random subset of the dense ones "
                         "(0 all).", 0),
     "steps": ("Iteration budget: sets --epochs (rounded up), 0 off.", 0),
-    "shuffle_videos": ("Videos whose clips are shuffled together.", 1),
+    "shuffle_videos": ("Videos whose clips are shuffled together, 0: as many as 1 GiB of frames holds.", 0),
     "aggregation": ("Video score from clips.", None),
     "val_fraction": ("Held out by group. [0.15, or 0 where that is < 20 videos]", None),
     "patience": ("Early stopping after N epochs without a better validation score, 0 never. [5; cham 0]", 0),

@@ -16,9 +16,11 @@ policy             training epoch                                              t
 ``clips_per_video`` caps the dense policies too (a seeded random subset of the windows each epoch).
 A video shorter than T frames gives one clip padded by repeating its last frame.
 
-An epoch plan is video-major: videos are visited in a seeded random order, ``group`` at a time, and
-the clips of a group's videos are shuffled together (the shuffle buffer). Each video's frames are
-read once per epoch and cut into its clips. The plan depends only on (seed, epoch), so a run
+An epoch plan is video-major: videos are visited in a seeded random order and gathered into groups (the
+shuffle buffer) of as many videos as ``frames`` frames hold (a byte budget, see train/loader.py), or at most
+``videos`` videos; the clips of a group's videos are shuffled together, so a batch draws its clips from every
+video of its group (the released code's full shuffle when the training set fits one group). Each video's frames
+are read once per epoch and every clip is cut from them. The plan depends only on (seed, epoch), so a run
 resumed inside an epoch sees exactly the clips an uninterrupted one saw.
 """
 
@@ -198,31 +200,58 @@ def make_policy(name: str, frames: int, stride: int | None = None, clips_per_vid
 class Group:
     """One shuffle buffer of a plan: its videos, the frame range read from each, and its clips in order.
 
-    ``ranges`` are (video index, first frame, end frame) per video; ``items`` (clips,) video indices
-    and ``clips`` (clips, T) stored frame indices, in the order training sees them.
+    ``ranges`` are (video index, first frame, end frame) per video, by video index: the layout of the group's
+    frames as read (each range's frames one after the other); ``items`` (clips,) video indices and ``clips``
+    (clips, T) stored frame indices, in the order training sees them.
     """
 
     ranges: tuple[tuple[int, int, int], ...]
     items: np.ndarray
     clips: np.ndarray
 
+    @property
+    def frames(self) -> int:
+        """Frames the group's ranges hold."""
+        return sum(hi - lo for _, lo, hi in self.ranges)
 
-def epoch_plan(n_frames: Sequence[int], policy: Policy, seed: int, epoch: int, group: int = 8) -> list[Group]:
-    """One training epoch over videos of ``n_frames`` frames, video-major (see the module docstring).
+    def rows(self) -> np.ndarray:
+        """(clips, T) each clip's frames as rows of the group's frames read in ``ranges`` order."""
+        shift = np.zeros(max(i for i, _, _ in self.ranges) + 1, dtype=np.int64)
+        at = 0
+        for i, lo, hi in self.ranges:
+            shift[i] = at - lo
+            at += hi - lo
+        return self.clips + shift[self.items][:, None]
+
+
+def epoch_plan(n_frames: Sequence[int], policy: Policy, seed: int, epoch: int, videos: int = 0,
+               frames: int = 0) -> list[Group]:
+    """One training epoch over videos of ``n_frames`` frames, video-major (see the module docstring): groups of
+    at most ``videos`` videos (0: no cap) whose ranges hold at most ``frames`` frames (0: no cap; a video longer
+    than that is a group of its own).
 
     Depends only on (seed, epoch): a resumed run sees exactly the clips an uninterrupted one saw.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(n_frames))
     clips = {int(i): policy.train(int(n_frames[i]), rng) for i in order}
+    spans = {i: (int(c.min()), int(c.max()) + 1) for i, c in clips.items()}
+    members: list[list[int]] = [[]]
+    held = 0
+    for i in (int(i) for i in order):
+        size = spans[i][1] - spans[i][0]
+        if members[-1] and (videos and len(members[-1]) == videos or frames and held + size > frames):
+            members.append([])
+            held = 0
+        members[-1].append(i)
+        held += size
     plan = []
-    for lo in range(0, len(order), max(group, 1)):
-        members = [int(i) for i in order[lo : lo + max(group, 1)]]
-        items = np.concatenate([np.full(len(clips[i]), i) for i in members])
-        frames = np.concatenate([clips[i] for i in members])  # (clips, T)
+    for group in members if members[0] else []:
+        items = np.concatenate([np.full(len(clips[i]), i) for i in group])
+        picked = np.concatenate([clips[i] for i in group])  # (clips, T)
         shuffle = rng.permutation(len(items))
-        ranges = tuple((i, int(clips[i].min()), int(clips[i].max()) + 1) for i in members)
-        plan.append(Group(ranges, items[shuffle], frames[shuffle]))
+        ranges = tuple((i, *spans[i]) for i in sorted(group))
+        plan.append(Group(ranges, items[shuffle], picked[shuffle]))
     return plan
 
 

@@ -247,8 +247,7 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     val_dataset = dataset(VideoDataset, selection.val)
     test_dataset = dataset(VideoDataset, selection.test)
     loader = EpochLoader(train_dataset, clip, seed=resolved.seed, batch_size=resolved.batch_size, workers=workers,
-                         group=resolved.shuffle_videos, pin=device == "cuda",
-                         ahead=BATCHES_AHEAD if device == "cuda" else 0)
+                         videos=resolved.shuffle_videos, device=device, ahead=BATCHES_AHEAD if device == "cuda" else 0)
     val_loader = (make_loader(val_dataset, batch_size=None, sampler=None, workers=min(workers, len(selection.val)))
                   if selection.val else None)
     return Setup(resolved, store, selection, streams, clip, multi_label, model, optimizer, device, train_dataset,
