@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -326,7 +327,8 @@ def fit(setup: Setup, run: RunDir, state: LoopState) -> None:
             setup.loader.set_epoch(epoch, skip=state.batch * B)
             model.train()
             bar = tqdm(total=batches, initial=state.batch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       unit="batch", disable=not config.progress, dynamic_ncols=True, leave=True)
+                       unit="batch", disable=not (config.progress and sys.stderr.isatty()), dynamic_ncols=True,
+                       leave=True)  # not on a terminal: end_epoch's one line per epoch
             started = waited = drawn = time.perf_counter()
             pending = Pending(setup.device)
             for batch in setup.loader:
@@ -411,7 +413,8 @@ def end_epoch(setup: Setup, run: RunDir, state: LoopState, sums: EpochSums, tb: 
         run.plot(state.history, "mAP" if setup.multi_label else "accuracy")
         state.plotted = time.monotonic()
     name = "mAP" if setup.multi_label else "acc"
-    line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}, "
+    line = (f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} "
+            f"({row['clips_per_s']:.1f} clips/s), "
             + (f"val loss {val['loss']:.4f} {name} {val['score']:.3f}" if has_val else "no validation")
             + (" (best)" if better else ""))
     videos, classes = setup.loader.mix(epoch - 1)

@@ -6,6 +6,7 @@ Clip scores become a video's score by the run's aggregation (train/aggregation.p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from glimpse.store import Store, open_store
 from glimpse.train.aggregation import aggregate
@@ -157,5 +159,7 @@ def predict_run(run_dir: str | Path, role: str = "test", which: str = "best", de
     videos = [v for v in videos if v.id not in unfit]
     dataset = VideoDataset(FeatureReader(s.path).open(videos, loaded.streams), videos, loaded.streams, loaded.clip,
                            targets_for(videos, len(loaded.classes), loaded.multi_label), loaded.normalization)
-    yield from predict_videos(loaded.model, dataset, aggregation=loaded.aggregation,
-                              multi_label=loaded.multi_label, device=device)
+    predictions = predict_videos(loaded.model, dataset, aggregation=loaded.aggregation,
+                                 multi_label=loaded.multi_label, device=device)
+    yield from tqdm(predictions, total=len(videos), unit="video", desc=f"predict {role}", dynamic_ncols=True,
+                    disable=not sys.stderr.isatty(), leave=False)
