@@ -192,7 +192,7 @@ def backbone_spec(name: str, layer: str | None = None) -> BackboneSpec:
         if layer is None:
             raise BackboneError(f"{name}: say which node to cut at with --layer NODE (torchvision's "
                                 "get_graph_node_names lists them; e.g. trunk_output for RegNet)")
-        preset = get_model_weights(arch).DEFAULT.transforms.keywords
+        preset = get_model_weights(arch)["DEFAULT"].transforms.keywords
         spec = BackboneSpec(name, arch, layer, 0, int(preset.get("crop_size", 224)), 0,
                             mean=tuple(preset.get("mean", IMAGENET_MEAN)), std=tuple(preset.get("std", IMAGENET_STD)))
     channels, grid, layout = discover(name, arch, layer, spec.size)
