@@ -13,8 +13,8 @@ Weights are one of:
   directory to put it in. A member name of the architecture's weights enum (``"IMAGENET1K_V1"``)
   picks other torchvision weights the same way.
 - a path to a ``state_dict`` file of the same torchvision architecture (identity: its sha256).
-- ``"none"``: seeded random init, batch-norm statistics calibrated on frames (see :func:`calibrate_batchnorm`),
-  then checked to fit float16 (:func:`check_float16_range`; LayerNorm networks have no statistics to calibrate).
+- ``"none"``: seeded random init, batch-norm statistics calibrated on frames, then checked to fit float16
+  (:mod:`glimpse.extract.random_weights`; LayerNorm networks have no statistics to calibrate).
 
 Each Dask worker calls :func:`build_backbone` once and then :meth:`FeatureExtractor.features`.
 """
@@ -38,6 +38,7 @@ from torchvision.models._api import WeightsEnum
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from glimpse.errors import GlimpseError
+from glimpse.extract.random_weights import calibrate_batchnorm, check_float16_range, synthetic_calibration_frames
 from glimpse.extract.weights import cached_weights_file, check_state_dict, file_sha256, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,13 +101,13 @@ ARCH_KWARGS: dict[str, dict] = {
 #: ``aux_logits`` lack; besides them, every key of a part of the network the cut does not use is optional.
 AUX_PREFIXES: dict[str, tuple[str, ...]] = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
-#: at most this many calibration frames are used by :func:`calibrate_batchnorm`
+#: at most this many calibration frames are used by :func:`~glimpse.extract.random_weights.calibrate_batchnorm`
 CALIBRATION_FRAMES = 64
 
 
 class BackboneError(GlimpseError, ValueError):
     """A backbone that cannot be built as asked: an unknown name, a node the network lacks or that holds no grid,
-    an input too small, random weights whose features float16 cannot hold."""
+    an input too small."""
 
 
 def backbone_arch(name: str) -> str:
@@ -245,57 +246,6 @@ def weights_identity(weights: str, name: str | None = None) -> str:
     return resolved.name if isinstance(resolved, WeightsEnum) else f"sha256:{file_sha256(resolved)}"
 
 
-def synthetic_calibration_frames(size: int, count: int = 16, seed: int = 0) -> np.ndarray:
-    """``count`` seeded smooth random colour images (count, size, size, 3) uint8 for BN calibration."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(count, 3, 6, 6, generator=generator)  # (N, 3, 6, 6) blobs
-    fine = torch.rand(count, 3, size // 4, size // 4, generator=generator)  # (N, 3, S/4, S/4) texture
-    images = 0.7 * F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    images += 0.3 * F.interpolate(fine, size=(size, size), mode="bilinear", align_corners=False)  # (N, 3, S, S)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
-
-
-def calibrate_batchnorm(body: nn.Module, images: Tensor, batch_size: int = 16) -> None:
-    """Set every batch norm's running statistics to their cumulative average over ``images`` (N, 3, S, S).
-
-    Forward passes in train mode with ``momentum=None``, then back to eval. Needed for random init:
-    measured on this project's machine with S=224, eval-mode features at random init are ~1e-11
-    (GoogLeNet, below float16's range) or ~1e8 (Inception v3, ResNet-152); after calibration they
-    are O(1) (max around 5, about half zeros after the ReLU).
-    """
-    norms = [m for m in body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    if len(images) < 2:  # train-mode BN on a 1x1 map needs two values per channel
-        images = torch.cat([images, images.flip(-1)])  # (2, 3, S, S)
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    body.train()
-    with torch.no_grad():
-        for batch in torch.tensor_split(images, -(-len(images) // batch_size)):  # balanced, each >= 2
-            body(batch)
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    body.eval()
-
-
-def check_float16_range(spec: BackboneSpec, features: Tensor) -> None:
-    """Refuse random-weight ``features`` (B, C, K, K) that the store's float16 cannot hold: not finite, or all below
-    1e-2 (float16's normal numbers end at 6.1e-5: such values keep few bits), or beyond 1e4 (its maximum is 65504).
-
-    Batch-norm networks are calibrated first (:func:`calibrate_batchnorm`); LayerNorm networks (ViT, Swin, ConvNeXt)
-    have no statistics to calibrate and are held to the same check: measured at S = 224 and at the tests' sizes,
-    their random-init features are O(1) (mean |x| 0.6 to 0.8, max 3 to 5, under 0.02% below 6.1e-5).
-    """
-    peak = float(features.abs().max()) if features.numel() else 0.0
-    if not math.isfinite(peak) or not 1e-2 <= peak <= 1e4:
-        raise BackboneError(f"{spec.name} at {spec.layer} with random weights gives features up to {peak:.3g}, "
-                            "which float16 cannot store faithfully; use --weights imagenet or a state_dict file")
-
-
 class FeatureExtractor(nn.Module):
     """uint8 RGB frames -> (T, C, K, K) float32 features of one backbone; eval mode, no grad.
 
@@ -412,7 +362,7 @@ def build_backbone(
     ``"none"`` builds the net after ``torch.manual_seed(0)`` (caller's RNG state untouched), so every
     worker gets the same weights, then calibrates batch-norm statistics on ``calibration_frames``
     (T, H, W, 3) uint8 (first :data:`CALIBRATION_FRAMES` used) or, if None, on seeded synthetic images,
-    and checks that the features on them fit float16 (:func:`check_float16_range`).
+    and checks that the features on them fit float16 (:mod:`glimpse.extract.random_weights`).
     Workers must pass the same calibration frames to get the same network; the extractor's
     ``weights_identity`` is then ``"none+calib:<sha256 of the frames>"`` (plain ``"none"`` for the
     synthetic ones). VGG-16 has no batch norm and is not rescaled: its random-init (Kaiming) features
@@ -442,5 +392,5 @@ def build_backbone(
     images = extractor.preprocess(frames)  # (N, 3, S, S)
     calibrate_batchnorm(extractor.body, images)
     extractor.eval()
-    check_float16_range(spec, extractor(images[:2]))
+    check_float16_range(f"{spec.name} at {spec.layer}", extractor(images[:2]))
     return extractor

@@ -21,6 +21,7 @@ from glimpse.extract.backbones import (
     output_grid,
     weights_identity,
 )
+from glimpse.extract.random_weights import RandomWeightsError
 from glimpse.extract.weights import WeightsNotAvailable
 from glimpse.media.decode import Sampling, decode_video
 from glimpse.media.encode import write_video
@@ -172,8 +173,8 @@ def test_random_weights_give_float16_safe_features(name, frames):
 def test_random_weights_that_float16_cannot_hold_are_refused(frames):
     """LayerNorm networks have no statistics to calibrate: ConvNeXt's residual branch scaled by its 1e-6 layer scale
     is the kind of node whose random features would be stored as zeros."""
-    with pytest.raises(BackboneError, match=r"convnext_tiny at features.1.0.mul with random weights gives features "
-                                            r"up to [0-9.e-]+, which float16 cannot store"):
+    with pytest.raises(RandomWeightsError, match=r"convnext_tiny at features.1.0.mul with random weights gives "
+                                                 r"features up to [0-9.e-]+, which float16 cannot store"):
         build_backbone("convnext_tiny", "none", size=64, layer="features.1.0.mul", calibration_frames=frames[:2])
 
 
