@@ -26,6 +26,7 @@ from glimpse.extract.weights import WeightsNotAvailable
 from glimpse.media.decode import Sampling, decode_video
 from glimpse.media.encode import write_video
 from glimpse.store import open_store
+from glimpse.store.maintenance import extraction_options
 from glimpse.train.loop import train_model
 
 #: the smallest input sides that give a 2 x 2 grid, to keep CPU tests fast (Inception v3 needs >= 75 px; ViT-B/16
@@ -382,6 +383,7 @@ def test_a_torchvision_network_by_node_with_a_state_dict_file(tiny_synthetic, da
                        backbone="torchvision:regnet_y_400mf", layer="trunk_output", **options).failed
     store = open_store(out)
     assert store.config["layer"] == "trunk_output" and store.metadata.layer == "trunk_output"
+    assert extraction_options(out)[0]["layer"] == "trunk_output"  # store repair extracts at the same node
     assert store.stream_info["rgb"].frame_shape == (440, 2, 2)
 
     video = store.videos[0]
