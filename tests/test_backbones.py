@@ -362,7 +362,7 @@ def test_every_backbone_extracts_real_videos_into_a_grid(name, extracted):
     assert len(cubes) == 12
     for video, cube in cubes.items():
         assert cube.shape == (3, BACKBONES[name].channels, 2, 2) and cube.dtype == np.float16
-        assert np.isfinite(cube).all() and np.abs(cube).max() > 0.1, f"{name} {video}: a cube of zeros"
+        assert np.isfinite(cube).all() and cube.any(), f"{name} {video}: a cube of zeros"
 
 
 def test_softattn_trains_on_a_vision_transformer_store(extracted, tmp_path):
