@@ -22,7 +22,7 @@ import torch
 
 from glimpse.cluster import dask_client, parse_gpus, plan_cluster, visible_gpus
 from glimpse.errors import GlimpseError, OptionError
-from glimpse.extract.backbones import BACKBONES, weights_identity
+from glimpse.extract.backbones import BACKBONES, BackboneError, backbone_spec, weights_identity
 from glimpse.extract.config import Calibration, ExtractConfig, Outcome, Runtime, WeightsRef, default_streams
 from glimpse.extract.datasets import Dataset, load_dataset, takes_seed
 from glimpse.extract.flow import FLOW_METHODS
@@ -55,7 +55,8 @@ class FeatureRequest:
     fps: float | None = None
     max_frames: int | None = None
     size: int | None = None  # None: the backbone's input size
-    backbone: str = "googlenet"
+    backbone: str = "googlenet"  # a registered backbone, or torchvision:NAME (with a layer)
+    layer: str | None = None  # the node to cut the backbone at; None: its registered layer
     weights: str = "imagenet"
     flow: str = "none"
     streams: tuple[str, ...] | None = None  # registry names; None: rgb, and flow and flow_cnn with a flow method
@@ -87,8 +88,9 @@ class RunOptions:
 
 
 def lab_store_path(lab: str | os.PathLike, config: ExtractConfig) -> Path:
-    """Where a lab root keeps the store of ``config``: LAB/<dataset>/<backbone>-<config hash>."""
-    return Path(lab) / config.dataset / f"{config.backbone}-{config_hash(config.to_dict())}"
+    """Where a lab root keeps the store of ``config``: LAB/<dataset>/<backbone>-<config hash> (torchvision:NAME as
+    torchvision-NAME)."""
+    return Path(lab) / config.dataset / f"{config.backbone.replace(':', '-')}-{config_hash(config.to_dict())}"
 
 
 class Progress:
@@ -171,11 +173,13 @@ def manifest_digest(dataset: Dataset) -> str:
 
 
 def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
-    """The :class:`ExtractConfig` ``request`` asks for on ``dataset`` (fingerprinted): weights by identity, the
-    backbone's input size, the calibration video of random weights (the first present video), the manifest's
-    digest."""
-    if request.backbone not in BACKBONES:
-        raise OptionError(f"unknown {request.backbone!r}; choose from {sorted(BACKBONES)}", "--backbone")
+    """The :class:`ExtractConfig` ``request`` asks for on ``dataset`` (fingerprinted): the backbone's node (recorded
+    when it is not the registered one), weights by identity, the backbone's input size, the calibration video of
+    random weights (the first present video), the manifest's digest."""
+    try:
+        spec = backbone_spec(request.backbone, request.layer)
+    except BackboneError as err:
+        raise OptionError(str(err), "--layer" if request.layer else "--backbone") from None
     if request.flow not in FLOW_CHOICES:
         raise OptionError(f"unknown flow method {request.flow!r}; choose from {', '.join(FLOW_CHOICES)}", "--flow")
     if request.frames is not None and request.fps is not None:
@@ -187,8 +191,9 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
     flow_weights = request.flow_weights
     config = ExtractConfig(
         dataset=request.dataset, backbone=request.backbone,
+        layer=None if spec == BACKBONES.get(request.backbone) else spec.layer,  # a registered layer is no option
         weights=WeightsRef(weights_identity(request.weights, request.backbone), request.weights),
-        size=request.size or BACKBONES[request.backbone].size, frames=request.frames, fps=request.fps,
+        size=request.size or spec.size, frames=request.frames, fps=request.fps,
         max_frames=request.max_frames, flow=request.flow,
         flow_cnn_weights=None if flow_weights is None else WeightsRef(weights_identity(flow_weights, request.backbone),
                                                                       flow_weights),

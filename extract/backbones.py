@@ -1,8 +1,11 @@
-"""CNN backbones of the extraction stage: torchvision ImageNet nets cut at a conv layer.
+"""Backbones of the extraction stage: torchvision ImageNet networks cut at a node that keeps the spatial grid.
 
-Decoded uint8 RGB frames (T, H, W, 3) -> conv feature cubes (T, C, K, K), the grid the attention
-models look at. Each net is a torchvision model cut with ``create_feature_extractor`` at the layer
-its paper used; nothing is re-implemented here. Weights are one of:
+Decoded uint8 RGB frames (T, H, W, 3) -> feature cubes (T, C, K, K), the grid the attention models look at. Each
+net is a torchvision model cut with ``create_feature_extractor`` at a graph node; nothing is re-implemented here.
+The registry :data:`BACKBONES` holds the papers' CNNs at the layer each paper used and today's networks at their
+last grid (ViT-B/16's patch tokens, Swin's and ConvNeXt's last stage); ``torchvision:NAME`` with a node
+(``--layer``) cuts any torchvision classification network, its grid and channels found by a dry forward.
+Weights are one of:
 
 - ``"imagenet"``: torchvision's default ImageNet weights for the architecture, read from torch's hub
   cache (``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``). Nothing is ever
@@ -10,37 +13,49 @@ its paper used; nothing is re-implemented here. Weights are one of:
   directory to put it in. A member name of the architecture's weights enum (``"IMAGENET1K_V1"``)
   picks other torchvision weights the same way.
 - a path to a ``state_dict`` file of the same torchvision architecture (identity: its sha256).
-- ``"none"``: seeded random init with batch-norm statistics calibrated on frames (see
-  :func:`calibrate_batchnorm`), for tests and machines without weights.
+- ``"none"``: seeded random init, batch-norm statistics calibrated on frames, then checked to fit float16
+  (:mod:`glimpse.extract.random_weights`; LayerNorm networks have no statistics to calibrate).
 
 Each Dask worker calls :func:`build_backbone` once and then :meth:`FeatureExtractor.features`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
-from torchvision.models import get_model, get_model_weights
+from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models._api import WeightsEnum
-from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from glimpse.errors import GlimpseError
+from glimpse.extract.random_weights import calibrate_batchnorm, check_float16_range, synthetic_calibration_frames
+from glimpse.extract.weights import cached_weights_file, check_state_dict, file_sha256, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: How a node's output holds the grid: ``grid`` (B, C, K, K); ``tokens`` (B, 1 + K*K, C), a class token then the
+#: patch tokens row by row (ViT), of which the cube keeps the patch tokens and drops the class token.
+GRID, TOKENS = "grid", "tokens"
+
+#: ``--backbone torchvision:NAME``: any classification network of torchvision, cut at ``--layer NODE``.
+TORCHVISION = "torchvision:"
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One backbone: torchvision ``arch`` cut at graph node ``layer`` -> (channels, grid, grid) at ``size``."""
+    """One backbone: torchvision ``arch`` cut at graph node ``layer`` -> (channels, grid, grid) at ``size``, its
+    input normalised with ``mean`` and ``std`` (per RGB channel, on [0, 1] values)."""
 
     name: str
     arch: str  # torchvision builder name
@@ -48,6 +63,9 @@ class BackboneSpec:
     channels: int  # C of the feature cube
     size: int  # default input side S (frames are resized to S x S)
     grid: int  # K of the feature cube at the default size
+    layout: str = GRID  # how the node holds the grid: GRID or TOKENS
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -60,6 +78,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vgg16_pool5": BackboneSpec("vgg16_pool5", "vgg16", "features.30", 512, 224, 7),
     # CHAM
     "resnet152": BackboneSpec("resnet152", "resnet152", "layer4", 2048, 224, 7),
+    # today's: ViT-B/16's 196 patch tokens after the encoder's final LayerNorm (the class token is dropped)
+    "vit_b_16": BackboneSpec("vit_b_16", "vit_b_16", "encoder.ln", 768, 224, 14, TOKENS),
+    # Swin's last stage after its LayerNorm, permuted to (C, K, K) by the model itself
+    "swin_t": BackboneSpec("swin_t", "swin_t", "permute", 768, 224, 7),
+    "swin_b": BackboneSpec("swin_b", "swin_b", "permute", 1024, 224, 7),
+    # ConvNeXt's last stage (its final LayerNorm belongs to the classifier)
+    "convnext_tiny": BackboneSpec("convnext_tiny", "convnext_tiny", "features", 768, 224, 7),
+    "convnext_base": BackboneSpec("convnext_base", "convnext_base", "features", 1024, 224, 7),
 }
 
 #: builder keyword arguments per architecture, the same for every kind of weights. GoogLeNet and
@@ -71,110 +97,116 @@ ARCH_KWARGS: dict[str, dict] = {
     "inception_v3": {"aux_logits": False, "transform_input": True},
 }
 
-#: state_dict key prefixes of heads that no feature layer depends on: they may be missing from a
-#: weights file, or hold any shape (another number of classes); they are never loaded.
-HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
-    "googlenet": ("aux1.", "aux2.", "fc."),
-    "inception_v3": ("AuxLogits.", "fc."),
-    "vgg16": ("classifier.",),
-    "resnet152": ("fc.",),
-}
+#: state_dict key prefixes of auxiliary heads that torchvision's weights hold and the models built without
+#: ``aux_logits`` lack; besides them, every key of a part of the network the cut does not use is optional.
+AUX_PREFIXES: dict[str, tuple[str, ...]] = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
-#: at most this many calibration frames are used by :func:`calibrate_batchnorm`
+#: at most this many calibration frames are used by :func:`~glimpse.extract.random_weights.calibrate_batchnorm`
 CALIBRATION_FRAMES = 64
 
 
-class WeightsNotAvailable(GlimpseError, RuntimeError):
-    """Pretrained weights are not in torch's hub cache and this tool never downloads them."""
+class BackboneError(GlimpseError, ValueError):
+    """A backbone that cannot be built as asked: an unknown name, a node the network lacks or that holds no grid,
+    an input too small."""
 
 
-def cached_weights_file(weights: WeightsEnum) -> Path:
-    """Path of the cached file of torchvision ``weights``; raise :class:`WeightsNotAvailable` if absent.
-
-    The file name is the basename of ``weights.url``, looked up in ``torch.hub.get_dir()/checkpoints``,
-    where ``torch.hub.load_state_dict_from_url`` would have put it.
-    """
-    directory = Path(torch.hub.get_dir()) / "checkpoints"
-    filename = Path(urlparse(weights.url).path).name
-    path = directory / filename
-    if not path.is_file():
-        raise WeightsNotAvailable(
-            f"{weights}: {filename} is not in {directory} and glimpse does not download weights. "
-            f"Fetch {weights.url} on a machine with internet and put it in {directory} "
-            f"(torch's hub checkpoints directory; set TORCH_HOME to move it), or use weights='none' "
-            f"or a state_dict path."
-        )
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Load a ``state_dict`` file with ``torch.load(weights_only=True)``; clear errors otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a torch state_dict file ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state_dict (a dict of name -> tensor)")
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise ValueError(
-                f"{path}: not a plain state_dict: key {key!r} holds a {type(value).__name__}, not a tensor "
-                f"(save model.state_dict(), not a training checkpoint)"
-            )
-    return state
-
-
-def check_state_dict(
-    expected: dict[str, Tensor], state: dict[str, Tensor], source: str, optional_prefixes: tuple[str, ...] = ()
-) -> dict[str, Tensor]:
-    """``state`` without its ``optional_prefixes`` keys, after refusing any missing, unexpected or mis-shaped key.
-
-    ``expected`` is the model's own ``state_dict()`` (meta tensors do). Keys under ``optional_prefixes``
-    (classifier heads) are dropped whether present or not; ``num_batches_tracked`` buffers may be
-    missing (older checkpoints). ``source`` names the file in the error.
-    """
-    state = {k: v for k, v in state.items() if not k.startswith(optional_prefixes)}
-    unexpected = [k for k in state if k not in expected]
-    missing = [k for k in expected if k not in state and not k.startswith(optional_prefixes)]
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})"
-        for k in state
-        if k in expected and state[k].shape != expected[k].shape
-    ]
-    problems = []
-    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched)):
-        if keys:
-            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
-            problems.append(f"{what}: {', '.join(keys[:5])}{more}")
-    if problems:
-        raise ValueError(f"{source}: does not fit the torchvision architecture: " + "; ".join(problems))
-    return state
-
-
-def load_checked_state_dict(
-    model: nn.Module, state: dict[str, Tensor], source: str, optional_prefixes: tuple[str, ...] = ()
-) -> None:
-    """Load ``state`` into ``model`` after :func:`check_state_dict`; clear errors name ``source``."""
-    model.load_state_dict(check_state_dict(model.state_dict(), state, source, optional_prefixes), strict=False)
-
-
-def _spec(name: str) -> BackboneSpec:
+def backbone_arch(name: str) -> str:
+    """The torchvision builder of backbone ``name`` (a key of :data:`BACKBONES` or ``torchvision:NAME``)."""
+    if name.startswith(TORCHVISION):
+        arch = name[len(TORCHVISION) :]
+        if arch not in list_models(module=torchvision.models):
+            raise BackboneError(f"{name}: torchvision has no classification network {arch!r} (see "
+                                "torchvision.models.list_models(module=torchvision.models))")
+        return arch
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+        raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, or {TORCHVISION}NAME")
+    return BACKBONES[name].arch
+
+
+def _builder_kwargs(arch: str, size: int, init_weights: bool) -> dict:
+    """Keyword arguments of ``arch``'s builder: :data:`ARCH_KWARGS`, ``init_weights`` where the builder has the flag
+    (False for meta-device builds), and ViT's ``image_size`` (its position embeddings are per patch of S x S)."""
+    kwargs = dict(ARCH_KWARGS.get(arch, {}))
+    if arch in ARCH_KWARGS:  # exactly the builders with an init_weights flag
+        kwargs["init_weights"] = init_weights
+    if arch.startswith("vit_"):
+        kwargs["image_size"] = size
+    return kwargs
+
+
+def _meta_model(arch: str, size: int) -> nn.Module:
+    """``arch`` with no values (meta device): built there when its builder allows, else built on the CPU (RegNet
+    computes its widths with tensors) and moved there."""
+    try:
+        with torch.device("meta"):
+            return get_model(arch, weights=None, **_builder_kwargs(arch, size, init_weights=False))
+    except NotImplementedError:
+        with torch.random.fork_rng(devices=[]):
+            return get_model(arch, weights=None, **_builder_kwargs(arch, size, init_weights=False)).to("meta")
+
+
+def _cut(model: nn.Module, name: str, layer: str) -> nn.Module:
+    """``model`` (eval mode) cut at node ``layer``, whose output the returned module gives as ``["features"]``."""
+    try:
+        return create_feature_extractor(model.eval(), {layer: "features"})
+    except ValueError:
+        last = get_graph_node_names(model)[1][-8:]
+        raise BackboneError(f"{name}: no node {layer!r} in {type(model).__name__}; its last nodes are "
+                            f"{', '.join(last)} (torchvision's get_graph_node_names lists them all)") from None
+
+
+@functools.cache
+def _node_shape(name: str, arch: str, layer: str, size: int) -> tuple[int, ...]:
+    """Shape of node ``layer``'s output for one S x S image (dry forward on 'meta')."""
+    body = _cut(_meta_model(arch, size), name, layer)
+    try:
+        return tuple(body(torch.empty(1, 3, size, size, device="meta"))["features"].shape)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackboneError(f"backbone {name}: input size {size} px is too small ({reason})") from None
+
+
+def discover(name: str, arch: str, layer: str, size: int) -> tuple[int, int, str]:
+    """(channels, grid, layout) of ``arch``'s node ``layer`` at S = ``size``, from a dry forward: a (1, C, K, K)
+    output is a grid, a (1, 1 + K*K, C) sequence is ViT's class and patch tokens; anything else is refused."""
+    shape = _node_shape(name, arch, layer, size)
+    if len(shape) == 4 and shape[2] == shape[3]:
+        return shape[1], shape[2], GRID
+    side = math.isqrt(shape[1] - 1) if len(shape) == 3 and shape[1] > 1 else 0
+    if len(shape) == 3 and side * side == shape[1] - 1:
+        return shape[2], side, TOKENS
+    raise BackboneError(f"{name}: node {layer!r} gives {shape} at {size} px: neither a (B, C, K, K) grid nor "
+                        "(B, 1 + K*K, C) class and patch tokens")
+
+
+@functools.cache
+def backbone_spec(name: str, layer: str | None = None) -> BackboneSpec:
+    """The backbone ``name`` cut at ``layer`` (None: its registered layer): a registry entry, the entry at another
+    node, or ``torchvision:NAME`` at node ``layer`` (required) at its weights' crop size, normalised as its weights
+    are; channels, grid and layout of another node come from a dry forward."""
+    arch = backbone_arch(name)
+    if name in BACKBONES:
+        spec = BACKBONES[name]
+        if layer is None or layer == spec.layer:
+            return spec
+    else:
+        if layer is None:
+            raise BackboneError(f"{name}: say which node to cut at with --layer NODE (torchvision's "
+                                "get_graph_node_names lists them; e.g. trunk_output for RegNet)")
+        preset = get_model_weights(arch)["DEFAULT"].transforms.keywords
+        spec = BackboneSpec(name, arch, layer, 0, int(preset.get("crop_size", 224)), 0,
+                            mean=tuple(preset.get("mean", IMAGENET_MEAN)), std=tuple(preset.get("std", IMAGENET_STD)))
+    channels, grid, layout = discover(name, arch, layer, spec.size)
+    return dataclasses.replace(spec, layer=layer, channels=channels, grid=grid, layout=layout)
+
+
+def output_grid(spec: BackboneSpec, size: int) -> int:
+    """K of the (C, K, K) feature cube of backbone ``spec`` for S = ``size`` input (dry run on 'meta')."""
+    channels, grid, layout = discover(spec.name, spec.arch, spec.layer, size)
+    if (channels, layout) != (spec.channels, spec.layout):
+        raise AssertionError(f"backbone {spec.name}: {spec.layer} gives {channels} channels as {layout}, "
+                             f"registry says {spec.channels} as {spec.layout}")
+    return grid
 
 
 def _resolve_weights(arch: str, weights: str) -> WeightsEnum | Path | None:
@@ -210,74 +242,12 @@ def weights_identity(weights: str, name: str | None = None) -> str:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights {weights!r}: no such file")
         return f"sha256:{file_sha256(weights)}"
-    resolved = _resolve_weights(_spec(name).arch, weights)
+    resolved = _resolve_weights(backbone_arch(name), weights)
     return resolved.name if isinstance(resolved, WeightsEnum) else f"sha256:{file_sha256(resolved)}"
 
 
-def _build_model(spec: BackboneSpec, init_weights: bool) -> nn.Module:
-    """The full torchvision model of ``spec``; ``init_weights=False`` skips GoogLeNet / Inception v3's own
-    init (for meta-device builds, whose values get loaded or never exist)."""
-    kwargs = dict(ARCH_KWARGS.get(spec.arch, {}))
-    if spec.arch in ARCH_KWARGS:  # exactly the builders with an init_weights flag
-        kwargs["init_weights"] = init_weights
-    return get_model(spec.arch, weights=None, **kwargs)
-
-
-@functools.cache
-def output_grid(name: str, size: int) -> int:
-    """K of the (C, K, K) feature cube of backbone ``name`` for S = ``size`` input (dry run on 'meta')."""
-    spec = _spec(name)
-    with torch.device("meta"):
-        model = _build_model(spec, init_weights=False)
-    body = create_feature_extractor(model.eval(), {spec.layer: "features"})
-    try:
-        out = body(torch.empty(1, 3, size, size, device="meta"))["features"]  # (1, C, K, K)
-    except RuntimeError as e:
-        raise ValueError(f"backbone {name}: input size {size} px is too small ({e})") from e
-    if out.shape[1] != spec.channels or out.shape[2] != out.shape[3]:
-        raise AssertionError(f"backbone {name}: {spec.layer} gives {tuple(out.shape)}, registry says {spec.channels}")
-    return int(out.shape[-1])
-
-
-def synthetic_calibration_frames(size: int, count: int = 16, seed: int = 0) -> np.ndarray:
-    """``count`` seeded smooth random colour images (count, size, size, 3) uint8 for BN calibration."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(count, 3, 6, 6, generator=generator)  # (N, 3, 6, 6) blobs
-    fine = torch.rand(count, 3, size // 4, size // 4, generator=generator)  # (N, 3, S/4, S/4) texture
-    images = 0.7 * F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    images += 0.3 * F.interpolate(fine, size=(size, size), mode="bilinear", align_corners=False)  # (N, 3, S, S)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
-
-
-def calibrate_batchnorm(body: nn.Module, images: Tensor, batch_size: int = 16) -> None:
-    """Set every batch norm's running statistics to their cumulative average over ``images`` (N, 3, S, S).
-
-    Forward passes in train mode with ``momentum=None``, then back to eval. Needed for random init:
-    measured on this project's machine with S=224, eval-mode features at random init are ~1e-11
-    (GoogLeNet, below float16's range) or ~1e8 (Inception v3, ResNet-152); after calibration they
-    are O(1) (max around 5, about half zeros after the ReLU).
-    """
-    norms = [m for m in body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    if len(images) < 2:  # train-mode BN on a 1x1 map needs two values per channel
-        images = torch.cat([images, images.flip(-1)])  # (2, 3, S, S)
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    body.train()
-    with torch.no_grad():
-        for batch in torch.tensor_split(images, -(-len(images) // batch_size)):  # balanced, each >= 2
-            body(batch)
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    body.eval()
-
-
 class FeatureExtractor(nn.Module):
-    """uint8 RGB frames -> (T, C, K, K) float32 conv features of one backbone; eval mode, no grad.
+    """uint8 RGB frames -> (T, C, K, K) float32 features of one backbone; eval mode, no grad.
 
     Attributes: ``spec`` (:class:`BackboneSpec`), ``size`` (S), ``grid`` (K at S),
     ``weights_identity`` (str for store metadata), ``device``.
@@ -286,11 +256,11 @@ class FeatureExtractor(nn.Module):
     def __init__(self, spec: BackboneSpec, body: nn.Module, size: int, weights_identity: str, device: str):
         super().__init__()
         self.spec, self.size, self.weights_identity = spec, size, weights_identity
-        self.grid = output_grid(spec.name, size)
+        self.grid = output_grid(spec, size)
         self.device = torch.device(device)
         self.body = body.eval().to(self.device)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1))
         self.requires_grad_(False)
 
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
@@ -323,7 +293,10 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, K, K) float32 features."""
         with torch.inference_mode():
-            return self.body(images)["features"].float()  # (B, C, K, K)
+            out = self.body(images)["features"]  # (B, C, K, K), or (B, 1 + K*K, C) tokens
+            if self.spec.layout == TOKENS:  # the class token dropped, the patch tokens back on their grid, row by row
+                out = out[:, 1:].transpose(1, 2).unflatten(2, (self.grid, self.grid))  # (B, C, K, K)
+            return out.float().contiguous()
 
     def features(self, frames: np.ndarray | Tensor, batch_size: int = 32) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB frames -> (T, C, K, K) float32 numpy features, ``batch_size`` frames at a time.
@@ -349,21 +322,29 @@ class FeatureExtractor(nn.Module):
         return self(images.contiguous())[: batch_size - max(pad, 0)]  # (b, C, K, K)
 
 
-def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path) -> tuple[nn.Module, str]:
+def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path, size: int) -> tuple[nn.Module, str]:
     """The cut network of ``spec`` holding ``weights`` (torchvision enum or file), and their identity.
 
     The model is built on the meta device and only the cut part is materialized, so no time goes into
-    random init (VGG-16's classifier alone is 100M parameters) before the weights overwrite it.
+    random init (VGG-16's classifier alone is 100M parameters) before the weights overwrite it. Keys of the
+    parts the cut does not use (classifier heads) may be missing from the file or hold any shape.
     """
     if isinstance(weights, WeightsEnum):
         source, identity = f"{weights} ({cached_weights_file(weights)})", weights.name  # raises before any download
         state = weights.get_state_dict(progress=False, check_hash=False, map_location="cpu", weights_only=True)
     else:
         source, identity, state = str(weights), f"sha256:{file_sha256(weights)}", read_state_dict(weights)
-    with torch.device("meta"):
-        model = _build_model(spec, init_weights=False)
-    state = check_state_dict(model.state_dict(), state, source, HEAD_PREFIXES[spec.arch])
-    body = create_feature_extractor(model.eval(), {spec.layer: "features"}).to_empty(device="cpu")
+    model = _meta_model(spec.arch, size)
+    body = _cut(model, spec.name, spec.layer)
+    used = {key.split(".")[0] for key in body.state_dict()}
+    unused = tuple(f"{child}." for child, _ in model.named_children() if child not in used)
+    state = check_state_dict(model.state_dict(), state, source, AUX_PREFIXES.get(spec.arch, ()) + unused)
+    if {name for name, _ in body.named_buffers()} - set(body.state_dict()):  # buffers no file holds: built ones
+        with torch.random.fork_rng(devices=[]):
+            body = _cut(get_model(spec.arch, weights=None, **_builder_kwargs(spec.arch, size, True)), spec.name,
+                        spec.layer)
+    else:
+        body = body.to_empty(device="cpu")
     own = body.state_dict()
     filled = {k: torch.zeros_like(v) for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     body.load_state_dict({k: state[k] for k in own if k in state} | filled)  # strict: any other gap raises
@@ -376,16 +357,19 @@ def build_backbone(
     device: str = "cpu",
     calibration_frames: np.ndarray | None = None,
     size: int | None = None,
+    layer: str | None = None,
 ) -> FeatureExtractor:
-    """Build the feature extractor of backbone ``name`` (a key of :data:`BACKBONES`).
+    """Build the feature extractor of backbone ``name`` (a key of :data:`BACKBONES`, or ``torchvision:NAME`` with a
+    ``layer``) cut at ``layer`` (None: its registered one).
 
     ``weights``: ``"imagenet"`` (or a torchvision enum member name such as ``"IMAGENET1K_V1"``) from
     torch's hub cache, never downloaded (:class:`WeightsNotAvailable`); a ``state_dict`` file path of
-    the same architecture (classifier / auxiliary heads may be missing); or ``"none"``.
+    the same architecture (the keys of parts the cut does not use may be missing); or ``"none"``.
 
     ``"none"`` builds the net after ``torch.manual_seed(0)`` (caller's RNG state untouched), so every
     worker gets the same weights, then calibrates batch-norm statistics on ``calibration_frames``
-    (T, H, W, 3) uint8 (first :data:`CALIBRATION_FRAMES` used) or, if None, on seeded synthetic images.
+    (T, H, W, 3) uint8 (first :data:`CALIBRATION_FRAMES` used) or, if None, on seeded synthetic images,
+    and checks that the features on them fit float16 (:mod:`glimpse.extract.random_weights`).
     Workers must pass the same calibration frames to get the same network; the extractor's
     ``weights_identity`` is then ``"none+calib:<sha256 of the frames>"`` (plain ``"none"`` for the
     synthetic ones). VGG-16 has no batch norm and is not rescaled: its random-init (Kaiming) features
@@ -394,17 +378,17 @@ def build_backbone(
 
     ``size``: input side S (default ``spec.size``); small sizes are for tests.
     """
-    spec = _spec(name)
+    spec = backbone_spec(name, layer)
     size = spec.size if size is None else int(size)
-    output_grid(name, size)  # fails early and clearly on a too small size
+    output_grid(spec, size)  # fails early and clearly on a too small size
     resolved = _resolve_weights(spec.arch, weights)
     if resolved is not None:
-        body, identity = _loaded_body(spec, resolved)
+        body, identity = _loaded_body(spec, resolved, size)
         return FeatureExtractor(spec, body, size, identity, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = _build_model(spec, init_weights=True)
-    body = create_feature_extractor(model.eval(), {spec.layer: "features"})
+        model = get_model(spec.arch, weights=None, **_builder_kwargs(spec.arch, size, init_weights=True))
+    body = _cut(model, spec.name, spec.layer)
     identity = "none"
     if calibration_frames is not None:
         calibration_frames = np.ascontiguousarray(calibration_frames[:CALIBRATION_FRAMES])
@@ -412,6 +396,8 @@ def build_backbone(
         identity = f"none+calib:{digest.hexdigest()}"
     extractor = FeatureExtractor(spec, body, size, identity, device)
     frames = synthetic_calibration_frames(size) if calibration_frames is None else calibration_frames
-    calibrate_batchnorm(extractor.body, extractor.preprocess(frames))
+    images = extractor.preprocess(frames)  # (N, 3, S, S)
+    calibrate_batchnorm(extractor.body, images)
     extractor.eval()
+    check_float16_range(f"{spec.name} at {spec.layer}", extractor(images[:2]))
     return extractor

@@ -17,10 +17,19 @@ import click
 from glimpse.choices import DEVICES, RegistryChoice
 from glimpse.errors import Command
 from glimpse.extract.api import FLOW_CHOICES, FeatureRequest, RunOptions, extract_dataset
-from glimpse.extract.backbones import BACKBONES
+from glimpse.extract.backbones import BACKBONES, TORCHVISION
 from glimpse.extract.datasets import DATASETS
 from glimpse.store.layout import CODECS
 from glimpse.store.schema import STREAMS
+
+
+class BackboneChoice(RegistryChoice):
+    """A registered backbone, or ``torchvision:NAME`` (checked by the API, which builds its graph)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.startswith(TORCHVISION):
+            return value
+        return super().convert(value, param, ctx)
 
 
 def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
@@ -38,7 +47,11 @@ def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Resample every video to this frame rate.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Keep at most this many frames per video.")
 @click.option("--size", type=click.IntRange(min=16), help="Input size S (frames resized to S x S). [backbone's]")
-@click.option("--backbone", default="googlenet", type=RegistryChoice(BACKBONES), help="CNN of the conv cubes.")
+@click.option("--backbone", default="googlenet", type=BackboneChoice(BACKBONES),
+              help="Network of the feature cubes: a registered one, or torchvision:NAME (any torchvision "
+                   "classification network) with --layer.")
+@click.option("--layer", default=None,
+              help="Graph node to cut the backbone at (torchvision's get_graph_node_names). [the backbone's]")
 @click.option("--weights", default="imagenet", help="imagenet (torchvision cache, TORCH_HOME) | none | PATH")
 @click.option("--flow", default="none", type=RegistryChoice(FLOW_CHOICES))
 @click.option("--streams", default=None, callback=_names,

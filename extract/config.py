@@ -58,6 +58,7 @@ class ExtractConfig:
 
     dataset: str
     backbone: str = "googlenet"
+    layer: str | None = None  # the node the backbone is cut at; None: its registered layer
     weights: WeightsRef = WeightsRef("none")
     size: int = 224
     frames: int | None = None
@@ -85,8 +86,8 @@ class ExtractConfig:
         return self.streams or tuple(stream_spec(name) for name in self.stream_names)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as stored and hashed: identities only; ``streams`` only when not the default (older stores
-        keep their hash)."""
+        """The config as stored and hashed: identities only; ``layer`` and ``streams`` only when not the default
+        (older stores keep their hash)."""
         out: dict[str, Any] = {
             "dataset": self.dataset, "backbone": self.backbone, "weights": self.weights.identity, "size": self.size,
             "frames": self.frames, "fps": self.fps, "max_frames": self.max_frames, "flow": self.flow,
@@ -94,6 +95,8 @@ class ExtractConfig:
             "raft_weights": self.raft_weights.identity, "flow_size": self.flow_size,
             "calibration": None if self.calibration is None else [self.calibration.video, self.calibration.frames],
         }
+        if self.layer is not None:
+            out["layer"] = self.layer
         if self.streams is not None:
             out["streams"] = list(self.stream_names)
         if self.manifest is not None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
 
-from glimpse.extract.backbones import cached_weights_file, file_sha256, load_checked_state_dict, read_state_dict
+from glimpse.extract.weights import cached_weights_file, file_sha256, load_checked_state_dict, read_state_dict
 
 FLOW_METHODS = ("tvl1", "farneback", "raft")  # "none" (no flow stream) is the caller's business
 
@@ -52,7 +52,7 @@ def build_raft(weights: str = "none") -> tuple[torch.nn.Module, str]:
 
     ``weights``: ``"none"`` (seeded random init, ``torch.manual_seed(0)``, caller's RNG untouched),
     ``"default"`` (``Raft_Small_Weights.DEFAULT``, read from torch's hub cache, never downloaded:
-    :class:`extract.backbones.WeightsNotAvailable` otherwise), an enum member name, or a
+    :class:`extract.weights.WeightsNotAvailable` otherwise), an enum member name, or a
     ``state_dict`` file path (identity: ``"sha256:<hex>"``).
     """
     if weights == "none":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glimpse.cluster import gpu_resources, worker_device
-from glimpse.extract.backbones import BACKBONES
+from glimpse.extract.backbones import backbone_spec
 from glimpse.extract.batched import Pipeline
 from glimpse.extract.config import (
     CLAIMED,
@@ -188,7 +188,7 @@ def prepare_store(out: str, config: ExtractConfig, dataset: Dataset, *, overwrit
     that ``store repair`` can run the extraction again; ``codec`` how chunks are stored (see
     :func:`store.create_store`).
     """
-    spec = BACKBONES[config.backbone]
+    spec = backbone_spec(config.backbone, config.layer)
     info = {"backbone": spec.name, "layer": spec.layer, "weights": config.weights.identity,
             "versions": store_versions(device), "source": dict(source or {})}
     return create_store(

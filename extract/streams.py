@@ -23,7 +23,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import torch
 
-from glimpse.extract.backbones import BACKBONES, FeatureExtractor, build_backbone, output_grid
+from glimpse.extract.backbones import FeatureExtractor, backbone_spec, build_backbone, output_grid
 from glimpse.extract.config import ExtractConfig, Runtime
 from glimpse.extract.datasets import read_boxes
 from glimpse.extract.flow import FlowEstimator, flow_to_image
@@ -122,7 +122,8 @@ class RGBStream(StreamCompute):
 
     @classmethod
     def describe(cls, config: ExtractConfig) -> dict[str, Any]:
-        spec, grid = BACKBONES[config.backbone], output_grid(config.backbone, config.size)
+        spec = backbone_spec(config.backbone, config.layer)
+        grid = output_grid(spec, config.size)
         return {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
 
     def compute(self, source: Any, result: dict[str, Any]) -> np.ndarray:
@@ -230,7 +231,7 @@ class Extractor:
         if calibration is not None and calibration.path:
             calibration_frames = calibration_video(calibration.path, calibration.frames)
         return build_backbone(config.backbone, config.weights.load, self.runtime.device,
-                              calibration_frames=calibration_frames, size=config.size)
+                              calibration_frames=calibration_frames, size=config.size, layer=config.layer)
 
     @functools.cached_property
     def flow_backbone(self) -> FeatureExtractor:
@@ -238,7 +239,7 @@ class Extractor:
         if self.config.flow_cnn_weights is None:
             return self.backbone
         return build_backbone(self.config.backbone, self.config.flow_cnn_weights.load, self.runtime.device,
-                              size=self.config.size)
+                              size=self.config.size, layer=self.config.layer)
 
     @functools.cached_property
     def flow(self) -> FlowEstimator:

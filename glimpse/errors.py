@@ -8,7 +8,9 @@ Every error a user can fix (a missing path, a store of another schema, an option
       ClusterError          glimpse.cluster                 a cluster that cannot be set up as asked
       DatasetError          glimpse.extract.datasets.base   a dataset tree that does not follow its layout
       DecodeError           glimpse.media.decode            a video that cannot be decoded as asked
-      WeightsNotAvailable   glimpse.extract.backbones       pretrained weights not in the cache
+      WeightsNotAvailable   glimpse.extract.weights         pretrained weights not in the cache
+      BackboneError         glimpse.extract.backbones       an unknown backbone or node, a node with no grid
+      RandomWeightsError    glimpse.extract.random_weights  random weights whose features float16 cannot hold
       SchemaError           glimpse.store.schema            a record or store that breaks the schema
       StoreError            glimpse.store.schema            no store, another schema, a read of nothing
         StoreExistsError    glimpse.store.writer            --out holds something else

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
 
-from glimpse.extract.backbones import WeightsNotAvailable
 from glimpse.extract.flow import FLOW_METHODS, FlowEstimator, flow_to_image, image_to_flow
+from glimpse.extract.weights import WeightsNotAvailable
 from glimpse.media.encode import write_video
 
 DX, DY = 3, -2  # content moves 3 px right and 2 px up per frame
