@@ -143,6 +143,7 @@ def test_an_external_clusters_gpu_workers_pick_distinct_devices():
     assert single == "cuda"  # a worker pinned to one device (CUDA_VISIBLE_DEVICES of one entry) uses it
 
 
+@pytest.mark.slow
 def test_a_worker_slow_to_exit_is_not_killed_at_a_normal_shutdown(caplog):
     """torch's interpreter teardown takes seconds on a loaded machine; Dask kills a worker after 4 s."""
     caplog.set_level(logging.INFO, logger="distributed")
@@ -152,6 +153,7 @@ def test_a_worker_slow_to_exit_is_not_killed_at_a_normal_shutdown(caplog):
     assert "killed by signal" not in caplog.text and "still alive" not in caplog.text
 
 
+@pytest.mark.slow
 def test_an_extraction_prints_no_dask_line(tiny_synthetic, tmp_path):
     """An extraction of 3 videos through the real local cluster: the CLI's own lines, none of Dask's."""
     import shutil

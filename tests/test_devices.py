@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import zarr
 from extraction import extract
 from test_extract import REPO, TINY_OPTS
@@ -39,6 +40,7 @@ def test_the_store_records_the_device_and_tf32_and_info_shows_them(tiny_syntheti
     assert "device cpu" in shown and "tf32 off" in shown
 
 
+@pytest.mark.slow
 def test_a_store_of_another_device_is_not_resumed_unless_asked(tiny_synthetic, dask_client, tmp_path):
     summary = extract("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=dask_client, **TINY_OPTS)
     root = zarr.open_group(summary.store, mode="r+")

@@ -44,6 +44,7 @@ def test_two_datasets_with_the_same_ids_get_two_stores_under_one_lab_root(tiny_s
     assert again.store == second.store and again.skipped == 12  # the same dataset asked again: its own store
 
 
+@pytest.mark.slow
 def test_out_onto_another_datasets_store_is_refused_in_one_line(tiny_synthetic, other_seed, dask_client, tmp_path):
     out = tmp_path / "store"
     extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, **TINY_OPTS)
@@ -71,6 +72,7 @@ def test_the_manifest_digest_follows_splits_labels_classes_and_files(tiny_synthe
     assert manifest_digest(dataclasses.replace(printed, videos=printed.videos)) == digest
 
 
+@pytest.mark.slow
 def test_classes_restrict_the_store_to_a_subset(tiny_synthetic, dask_client, tmp_path):
     dataset = load_dataset("synthetic", tiny_synthetic)
     chosen = (dataset.classes[2], dataset.classes[0])  # labels follow this order

@@ -109,6 +109,7 @@ def test_store_read_from_s3_equals_the_local_store(uploaded):
             np.testing.assert_array_equal(there.read(video.id, "rgb", frames), here.read(video.id, "rgb", frames))
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_from_an_s3_store(uploaded, s3, tmp_path):
     _, url = uploaded
     run = tmp_path / "run"
@@ -149,6 +150,7 @@ def test_a_missing_backend_is_one_line_naming_the_package(s3):
         assert_one_line(done, f"{protocol}://lab/stores", f"needs the package {package} (pip install {package})")
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_is_one_line_naming_it(uploaded, s3):
     with socket.socket() as sock:  # a loopback port nothing listens on
         sock.bind(("127.0.0.1", 0))

@@ -55,6 +55,7 @@ def wait_for_epochs(proc: subprocess.Popen, run: Path, epochs: int) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_way_is_never_a_normal_table_row_and_a_second_trainer_is_refused(store, tmp_path):
     root = tmp_path / "runs"
     run = root / "hand-avgpool_lstm"  # a model without attention: the hand store has no frames to draw it on
@@ -89,6 +90,7 @@ def test_the_table_names_each_model_before_it_trains(store, tmp_path):
     assert 0 <= first < second and "| softmax |" in table.output and "| avgpool_lstm |" in table.output
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_previous_checkpoint_when_last_is_damaged(store, tmp_path):
     full = train_model(store, "softattn", tmp_path / "full", **{**SMALL, "epochs": 3})
     run = RunDir(tmp_path / "cut")
@@ -117,6 +119,7 @@ def test_a_damaged_or_missing_last_checkpoint_without_a_previous_one_is_one_line
         resume_run(run.path, progress=False)
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_continue(store, tmp_path):
     run = tmp_path / "run"
     proc = train_process(store, run, epochs=2000)

@@ -247,6 +247,7 @@ def test_batches_cut_in_the_background_arrive_in_order_with_the_error_and_stop_w
     assert not any(t.name == "glimpse-batches" for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_regattn_votes_over_every_segment_of_every_test_video(store, tmp_path):
     result = train_model(store, "regattn", tmp_path / "run", epochs=1, frames=4, stride=3,
                          model_args={"hidden": 8, "blocks": 1}, **FAST)

@@ -65,6 +65,7 @@ def test_gc_removes_what_a_crashed_writer_left_and_spares_live_writers(lab, tmp_
     assert not (store_path / "videos" / video_key(crashed.id)).exists()
 
 
+@pytest.mark.slow
 def test_repair_redoes_a_corrupted_video_through_the_extraction_stage(lab, tmp_path):
     store_path = tmp_path / "s"
     shutil.copytree(lab[1].store, store_path)

@@ -227,6 +227,7 @@ def test_same_seed_same_metrics_with_spawned_workers_and_with_the_ram_cache(tiny
     assert RunDir(tmp_path / "a").metrics()[0]["train_loss"] != RunDir(tmp_path / "other").metrics()[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_resume_finishes_a_stopped_run_and_keeps_what_it_learns(tiny_store, tmp_path):
     options = {**FAST, "epochs": 3, "model_args": {"hidden": 8}, "checkpoint_every": 1}
     full = train_model(tiny_store, "softattn", tmp_path / "full", **options)
@@ -265,6 +266,7 @@ def torch_threads(count: int):
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_a_run_killed_with_sigkill_mid_epoch_and_resumed_ends_like_an_uninterrupted_one(tiny_store, tmp_path):
     options = {"epochs": 6, "batch_size": 1, "lr": 1e-3, "checkpoint_every": 2, "workers": 0}
