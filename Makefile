@@ -21,13 +21,15 @@ DEMO_DIR    ?= demo/
 PYTEST_ARGS ?=
 EXTRACT_ARGS ?=
 TRAIN_ARGS  ?=
+# CLASSES=a,b,c extracts only those classes of the dataset (recorded in the store's identity)
+CLASSES     ?=
 
 .PHONY: help install extract train evaluate table demo test test-fast reliability lint typecheck bench clean
 
 help:
 	@echo "make demo                         synthetic dataset -> store -> models -> comparison table"
 	@echo "make test                         the whole test suite (make test-fast: every module, a few minutes)"
-	@echo "make extract DATASET=ucf11        DATA_ROOT/ucf11 -> STORE_ROOT/ucf11 (BACKBONE=, WEIGHTS=)"
+	@echo "make extract DATASET=ucf11        DATA_ROOT/ucf11 -> STORE_ROOT/ucf11 (BACKBONE=, WEIGHTS=, CLASSES=a,b)"
 	@echo "make install                      .venv with glimpse and its tools (every target does it first)"
 	@echo "make train MODEL=regattn [DATASET=ucf11] [STORE=path | BACKBONE=] [TRAIN_ARGS=...]"
 	@echo "make evaluate [DATASET=ucf11 MODEL=regattn | RUN=runs/ucf11-regattn] [STORE=moved store]"
@@ -50,7 +52,7 @@ install: $(VENV)/.installed
 # The store lands under STORE_ROOT/<dataset>/<backbone>-<config hash>: the same features are extracted once.
 extract: install
 	$(PY) -m glimpse.extract --dataset $(DATASET) --root $(call under,$(DATA_ROOT),$(DATASET)) --lab $(STORE_ROOT) \
-		--backbone $(BACKBONE) --weights $(WEIGHTS) $(EXTRACT_ARGS)
+		--backbone $(BACKBONE) --weights $(WEIGHTS) $(if $(CLASSES),--classes $(CLASSES)) $(EXTRACT_ARGS)
 
 # train and table find the dataset's store in the STORE_ROOT catalog (or take STORE=); table and demo train, then
 # evaluate (glimpse/experiments.py, above both stages). TRAIN_ARGS go to train and to table (--epochs, --set).

@@ -24,7 +24,7 @@ from glimpse.cluster import dask_client, parse_gpus, plan_cluster, visible_gpus
 from glimpse.errors import GlimpseError, OptionError
 from glimpse.extract.backbones import BACKBONES, BackboneError, backbone_spec, weights_identity
 from glimpse.extract.config import Calibration, ExtractConfig, Outcome, Runtime, WeightsRef, default_streams
-from glimpse.extract.datasets import Dataset, load_dataset, takes_seed
+from glimpse.extract.datasets import Dataset, load_dataset, takes
 from glimpse.extract.flow import FLOW_METHODS
 from glimpse.extract.pipeline import Summary, device_kind, prepare_store, run_extraction
 from glimpse.extract.streams import plan_streams
@@ -240,8 +240,9 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
         raise OptionError(f"--gpus runs on CUDA devices; it does not go with --device {device}")
     if (options.out is None) == (options.lab is None):
         raise OptionError("give exactly one of --out STORE and --lab ROOT")
-    dataset = load_dataset(request.dataset, request.root, **({"seed": request.seed} if takes_seed(request.dataset)
-                                                             else {}))
+    wanted = {"seed": request.seed, "classes": request.classes}
+    dataset = load_dataset(request.dataset, request.root,
+                           **{k: v for k, v in wanted.items() if takes(request.dataset, k) and v is not None})
     dataset = fingerprinted(restrict_classes(dataset, request.classes))
     config = resolve_config(request, dataset)
     out = options.out or str(lab_store_path(options.lab or "", config))
@@ -251,7 +252,7 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
         check_same_device(out, device)
     source = {"root": str(Path(request.root).resolve()), "weights": request.weights,
               "flow_weights": request.flow_weights, "raft_weights": request.raft_weights if request.flow == "raft"
-              else None, "seed": request.seed if takes_seed(request.dataset) else None,
+              else None, "seed": request.seed if takes(request.dataset, "seed") else None,
               "batch_size": options.batch_size}  # batches are padded to it: a repair must batch alike for the same bits
     cores = os.cpu_count() or 1
     # with --device cuda and no --gpus, a worker per visible GPU

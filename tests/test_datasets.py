@@ -406,3 +406,21 @@ def test_generator_output_loads(tiny_synthetic):
     with av.open(video.path) as container:
         n_frames = sum(1 for _ in container.decode(video=0))
     assert read_boxes(video.boxes).shape == (n_frames, 4)
+
+
+def test_ucf11_reads_only_the_classes_asked_for_without_the_others_folders(ucf11_root, tmp_path):
+    """A lab trying two classes copies only their folders: ``--classes`` reads those, and the splits are the ones
+    the whole dataset draws (the other classes' folders need not exist)."""
+    import shutil
+
+    from glimpse.extract.api import restrict_classes
+
+    root = tmp_path / "two"
+    for name in ("biking", "diving"):
+        shutil.copytree(ucf11_root / name, root / name)
+    with pytest.raises(DatasetError, match="basketball"):
+        load_dataset("ucf11", root)
+    part = restrict_classes(load_dataset("ucf11", root, classes=("diving", "biking")), ("diving", "biking"))
+    whole = {v.id: v for v in load_dataset("ucf11", ucf11_root).videos}
+    assert part.classes == ("diving", "biking") and len(part.videos) == 2 * 25 * 2
+    assert all(v.splits == whole[v.id].splits and part.classes[v.label] == v.id.split("/")[0] for v in part.videos)

@@ -216,6 +216,8 @@ def test_the_makefile_joins_roots_with_or_without_a_slash_and_passes_store_backb
     for root in ("/data", "/data/"):
         assert "--root /data/ucf11 --lab /lab" in make_dry_run("extract", "DATASET=ucf11", f"DATA_ROOT={root}",
                                                                 "STORE_ROOT=/lab")
+    assert "--classes" not in make_dry_run("extract")  # no CLASSES: every class
+    assert "--classes Biking,Diving" in make_dry_run("extract", "DATASET=ucf11", "CLASSES=Biking,Diving")
     assert "--run /r/ucf11-softattn" in make_dry_run("evaluate", "RUN_ROOT=/r", "DATASET=ucf11", "MODEL=softattn")
     assert "--run runs/synthetic-regattn --store /moved" in make_dry_run("evaluate", "STORE=/moved")
     train = make_dry_run("train", "DATASET=ucf11", "BACKBONE=vgg16", "RUN_ROOT=/r/", "TRAIN_ARGS=--epochs 3")

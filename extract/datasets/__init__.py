@@ -31,9 +31,10 @@ def load_dataset(name: str, root: str | Path, **kwargs) -> Dataset:
     return DATASETS[name](root, **kwargs)
 
 
-def takes_seed(name: str) -> bool:
-    """Whether dataset ``name`` draws its protocol splits at random (its adapter takes ``seed=``)."""
-    return name in DATASETS and "seed" in inspect.signature(DATASETS[name]).parameters
+def takes(name: str, parameter: str) -> bool:
+    """Whether dataset ``name``'s adapter takes ``parameter``: ``seed`` (it draws its protocol splits at random),
+    ``classes`` (it can read only some classes' folders)."""
+    return name in DATASETS and parameter in inspect.signature(DATASETS[name]).parameters
 
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "read_boxes", "resolve_inside", "takes_seed"]
+__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "read_boxes", "resolve_inside", "takes"]

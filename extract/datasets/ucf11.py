@@ -48,14 +48,17 @@ def train_groups(seed: int, split: str) -> dict[str, set[int]]:
     return {name: set((rng.permutation(N_GROUPS)[:N_TRAIN_GROUPS] + 1).tolist()) for name in CLASSES}
 
 
-def load(root: str | Path, seed: int = 0) -> Dataset:
-    """Read UCF11 from ``root`` (see the module docstring) with group-wise random splits drawn from ``seed``."""
+def load(root: str | Path, seed: int = 0, classes: tuple[str, ...] | None = None) -> Dataset:
+    """Read UCF11 from ``root`` (see the module docstring) with group-wise random splits drawn from ``seed``;
+    ``classes``: only these class folders are read (and need to exist)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"ucf11: seed must be a non-negative integer, got {seed!r}")
     root = open_root(root, "ucf11")
     train = {split: train_groups(int(seed), split) for split in SPLITS}
     records = []
     for label, name in enumerate(CLASSES):
+        if classes is not None and name not in classes:
+            continue
         for folder in subfolders(require_dir(root / name, f"the video folder of class {name!r}")):
             if folder.name in IGNORED_DIRS:
                 continue
