@@ -65,8 +65,8 @@ def write_report(path: Path = REPORT) -> None:
     lines = [
         "# Reliability",
         "",
-        "Written by the reliability cases of `make test` (tests/reliability_log.py), only by a session that ran",
-        "the whole suite and in which every one of them passed; do not edit by hand.",
+        "Written by the reliability cases of `make reliability` (tests/reliability_log.py), only by a run of the",
+        "whole suite in which every one of them passed; do not edit by hand.",
         f"Last written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} on {platform.node()}.",
         "",
         "| totals | |",
