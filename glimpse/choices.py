@@ -24,5 +24,5 @@ class RegistryChoice(click.Choice):
         return tuple(self.registry)
 
     @choices.setter
-    def choices(self, _value: Any) -> None:  # click.Choice.__init__ assigns a copy: the registry stays the source
-        pass
+    def choices(self, _value: Any) -> None:  # pyright: ignore[reportIncompatibleVariableOverride]
+        pass  # click.Choice.__init__ assigns a copy: the registry stays the source

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any, cast
 
 import pytest
 import zarr
@@ -44,9 +45,9 @@ def test_the_store_records_the_device_and_tf32_and_info_shows_them(tiny_syntheti
 def test_a_store_of_another_device_is_not_resumed_unless_asked(tiny_synthetic, dask_client, tmp_path):
     summary = extract("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=dask_client, **TINY_OPTS)
     root = zarr.open_group(summary.store, mode="r+")
-    meta = dict(root.attrs["glimpse"])
-    meta["versions"] = {**meta["versions"], "device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}  # as a GPU run wrote it
-    root.attrs["glimpse"] = meta
+    meta = cast(dict[str, Any], root.attrs["glimpse"])
+    versions = {**cast(dict[str, Any], meta["versions"]), "device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}
+    root.attrs["glimpse"] = {**meta, "versions": versions}  # as a GPU run wrote it
     refused = run_extract(tiny_synthetic, summary.store, "--device", "cpu")
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and "extracted on cuda, this run computes on cpu" in refused.stderr, lines

@@ -86,8 +86,8 @@ def score(predictions: list[VideoPrediction], classes: int, multi_label: bool) -
     result = {"accuracy": accuracy, "loss": float(np.mean([p.loss for p in predictions])), "score": accuracy}
     if multi_label:
         truth = multi_hot([p.labels for p in predictions], classes)  # (N, classes)
-        _aps, result["map"] = average_precisions(truth, np.stack([p.scores for p in predictions]))
-        result["score"] = result["map"]
+        _aps, mean_ap = average_precisions(truth, np.stack([p.scores for p in predictions]))
+        result["map"] = result["score"] = float("nan") if mean_ap is None else mean_ap
     return result
 
 
