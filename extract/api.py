@@ -266,13 +266,13 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
     runtime = Runtime(device=device, batch_size=options.batch_size, threads=plan.threads,
                       pipelined=not options.sequential, group=options.group, codec=options.codec,
                       decode_threads=options.decode_threads or plan.threads)
-    # the store is created (or reopened, or refused in one line) before any worker starts; the run then resumes it
-    prepare_store(out, config, dataset, overwrite=options.overwrite, source=source, codec=options.codec,
+    # the store is created (or reopened, or refused in one line) before any worker starts
+    writer = prepare_store(out, config, dataset, overwrite=options.overwrite, source=source, codec=options.codec,
                   device=device)
     progress = Progress(len(dataset.videos), enabled=options.progress)
 
     def run(on: Any) -> Summary:
-        return run_extraction(out, config, runtime, dataset, on, source=source, on_result=progress)
+        return run_extraction(writer, config, runtime, dataset, on, on_result=progress)
 
     try:
         if client is not None:

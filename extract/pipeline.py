@@ -205,15 +205,14 @@ def prepare_store(out: str, config: ExtractConfig, dataset: Dataset, *, overwrit
     )
 
 
-def run_extraction(out: str, config: ExtractConfig, runtime: Runtime, dataset: Dataset, client: Any, *,
-                   overwrite: bool = False, source: dict[str, Any] | None = None,
+def run_extraction(writer: StoreWriter, config: ExtractConfig, runtime: Runtime, dataset: Dataset, client: Any, *,
                    on_result: Callable[[Outcome], None] | None = None) -> Summary:
-    """Extract every video of ``dataset`` not yet done in the store at ``out`` through a Dask ``client``."""
+    """Extract every video of ``dataset`` not yet done in the store ``writer`` writes (made by :func:`prepare_store`)
+    through a Dask ``client``."""
     from distributed import as_completed  # the Dask client's side: not imported by workers' tasks
 
     start = time.perf_counter()
-    writer = prepare_store(out, config, dataset, overwrite=overwrite, source=source, codec=runtime.codec,
-                           device=runtime.device)
+    out = str(writer.path)
     config = dataclasses.replace(config, streams=config.streams or config.stream_specs())  # the workers' registry
     records = sorted(dataset.videos, key=lambda r: r.id)
     status = {v.id: v.status for v in open_store(out).videos}
