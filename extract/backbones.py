@@ -38,6 +38,7 @@ from torchvision.models._api import WeightsEnum
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from glimpse.errors import GlimpseError
+from glimpse.extract.device import upload
 from glimpse.extract.random_weights import calibrate_batchnorm, check_float16_range, synthetic_calibration_frames
 from glimpse.extract.weights import cached_weights_file, check_state_dict, file_sha256, read_state_dict
 
@@ -275,20 +276,13 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"{self.spec.name}: frames must be (T, H, W, 3) uint8 RGB, got {what}")
         chunks = []
         for chunk in frames.split(16):  # bounds float memory for long full-resolution clips
-            x = self.upload(chunk).permute(0, 3, 1, 2).float().div_(255)  # (t, 3, H, W) in [0, 1]
+            x = upload(chunk, self.device).permute(0, 3, 1, 2).float().div_(255)  # (t, 3, H, W) in [0, 1]
             if x.shape[-2:] != (self.size, self.size):
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
             chunks.append((x - self.mean) / self.std)  # (t, 3, S, S)
         if not chunks:
             return torch.empty(0, 3, self.size, self.size, device=self.device)
         return torch.cat(chunks).contiguous()  # (T, 3, S, S); one memory layout, hence one set of conv kernels
-
-    def upload(self, frames: Tensor) -> Tensor:
-        """``frames`` on the model's device: from the CPU to CUDA through pinned memory, non-blocking, so that a decode
-        thread does not wait for the batch the device is running; the same tensor where it already is there."""
-        if self.device.type == "cuda" and frames.device.type == "cpu":
-            return frames.pin_memory().to(self.device, non_blocking=True)
-        return frames.to(self.device)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, K, K) float32 features."""

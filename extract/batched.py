@@ -12,7 +12,10 @@ a writer thread writes the video exactly as the sequential path does (all of its
 and drops its claim.
 
 A video that fails (cannot be decoded, too short, ...) fails alone with its reason: its frames
-never enter a batch, or are skipped if already queued; the other videos are not touched.
+never enter a batch, or are skipped if already queued; the other videos are not touched. A device that is
+lost (:func:`glimpse.extract.device.device_lost`: its CUDA context is dead) ends the task instead with
+:class:`~glimpse.extract.device.DeviceLost`, recording nothing of the videos not yet written: the client
+replaces the worker and runs them again one per task.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from glimpse.extract.config import CLAIMED, SKIPPED, Outcome, failure_reason
+from glimpse.extract.device import DeviceLost, device_lost, fault_point
 from glimpse.extract.streams import Extractor
 from glimpse.store import StoreWriter, VideoRecord
 from glimpse.store.claims import claim_video
@@ -106,6 +110,7 @@ class Batcher:
         if not live:
             return
         try:
+            fault_point(flight.record.id for flight, _, _ in live)  # tests only: a lost device
             out = self.run(*(torch.cat([p[2][i] for p in live]) for i in range(len(live[0][2]))))  # (b, ...)
         except Exception as exc:
             for flight, _, _ in live:
@@ -176,6 +181,10 @@ class Pipeline:
                 for key, batcher in list(self.batchers.items()):
                     if key[0] == name:
                         batcher.flush()
+        except Exception as exc:
+            if device_lost(exc):  # the context is dead: nothing more runs here; what is not written runs again
+                raise DeviceLost.of(exc) from exc
+            raise
         finally:
             self.abort.set()
             pool.shutdown(wait=True)
@@ -216,7 +225,7 @@ class Pipeline:
             except _Aborted:
                 raise
             except Exception as exc:  # this video fails alone; pieces already queued are dropped
-                self._put(("fail", flight, failure_reason(exc, record.path)))
+                self._put(("fail", flight, exc if device_lost(exc) else failure_reason(exc, record.path)))
         except _Aborted:
             self.release(flight)
 
@@ -272,6 +281,8 @@ class Pipeline:
             self.finished.put(flight)
 
     def _fail(self, flight: Flight, why: Exception | str) -> None:
+        if isinstance(why, Exception) and device_lost(why):  # not the video's fault: the task ends (see run)
+            raise why
         if flight.error is None:
             flight.error = why if isinstance(why, str) else failure_reason(why, flight.record.path)
             self.finished.put(flight)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
 
+from glimpse.extract.device import upload
 from glimpse.extract.weights import cached_weights_file, file_sha256, load_checked_state_dict, read_state_dict
 
 FLOW_METHODS = ("tvl1", "farneback", "raft")  # "none" (no flow stream) is the caller's business
@@ -165,7 +166,8 @@ class FlowEstimator:
 
     def raft(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """RAFT flow of prepared pairs, (n, h, w, 3) uint8 tensors with n <= :meth:`batch_for` (any device, any
-        mix of videos of one size) -> (n, 2, h, w) float32 on :attr:`device`.
+        mix of videos of one size) -> (n, 2, h, w) float32 on :attr:`device`; host pairs go there through
+        :func:`glimpse.extract.device.upload` (pinned, non-blocking), as the CNN's frames do.
 
         The pairs run as one batch of :meth:`batch_for` (padded with copies of the first pair), so a pair's
         flow does not depend on its batch-mates: batched across videos equals pair by pair.
@@ -176,7 +178,7 @@ class FlowEstimator:
         if filler > 0:
             first, second = (torch.cat([x, x[:1].expand(filler, -1, -1, -1)]) for x in (first, second))  # (B, h, w, 3)
         # contiguous: the memory layout picks the conv kernels, so it must not depend on how the batch was made
-        a, b = (x.to(self.device).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1 for x in (first, second))
+        a, b = (upload(x, self.device).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1 for x in (first, second))
         a, b = (F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") for x in (a, b))  # (B, 3, h8, w8) in [-1, 1]
         with torch.inference_mode():
             flow = self._raft(a, b, num_flow_updates=RAFT_UPDATES)[-1]  # (B, 2, h8, w8)

@@ -2,7 +2,9 @@
 
 The client creates (or reopens) the store and submits every video not yet done, in groups
 (:func:`plan_groups`); a group whose worker died runs again one video per task, and a lone video whose
-worker died is recorded as failed (a decoder crash fails at most that video). Workers decode, compute
+worker died is recorded as failed (a decoder crash fails at most that video). A worker whose device was
+lost (:class:`~glimpse.extract.device.DeviceLost`: a dead CUDA context fails everything after it) is
+replaced first, and its task is handled the same way. Workers decode, compute
 flow and conv cubes, pipelined across a group's videos (:mod:`extract.batched`) or one video after the
 other (the reference path), and write each video themselves; nothing is marked done before all of its
 data is written.
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from glimpse.cluster import gpu_resources, worker_device
+from glimpse.cluster import gpu_resources, replace_worker, worker_device
 from glimpse.extract.backbones import backbone_spec
 from glimpse.extract.batched import Pipeline
 from glimpse.extract.config import (
@@ -31,6 +33,7 @@ from glimpse.extract.config import (
     failure_reason,
 )
 from glimpse.extract.datasets import Dataset
+from glimpse.extract.device import DeviceLost, device_lost, fault_point
 from glimpse.extract.streams import Extractor, describe_streams
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
 from glimpse.store.claims import claim_video, is_claimed
@@ -77,7 +80,8 @@ def extract_video(store_path: str, record: VideoRecord, config: ExtractConfig, r
     """Extract one video into the store, decode then CNN then flow in sequence (the reference path).
 
     Any exception becomes a failure record with its reason; the exception does not propagate, so one bad video
-    never stops the run.
+    never stops the run. A lost device raises :class:`DeviceLost` instead, recording nothing (the client replaces
+    the worker, see :func:`run_extraction`).
     """
     key = video_key(record.id)
     with claim_video(store_path, key, note=record.id) as held:
@@ -87,10 +91,13 @@ def extract_video(store_path: str, record: VideoRecord, config: ExtractConfig, r
         if writer.status(key) == DONE:  # another run finished it while this task waited
             return Outcome(record.id, SKIPPED)
         try:
+            fault_point([record.id])  # tests only: a lost device
             arrays, result = worker_models(config, runtime)(record)
             writer.write_video(key, arrays, result)
             return Outcome(record.id, DONE, frames=result["n_frames"])
         except Exception as exc:  # every failure is recorded, never raised: the run goes on
+            if device_lost(exc):  # but not a dead device's: every video after it would fail on this worker
+                raise DeviceLost.of(exc) from exc
             reason = failure_reason(exc, record.path)
             try:
                 writer.write_failure(key, reason)
@@ -233,7 +240,7 @@ def run_extraction(writer: StoreWriter, config: ExtractConfig, runtime: Runtime,
     while pending or waiting:
         running = as_completed(pending)
         for future in running:
-            outcomes, again = _outcomes(future, pending[future], by_id, writer, store_path)
+            outcomes, again = _outcomes(future, pending[future], by_id, writer, store_path, client)
             for video_id in again:  # a group whose worker died: what it left runs again, one video per task
                 pending[retry := submit([video_id])] = [video_id]
                 running.add(retry)
@@ -277,21 +284,26 @@ def plan_groups(video_ids: list[str], workers: int, runtime: Runtime) -> list[li
 
 
 def _outcomes(future: Any, video_ids: list[str], by_id: dict[str, VideoRecord], writer: StoreWriter,
-              store_path: str) -> tuple[list[Outcome], list[str]]:
-    """A group task's outcomes, and the videos to run again one by one because its worker died.
+              store_path: str, client: Any) -> tuple[list[Outcome], list[str]]:
+    """A group task's outcomes, and the videos to run again one by one because its worker died or lost its device
+    (that worker is replaced first, so that what runs again does not meet its dead context).
 
-    A lone video whose worker died twice (e.g. a decoder segfault) is recorded as failed here, so a
-    video that crashes its worker fails alone.
+    A lone video whose worker died twice (e.g. a decoder segfault), or lost its device, is recorded as failed here,
+    so a video that crashes its worker fails alone.
     """
     try:
         return future.result(), []
     except Exception as exc:
+        lost = isinstance(exc, DeviceLost)
+        if lost and exc.worker:
+            replace_worker(client, exc.worker)
         if len(video_ids) > 1:
             done = [v for v in video_ids if writer.status(video_key(v)) == DONE]
             frames = {v: open_store(store_path).video(v).n_frames for v in done}
             return [Outcome(v, DONE, frames=frames[v]) for v in done], [v for v in video_ids if v not in frames]
         video_id = video_ids[0]
-        reason = f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})"
+        reason = (f"{by_id[video_id].path}: {exc}; its worker was replaced" if lost else
+                  f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})")
         with claim_video(store_path, video_key(video_id)) as held:
             if held:
                 writer.write_failure(video_key(video_id), reason)

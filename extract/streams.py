@@ -26,6 +26,7 @@ import torch
 from glimpse.extract.backbones import FeatureExtractor, backbone_spec, build_backbone, output_grid
 from glimpse.extract.config import ExtractConfig, Runtime
 from glimpse.extract.datasets import read_boxes
+from glimpse.extract.device import device_label, upload
 from glimpse.extract.flow import FlowEstimator, flow_to_image
 from glimpse.media.decode import DecodedVideo, DecodeError, Sampling, decode_video
 from glimpse.store import VideoRecord
@@ -201,7 +202,16 @@ class FlowCNNStream(RGBStream):
         return self.models.flow_backbone
 
     def inputs(self, source: Any, result: dict[str, Any]) -> tuple[Any, ...]:
-        return (flow_to_image(source),)  # (T, h, w, 3), numpy or on the device
+        return (self.render(source),)
+
+    def render(self, flow: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(T, 2, h, w) flow (numpy, or RAFT's output on the device) -> (T, h, w, 3) uint8 images on the CNN's
+        device: both paths render there (torch.hypot differs by ulps between CPU and GPU), so both store the same
+        bits."""
+        flow = torch.from_numpy(np.ascontiguousarray(flow)) if isinstance(flow, np.ndarray) else flow
+        image = flow_to_image(upload(flow, self.backbone.device))  # (T, h, w, 3)
+        assert isinstance(image, torch.Tensor)
+        return image
 
 
 def calibration_video(path: str, frames: int) -> np.ndarray:
@@ -248,6 +258,11 @@ class Extractor:
         return FlowEstimator(config.flow, device=runtime.device, weights=config.raft_weights.load,
                              size=config.flow_size, batch_size=runtime.batch_size)
 
+    @functools.cached_property
+    def device(self) -> str:
+        """What computes this worker's features, as each video's result records it (``cpu``, ``cuda <GPU name>``)."""
+        return device_label(self.runtime.device)
+
     def decode(self, record: VideoRecord) -> tuple[DecodedVideo, dict[str, Any]]:
         """Decode one video as the config samples it: (DecodedVideo, its result attributes but the streams')."""
         with_next = any(stream.needs_next for stream in self.streams.values())
@@ -257,6 +272,7 @@ class Extractor:
             "frame_indices": video.indices.tolist(),
             "timestamps": video.timestamps.tolist(),
             "source": video.source,
+            "device": self.device,
         }
         if record.boxes:
             boxes = read_boxes(record.boxes)  # (n_source_frames, 4)

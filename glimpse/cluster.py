@@ -25,6 +25,8 @@ from typing import Any
 
 from glimpse.errors import GlimpseError, OptionError
 
+log = logging.getLogger(__name__)
+
 #: The Dask resource GPU workers declare and GPU tasks ask for.
 GPU = "GPU"
 #: Seconds a worker process gets to exit on its own at shutdown before its nanny kills it. Dask's default is 4 s;
@@ -156,6 +158,21 @@ def worker_device(count: int | None = None) -> str:
         return "cuda"
     worker = get_worker()
     return f"cuda:{device_rank(worker.address, get_client().scheduler_info()['workers']) % count}"
+
+
+def replace_worker(client: Any, address: str) -> None:
+    """Give the worker at ``address`` a fresh process (its nanny restarts it: a dead CUDA context is gone with the
+    old one), waiting until it is back; a worker without a nanny (an external ``dask worker --no-nanny``) that cannot
+    be restarted is retired instead where others remain, so that nothing more is sent to its dead device."""
+    try:
+        status = client.restart_workers([address], raise_for_error=False).get(address)
+    except Exception as err:  # an old scheduler, a worker gone meanwhile
+        status = f"{type(err).__name__}: {err}"
+    if status in ("OK", "removed"):
+        return
+    log.warning("could not restart the Dask worker %s after its device was lost (%s)", address, status)
+    if len(client.scheduler_info()["workers"]) > 1:
+        client.retire_workers([address], close_workers=True)
 
 
 def check_gpu_workers(client: Any, per_task: int, where: str) -> None:

@@ -259,7 +259,8 @@ def _relative(path: str, root: str | Path) -> str:
 
 def store_info(path: str | Path) -> dict[str, Any]:
     """The full provenance of one store: config and its hash, versions, weights, streams with their
-    shapes, per-split and per-class counts, every failure with its reason."""
+    shapes, per-split and per-class counts, the devices its done videos were computed on, every failure with its
+    reason."""
     store = open_store(path)
     entries = store.videos
     classes = store.classes
@@ -298,6 +299,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "streams": streams,
         "videos": {"total": len(entries), **Counter(e.status for e in entries)},
         "frames": sum(e.n_frames for e in entries if e.status == DONE),
+        "devices": dict(Counter(e.device or "unrecorded" for e in entries if e.status == DONE)),
         "splits": {split: dict(counts) for split, counts in sorted(splits.items())},
         "classes": per_class,
         "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in entries
@@ -321,6 +323,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"backbone     {info['backbone']} / {info['layer']}",
         f"weights      {info['weights']}",
         "versions     " + ", ".join(f"{k} {v}" for k, v in sorted(info["versions"].items())),
+        *(["devices      " + ", ".join(f"{d} {n}" for d, n in sorted(info["devices"].items()))]
+          if len(info.get("devices", {})) > 1 else []),  # a store resumed elsewhere: its videos' devices
         "",
         "streams",
     ]

@@ -265,7 +265,9 @@ class VideoResult:
     presentation times in seconds (None where unknown, e.g. an HDF5 import). ``boxes`` holds one
     ``[x0, y0, x1, y1]`` source-pixel box per stored frame where the dataset has ground truth (NaN where a frame
     has none). ``checksums`` maps each stream to the sha256 of its float16 bytes. ``flow_pairs`` are the two source
-    frames each stored flow goes from and to, and ``flow_computed_at`` the (H, W) it was computed at.
+    frames each stored flow goes from and to, and ``flow_computed_at`` the (H, W) it was computed at. ``device``
+    names what computed its features (``cpu``, or ``cuda`` and the GPU's name), so that a store resumed on
+    another machine says which videos came from where (stores written before it was recorded: None).
     """
 
     status: str = PENDING
@@ -278,6 +280,7 @@ class VideoResult:
     checksums: Mapping[str, str] = field(default_factory=dict)
     flow_pairs: tuple[tuple[int, int], ...] | None = None
     flow_computed_at: tuple[int, int] | None = None
+    device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: tuples become lists, NaN becomes null (JSON has no NaN)."""

@@ -116,6 +116,19 @@ def threads_left_as_found(request):
         pytest.fail(f"{request.node.nodeid} left (torch, OpenCV) threads at {after}, found {before}")
 
 
+@pytest.fixture
+def worker_threads():
+    """For a test that runs a worker's task in this process (glimpse.extract.pipeline.worker_setup pins torch's and
+    OpenCV's threads): puts both back afterwards."""
+    import cv2
+    import torch
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    yield
+    torch.set_num_threads(before[0])
+    cv2.setNumThreads(before[1])
+
+
 def selects_cuda(markexpr: str) -> bool:
     """Whether a ``-m`` expression asks for the cuda tests (``cuda``, ``cuda or slow``; not ``not cuda``)."""
     return "cuda" in markexpr and "not cuda" not in markexpr

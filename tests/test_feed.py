@@ -14,6 +14,7 @@ from test_train import FAST, hand_store
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from glimpse.extract.backbones import build_backbone
+from glimpse.extract.device import upload
 from glimpse.extract.flow import RAFT_BATCH_BYTES, FlowEstimator
 from glimpse.store import open_store
 from glimpse.train.data import Normalization
@@ -152,4 +153,4 @@ def test_rafts_batch_holds_what_its_correlation_volumes_fit():
 def test_uploads_on_the_cpu_copy_nothing():
     backbone = build_backbone("googlenet", "none", "cpu", size=32)
     frames = torch.zeros(2, 40, 40, 3, dtype=torch.uint8)
-    assert backbone.upload(frames).data_ptr() == frames.data_ptr()
+    assert upload(frames, backbone.device).data_ptr() == frames.data_ptr()
