@@ -19,6 +19,7 @@ from typing import Any
 from glimpse.choices import DEVICES
 from glimpse.errors import GlimpseError
 from glimpse.train.aggregation import AGGREGATIONS
+from glimpse.train.loader import SHUFFLE_BYTES
 from glimpse.train.models import MODELS
 from glimpse.train.models.base import PROTOCOL, STANDARDIZATIONS, ModelSpec
 from glimpse.train.sampling import POLICIES, Policy, items_per_epoch, make_policy
@@ -263,8 +264,8 @@ def protocol(spec: ModelSpec) -> list[tuple[str, str, str]]:
                       f"{MIN_VALIDATION} videos), the best validation epoch kept, {stop}")
     else:
         validation = "none: the full training set trains, the last epoch is kept, no early stopping"
-    shuffle = (f"{spec.sampling} clips, every training video's clips shuffled together (a 1 GiB buffer of videos; "
-               "the whole training set where it fits)")
+    shuffle = (f"{spec.sampling} clips, every training video's clips shuffled together (a {SHUFFLE_BYTES / 2**30:g} "
+               "GiB buffer of videos; the whole training set where it fits)")
     standardization = {"mean_std": "mean_std: (x - mean) / std per channel",
                        "rms": "rms: x / rms per channel, no mean shift (zero attention keeps a cell at zero)"}
     decay = f"{spec.config().weight_decay:g} on the {spec.decay} loss"
