@@ -187,8 +187,8 @@ def run(quick: bool = False) -> str:
         old, new = (parent[name] for name in parent)
         ratio = [min(new[i]) / min(old[i]) for i in (0, 1)]
         against = (f"Against the loader before the whole-set shuffle landed (commit {PARENT}, 8 videos per group, "
-                   "clips cut on the host), same store and batches, each in its own process, best of "
-                   f"{shape['rounds']}: first epoch {min(old[0]):.2f} s then, {min(new[0]):.2f} s today "
+                   "clips cut on the host), same store and batches, each in its own process with 1 torch thread, "
+                   f"best of {shape['rounds']}: first epoch {min(old[0]):.2f} s then, {min(new[0]):.2f} s today "
                    f"(**{ratio[0]:.2f}x**); second epoch {min(old[1]):.2f} s then, {min(new[1]):.2f} s today "
                    f"(**{ratio[1]:.2f}x**; a training set that is one group is read once and held: later epochs read "
                    "nothing). ")

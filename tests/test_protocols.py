@@ -46,9 +46,11 @@ def run_normalization(store: Path, model: str, tmp_path: Path, **options):
     """The standardization a run of ``model`` on ``store`` uses, and its training videos' stored cubes."""
     setup = prepare(TrainConfig(store=str(store), model=model, out=str(tmp_path / model), workers=0,
                                 model_args={"hidden": 4}, **options))
+    norm = setup.train_dataset.normalization
+    assert norm is not None
     reader = open_store(store)
     cubes = np.stack([reader.stream(v.id, "rgb").read() for v in setup.selection.train]).astype(np.float64)
-    return setup.config, setup.train_dataset.normalization, cubes  # cubes: (N, T, C, K, K)
+    return setup.config, norm, cubes  # cubes: (N, T, C, K, K)
 
 
 def test_rms_standardization_keeps_chams_zero_attention_at_zero_where_mean_std_does_not(positive_store, tmp_path):
