@@ -39,7 +39,8 @@ DEMO_TRAIN = {"epochs": 30, "batch_size": 8, "lr": 1e-3, "seed": 1, "patience": 
 #: Sharma's released-code attention (from the frame and h_{t-1}) with a 64-d attention layer; regattn gets N = 2
 #: blocks of 2 x 2 cells (the paper's N = 4 on a 4 x 4 map would make every block one cell, and is refused), and
 #: regattn_sqrt is the same model with the sqrt-mass block penalty, which the uniform map does not minimise.
-DEMO_PER_MODEL = {"convattn": {"lr": 3e-4, "model_args": {"hidden": 32}},
+DEMO_PER_MODEL = {"convattn": {"lr": 3e-4, "model_args": {"hidden": 32}, "sampling": "windows", "lr_drop_step": 0,
+                               "standardize": "mean_std"},  # the README's numbers: before CHAM's baseline recipe
                   "softattn_code": {"model_args": {"hidden": 64, "att_dim": 64}},
                   "regattn": {"model_args": {"hidden": 64, "blocks": 2}},
                   "regattn_sqrt": {"model": "regattn",

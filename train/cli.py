@@ -17,7 +17,7 @@ import click
 from glimpse.choices import DEVICES, RegistryChoice
 from glimpse.errors import Group, OptionError
 from glimpse.store.catalog import default_root
-from glimpse.train.config import ConfigError
+from glimpse.train.config import ConfigError, describe_protocol
 from glimpse.train.models import MODELS
 from glimpse.train.options import config_options, config_values, model_settings
 
@@ -37,7 +37,7 @@ def find_store(dataset: str, root: str, backbone: str | None = None) -> str:
 #: The TrainConfig fields train takes as options, and the fewer a sweep shares with every run.
 TRAIN_FIELDS = ("split", "epochs", "batch_size", "lr", "optimizer", "seed", "device", "sampling", "frames", "stride",
                 "clips_per_video", "steps", "shuffle_videos", "aggregation", "val_fraction", "patience",
-                "norm_videos", "workers", "cache_dir", "checkpoint_every", "amp", "preset")
+                "standardize", "norm_videos", "workers", "cache_dir", "checkpoint_every", "amp", "preset")
 SWEEP_FIELDS = ("split", "epochs", "batch_size", "lr", "optimizer", "seed", "frames", "val_fraction", "patience")
 
 
@@ -99,7 +99,7 @@ def main(ctx: click.Context, store, dataset, store_root, backbone, model, out, r
 @main.command("models")
 def models_command() -> None:
     """List every registered model with its paper, equations and defaults."""
-    click.echo("\n\n".join(spec.describe() for spec in MODELS.values()))
+    click.echo("\n\n".join(f"{spec.describe()}\n{describe_protocol(spec)}" for spec in MODELS.values()))
 
 
 @main.command("sweep")

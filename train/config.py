@@ -19,7 +19,9 @@ from typing import Any
 from glimpse.choices import DEVICES
 from glimpse.errors import GlimpseError
 from glimpse.train.aggregation import AGGREGATIONS
+from glimpse.train.loader import SHUFFLE_BYTES
 from glimpse.train.models import MODELS
+from glimpse.train.models.base import PROTOCOL, STANDARDIZATIONS, ModelSpec
 from glimpse.train.sampling import POLICIES, Policy, items_per_epoch, make_policy
 
 #: optimizer -> its learning rate when a model's paper used another optimizer
@@ -74,6 +76,8 @@ class TrainConfig:
     budget for holding every video in memory (0: read from the store); ``cache_dir`` a folder for a decompressed
     copy of the run's videos, shared between runs (train/cache.py). ``checkpoint_every`` also writes last.pt every
     N steps. ``amp`` bf16 runs the training forward under bfloat16 autocast (validation and tests stay float32).
+    ``standardize`` how ``normalize`` standardizes each channel (train/models/base.py STANDARDIZATIONS: mean_std,
+    or rms for the models whose attention multiplies the cube; None: the model's).
     """
 
     store: str
@@ -100,6 +104,7 @@ class TrainConfig:
     val_fraction: float | None = None
     patience: int | None = None
     normalize: bool = True
+    standardize: str | None = None
     norm_videos: int = 256
     workers: int = 2
     cache_ram: int = 0
@@ -125,6 +130,8 @@ class TrainConfig:
                 MODELS[self.model].preset(self.preset)
             except KeyError as err:
                 raise ConfigError(err.args[0]) from None
+        if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
+            raise ConfigError(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {tuple(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.sampling is not None and self.sampling not in POLICIES:
@@ -161,6 +168,7 @@ class ResolvedConfig(TrainConfig):
     val_fraction: float = field()
     momentum: float = field()
     patience: int = field()
+    standardize: str = field()
 
     def policy(self) -> Policy:
         """The clip policy of the run (see train/sampling.py)."""
@@ -189,6 +197,7 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
         "aggregation": spec.aggregation,
         "lr_drop_step": spec.lr_drop_step,
         "lr_drop_to": spec.lr_drop_to,
+        "standardize": spec.standardize,
     }
     notes = []
     sampling = config.sampling or filled["sampling"]
@@ -199,7 +208,7 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
                          f"video has {longest} frames; set --frames to choose")
             filled["frames"] = longest
     values = {name: value if getattr(config, name) is None else getattr(config, name) for name, value in filled.items()}
-    values["val_fraction"] = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
+    values["val_fraction"] = default_val_fraction(spec) if config.val_fraction is None else config.val_fraction
     default_momentum = preset.momentum if preset and preset.momentum is not None else DEFAULT_MOMENTUM
     values["momentum"] = default_momentum if config.momentum is None else config.momentum
     default_patience = DEFAULT_PATIENCE if spec.patience is None else spec.patience
@@ -232,6 +241,43 @@ def resolve(config: TrainConfig, n_frames: list[int] | None = None) -> tuple[Res
                          "set --epochs or --steps for more")
     given = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     return ResolvedConfig(**{**given, **values}), notes
+
+
+def default_val_fraction(spec: ModelSpec) -> float:
+    """The share of training videos the model holds out for validation by default (0: the full training set)."""
+    return DEFAULT_VAL_FRACTION if spec.val_fraction is None else spec.val_fraction
+
+
+def protocol(spec: ModelSpec) -> list[tuple[str, str, str]]:
+    """(setting, value in words, source) for each of PROTOCOL: how long the model trains, on what validation, how its
+    clips are shuffled, how its features are standardized, its weight decay; the source is one of SOURCES, with the
+    spec's note after it where it gives one."""
+    patience = DEFAULT_PATIENCE if spec.patience is None else spec.patience
+    fraction = default_val_fraction(spec)
+    length = (f"{spec.steps:,} iterations, the drop at {spec.lr_drop_step:,} (both scaled on fewer than "
+              f"{spec.steps_videos} training videos)" if spec.steps else
+              f"{spec.epochs or DEFAULT_EPOCHS} epochs (at least {MIN_STEPS:,} steps from {FLOOR_VIDEOS} training "
+              "videos unless --epochs is given)")
+    if fraction:
+        stop = f"early stop after {patience} epochs without a better score" if patience else "no early stopping"
+        validation = (f"{fraction:g} of the training videos held out by group (none where that is < "
+                      f"{MIN_VALIDATION} videos), the best validation epoch kept, {stop}")
+    else:
+        validation = "none: the full training set trains, the last epoch is kept, no early stopping"
+    shuffle = (f"{spec.sampling} clips, every training video's clips shuffled together (a {SHUFFLE_BYTES / 2**30:g} "
+               "GiB buffer of videos; the whole training set where it fits)")
+    standardization = {"mean_std": "mean_std: (x - mean) / std per channel",
+                       "rms": "rms: x / rms per channel, no mean shift (zero attention keeps a cell at zero)"}
+    decay = f"{spec.config().weight_decay:g} on the {spec.decay} loss"
+    values = dict(zip(PROTOCOL, (length, validation, shuffle, standardization[spec.standardize], decay), strict=True))
+    return [(name, values[name], spec.sources.get(name, "ours")) for name in PROTOCOL]
+
+
+def describe_protocol(spec: ModelSpec) -> str:
+    """The protocol lines of `python -m glimpse.train models`: ``    validation: ... [released code: note]``."""
+    width = max(len(name) for name in PROTOCOL) + 1
+    return "\n".join(["  protocol:", *(f"    {name + ':':<{width}} {value} [{source}]"
+                                       for name, value, source in protocol(spec))])
 
 
 def budget_steps(spec: Any, values: dict[str, Any], videos: int, notes: list[str]) -> int:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, get_worker_info
 from glimpse.store import Store, open_store
 from glimpse.store.chunks import StoredStream
 from glimpse.train.clips import Video
+from glimpse.train.models.base import STANDARDIZATIONS
 from glimpse.train.sampling import Policy
 
 log = logging.getLogger("train")
@@ -158,7 +159,11 @@ def load_cache(store: Store, videos: Sequence[Video], streams: Sequence[str], bu
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-channel standardization of each stream: (x - mean) / std, from the training videos."""
+    """Per-channel standardization of each stream: (x - mean) / std, from the training videos.
+
+    The "rms" standardization (train/models/base.py STANDARDIZATIONS) is the same map with mean 0 and std the
+    channel's root mean square: x / rms, so a zero feature stays exactly zero.
+    """
 
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
@@ -198,11 +203,15 @@ class Normalization:
 
 
 def compute_normalization(reader: FeatureReader, videos: Sequence[Video], streams: Sequence[str],
-                          max_videos: int) -> Normalization:
+                          max_videos: int, how: str = "mean_std") -> Normalization:
     """Mean and std per channel over every frame and position of up to ``max_videos`` evenly spread videos.
 
-    A channel that never varies (a dead unit of a random network) gets std 1, so it stays zero.
+    ``how`` "rms" gives mean 0 and the root mean square sqrt(E[x^2]) as the std: x / rms, no mean shift (for models
+    whose attention multiplies the cube, CHAM's Eq. 7). A channel that never varies (a dead unit of a random
+    network; with rms, one that is always zero) gets std 1, so it stays as it is.
     """
+    if how not in STANDARDIZATIONS:
+        raise ValueError(f"standardize must be one of {STANDARDIZATIONS}, got {how!r}")
     pick = np.unique(np.linspace(0, len(videos) - 1, min(max_videos, len(videos))).round().astype(int))
     mean, std = {}, {}
     for stream in streams:
@@ -213,8 +222,8 @@ def compute_normalization(reader: FeatureReader, videos: Sequence[Video], stream
             total = total + cube.sum((0, 2, 3))
             total_sq = total_sq + np.square(cube).sum((0, 2, 3))
             count += cube.shape[0] * cube.shape[2] * cube.shape[3]
-        m = total / count
-        s = np.sqrt(np.maximum(total_sq / count - m * m, 0.0))
+        m = total / count if how == "mean_std" else np.zeros_like(total / count)
+        s = np.sqrt(np.maximum(total_sq / count - m * m, 0.0))  # (C,); rms where m = 0
         mean[stream] = m.astype(np.float32)
         std[stream] = np.where(s > 1e-6 * max(float(s.max()), 1e-12), s, 1.0).astype(np.float32)
     return Normalization(mean, std)

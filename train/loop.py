@@ -138,7 +138,7 @@ def resume_run(run_dir: str | Path, store: str | Path | None = None, **changes: 
     """
     run = RunDir(run_dir)
     recorded = run.config()
-    saved = recorded["train"]
+    saved = {"standardize": "mean_std", **recorded["train"]}  # a run from before --standardize: mean_std
     bad = sorted(set(changes) - set(RESUMABLE))
     if bad:
         raise ConfigError(f"--resume keeps what the run learns; only {', '.join(RESUMABLE)} may change, not "

@@ -19,6 +19,7 @@ from glimpse.train.aggregation import AGGREGATIONS
 from glimpse.train.config import AMP, OPTIMIZERS, ConfigError, TrainConfig, parse_model_args
 from glimpse.train.data import parse_bytes
 from glimpse.train.models import MODELS
+from glimpse.train.models.base import STANDARDIZATIONS
 from glimpse.train.sampling import POLICIES
 
 #: TrainConfig field -> (help, the smallest value it takes). Fields left out have no option of their own
@@ -43,6 +44,8 @@ OPTION_HELP: dict[str, tuple[str, int | None]] = {
     "patience": ("Early stopping after N epochs without a better validation score, 0 never. [5; cham 0]", 0),
     "preset": ("A named recipe of the model (python -m glimpse.train models lists them), e.g. softattn_code hmdb51.",
                None),
+    "standardize": ("How --normalize standardizes each channel: mean_std (x - mean) / std, or rms x / rms (no mean "
+                    "shift: zero attention keeps a cell at zero).", None),
     "norm_videos": ("Videos the standardization statistics are taken on.", 1),
     "workers": ("DataLoader worker processes (spawned).", 0),
     "cache_dir": ("Keep a decompressed copy of the run's videos here (a local disk), shared between runs.", None),
@@ -52,22 +55,22 @@ OPTION_HELP: dict[str, tuple[str, int | None]] = {
 
 #: Fields whose choices are a registry's names.
 CHOICES: dict[str, Iterable[str]] = {"optimizer": OPTIMIZERS, "device": DEVICES, "sampling": POLICIES,
-                                     "aggregation": AGGREGATIONS, "amp": AMP}
+                                     "aggregation": AGGREGATIONS, "amp": AMP, "standardize": STANDARDIZATIONS}
 
 #: Fields whose default (None) is each model's paper value: the ModelSpec attribute it comes from.
 PAPER_DEFAULTS = {"batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer", "sampling": "sampling",
-                  "frames": "frames", "stride": "stride", "aggregation": "aggregation"}
+                  "frames": "frames", "stride": "stride", "aggregation": "aggregation", "standardize": "standardize"}
 
 
-def paper_defaults(attribute: str) -> str:
+def paper_defaults(attribute: str, whose: str = "the model's paper") -> str:
     """``[the model's paper: 128; convattn/cham 64; regattn 256]``: the registered models' values, the most common
-    one first and the models that differ from it named."""
+    one first and the models that differ from it named; ``whose`` says where the values come from."""
     by_value: dict[Any, list[str]] = {}
     for name, spec in MODELS.items():
         by_value.setdefault(getattr(spec, attribute), []).append(name)
     groups = sorted(by_value.items(), key=lambda item: -len(item[1]))
     shown = [f"{value:g}" if isinstance(value, float) else str(value) for value, _ in groups]
-    return "[the model's paper: " + "; ".join([shown[0], *(f"{'/'.join(names)} {text}" for (_, names), text
+    return f"[{whose}: " + "; ".join([shown[0], *(f"{'/'.join(names)} {text}" for (_, names), text
                                                             in zip(groups[1:], shown[1:], strict=True))]) + "]"
 
 
@@ -91,7 +94,8 @@ def config_option(name: str) -> Callable:
     text, _minimum = OPTION_HELP[name]
     default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
     if name in PAPER_DEFAULTS:
-        text += " " + paper_defaults(PAPER_DEFAULTS[name])
+        text += " " + paper_defaults(PAPER_DEFAULTS[name], "the model's" if name == "standardize" else
+                                     "the model's paper")
     elif default is not None and "[" not in text:
         text += f" [{default}]"
     return click.option(f"--{name.replace('_', '-')}", name, type=_click_type(name), default=None, help=text)

@@ -18,7 +18,14 @@ from torch.utils.data import DataLoader
 from glimpse.store import Store, open_store
 from glimpse.train.cache import DiskCache
 from glimpse.train.clips import Selection, select
-from glimpse.train.config import DEFAULT_VAL_FRACTION, MIN_VALIDATION, ConfigError, ResolvedConfig, TrainConfig, resolve
+from glimpse.train.config import (
+    MIN_VALIDATION,
+    ConfigError,
+    ResolvedConfig,
+    TrainConfig,
+    default_val_fraction,
+    resolve,
+)
 from glimpse.train.data import (
     ClipDataset,
     FeatureReader,
@@ -157,7 +164,7 @@ def select_videos(store: Store, config: TrainConfig,
     as unfit and why, and notes on what was left out."""
     small = 0  # validation videos a default hold-out would have had, when too few to be used
     try:
-        fraction = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
+        fraction = default_val_fraction(MODELS[config.model]) if config.val_fraction is None else config.val_fraction
         selection = select(store, config.split, fraction, config.seed)
         if config.val_fraction is None and 0 < len(selection.val) < MIN_VALIDATION:  # too few to stop on: train on all
             small = len(selection.val)
@@ -234,7 +241,8 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     if normalization_state is not None:
         normalization = Normalization.from_state(normalization_state)
     elif resolved.normalize:
-        normalization = compute_normalization(reader, selection.train, streams, resolved.norm_videos)
+        normalization = compute_normalization(reader, selection.train, streams, resolved.norm_videos,
+                                              resolved.standardize)
     else:
         normalization = None
     classes = len(store.classes)

@@ -18,6 +18,14 @@ VARIANTS = ("equations", "released code")
 #: it) or "batch sum" (Sharma's released code: decay_c ||theta||^2 added to the loss summed over the batch, so per
 #: clip it weighs gamma / B)
 DECAYS = ("per clip", "batch sum")
+#: how a run standardizes each feature channel with training statistics (train/data.py Normalization):
+#: "mean_std" (x - mean) / std; "rms" x / sqrt(mean x^2), no mean shift, so a zero feature stays zero and a model
+#: whose attention multiplies the cube (CHAM's Eq. 7, x_t = l_t * F_t) keeps "low attention means zero"
+STANDARDIZATIONS = ("mean_std", "rms")
+#: where a protocol value of `python -m glimpse.train models` comes from; "ours" where no source states it
+SOURCES = ("paper", "released code", "report", "ours")
+#: the protocol settings `models` prints, each marked by its source (ModelSpec.sources)
+PROTOCOL = ("length", "validation", "shuffle", "standardization", "weight decay")
 
 
 def rate(value: float) -> str:
@@ -83,6 +91,12 @@ class ModelSpec:
     at least ``steps_videos`` training videos (a store with fewer scales the budget and the drop by its share);
     ``patience`` the early-stopping default (None: train.config's; 0 never); ``decay`` what ``weight_decay`` is
     added to (:data:`DECAYS`); ``presets`` the named recipes of other scripts of the same code.
+
+    ``val_fraction`` the share of training videos held out for validation (None: train.config's default; 0: the
+    full training set, no validation); ``standardize`` how features are standardized (:data:`STANDARDIZATIONS`):
+    "rms" for models whose attention multiplies the cube. ``sources`` says, per :data:`PROTOCOL` setting, where its
+    value comes from (:data:`SOURCES`; "ours" when left out) and may add a note in words after a colon, e.g.
+    ``{"length": "paper", "validation": "released code: best weights kept"}``.
     """
 
     name: str
@@ -110,6 +124,9 @@ class ModelSpec:
     patience: int | None = None
     decay: str = "per clip"
     presets: tuple[Preset, ...] = ()
+    val_fraction: float | None = None
+    standardize: str = "mean_std"
+    sources: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (dataclasses.is_dataclass(self.config) and issubclass(self.config, ModelConfig)):
@@ -120,6 +137,14 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"model {self.name!r}: decay must be one of {DECAYS}, got {self.decay!r}")
+        if self.standardize not in STANDARDIZATIONS:
+            raise ValueError(f"model {self.name!r}: standardize must be one of {STANDARDIZATIONS}, "
+                             f"got {self.standardize!r}")
+        unknown = sorted(set(self.sources) - set(PROTOCOL))
+        wrong = sorted(v for v in self.sources.values() if v.split(":")[0] not in SOURCES)
+        if unknown or wrong:
+            raise ValueError(f"model {self.name!r}: sources name settings of {PROTOCOL} and sources of {SOURCES}, "
+                             f"got {unknown or wrong}")
         if self.logits not in LOGITS:
             raise ValueError(f"model {self.name!r}: logits must be one of {LOGITS}, got {self.logits!r}")
         defaults = self.config()
@@ -163,7 +188,6 @@ class ModelSpec:
             f"  clips:     {policy}; stride={self.stride}; aggregation={self.aggregation}",
             f"  training:  batch_size={self.batch_size} optimizer={self.optimizer} lr={self.lr:g} "
             f"schedule={self.schedule()}",
-            f"  length:    {self.length()}; weight decay on the {self.decay} loss",
             f"  defaults:  {defaults}",
             *(preset.describe() for preset in self.presets),
         ])

@@ -15,13 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from glimpse.train.models.base import ModelOutput, ModelSpec, check_streams
-from glimpse.train.models.convattn import CHAM_PAPER, ConvAttentionConfig, ConvAttentionLSTM, ConvLSTM
-
-#: Sec. 3.2: 10,000 iterations at 1e-4, then 1e-5; the paper does not say for how long. We train a further 5,000
-#: (half again), counted as iterations with no early stopping.
-CHAM_STEPS = 15_000
-#: the smallest training set the paper ran that budget on: UCF Sports' 103 training videos (its standard split)
-CHAM_VIDEOS = 103
+from glimpse.train.models.convattn import (
+    CHAM_PAPER,
+    CHAM_SCHEDULE,
+    CHAM_SOURCES,
+    ConvAttentionConfig,
+    ConvAttentionLSTM,
+    ConvLSTM,
+)
 
 
 @dataclass(frozen=True)
@@ -65,5 +66,5 @@ CHAM_SPEC = ModelSpec(
     "layer 1: Conv-Attention LSTM on every frame (Eq. 7-8); layer 2: ConvLSTM on every k-th layer-1 output; "
     "y_t = softmax(W [H1_t; H2_t]) with dropout 0.5 before W; cross-entropy per step (Eq. 9); per_step=False: "
     "softmax(mean_t W [H1_t; H2_t]), cross-entropy per clip",
-    frames=60, skip=2, attention=True, batch_size=64, lr_drop_step=10_000, lr_drop_to=1e-5,
-    sampling="random", steps=CHAM_STEPS, steps_videos=CHAM_VIDEOS, patience=0)
+    frames=60, skip=2, attention=True, batch_size=64, sampling="random", standardize="rms", sources=CHAM_SOURCES,
+    **CHAM_SCHEDULE)

@@ -109,4 +109,5 @@ REGATTN = ModelSpec(
     "(layout=even; layout=floor is Eq. 10's side floor(K/N), refused where it leaves one-cell blocks or uncovered "
     "cells), N = 4 where K >= 8 else floor(K/2); options penalty=sqrt_mass (sum_r sqrt(mass in S_r), minimised by "
     "one block), attention=content (Sec. 4.4: [h2_{t-1}; MLP(conv1x1(X_t))])",
-    aggregation="vote", attention=True, batch_size=256, stride=2, sampling="segments")
+    aggregation="vote", attention=True, batch_size=256, stride=2, sampling="segments", epochs=10, val_fraction=0.0,
+    patience=0, sources={"length": "paper", "validation": "paper: the full training set", "weight decay": "paper"})

@@ -246,20 +246,26 @@ class SoftAttentionCode(nn.Module):
         return ModelOutput(logits, attention, aux)
 
 
+#: where the paper models' protocol values come from (`python -m glimpse.train models`)
+SHARMA_SOURCES = {"shuffle": "released code: every window of every video shuffled",
+                  "weight decay": "released code: decay_c 1e-5; the paper names gamma without a value"}
 SOFTMAX = ModelSpec(
     "softmax", SoftmaxRegression, SoftmaxConfig, PAPER + ", softmax regression baseline",
-    "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step", batch_size=128)
+    "logits_t = W vec(X_t) + b on the full K x K x D cube; cross-entropy per step",
+    batch_size=128, sources=SHARMA_SOURCES)
 AVGPOOL_LSTM = ModelSpec(
     "avgpool_lstm", PooledLSTM, PooledConfig, PAPER + ", average-pooling baseline",
-    "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step", batch_size=128)
+    "x_t = 1/K^2 sum_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step",
+    batch_size=128, sources=SHARMA_SOURCES)
 MAXPOOL_LSTM = ModelSpec(
     "maxpool_lstm", PooledLSTM, MaxPooledConfig, PAPER + ", max-pooling baseline",
-    "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step", batch_size=128)
+    "x_t = max_i X_t,i into the soft-attention LSTM stack (Eq. 3-6); cross-entropy per step",
+    batch_size=128, sources=SHARMA_SOURCES)
 SOFTATTN = ModelSpec(
     "softattn", SoftAttention, SoftAttentionConfig, PAPER,
     "l_t = softmax(W h_{t-1}) (Eq. 1); x_t = sum_i l_t,i X_t,i (Eq. 2); stacked LSTM (Eq. 3-5); c_0, h_0 = "
     "MLP(mean_t,i X_t,i) (Eq. 6); y_t = softmax(U tanh(V h_t)); loss = sum_t CE + lam sum_i (1 - sum_t l_t,i)^2 "
-    "+ weight_decay ||theta||^2", attention=True, batch_size=128)
+    "+ weight_decay ||theta||^2", attention=True, batch_size=128, sources=SHARMA_SOURCES)
 #: the other scripts of the released code (scripts/evaluate_hmdb51gln.py, scripts/evaluate_mAP.py). Their plain SGD
 #: steps on the loss summed over the batch, ours on its mean: the rate is the script's times its batch of 128.
 CODE_PRESETS = (
@@ -277,4 +283,8 @@ SOFTATTN_CODE = ModelSpec(
     "LSTM; h_0 = tanh(W_h mean X + b_h), c_0 = tanh(W_c mean X + b_c); y_t = softmax(U tanh(V h_t)); "
     "loss = sum_t CE + lam doubly stochastic (lam = alpha_c = 0 in its UCF-11 script) + weight_decay ||theta||^2",
     attention=True, batch_size=128, variant="released code", lr=2e-4, epochs=15, sampling="all_windows",
-    aggregation="released_vote", decay="batch sum", presets=CODE_PRESETS)
+    aggregation="released_vote", decay="batch sum", presets=CODE_PRESETS, patience=0,
+    sources={"length": "released code: max_epochs 15", "validation": "released code: no early stop (its patience is "
+             "unused), the weights of the best validation accuracy kept; it validates every 100 updates and at each "
+             "epoch's end, we at each epoch's end, on our 0.15 share", "shuffle": "released code",
+             "weight decay": "released code: decay_c"})
