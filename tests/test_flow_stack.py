@@ -77,6 +77,7 @@ def stacked(tiny_synthetic, dask_client, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_extraction_writes_a_flow_stack_stream_through_a_2l_channel_first_layer(stacked):
     store = open_store(stacked)
     assert store.config["flow_stack"] == {"length": 2, "weights": "cross-modality:none"}
@@ -93,6 +94,7 @@ def test_extraction_writes_a_flow_stack_stream_through_a_2l_channel_first_layer(
     assert conv.in_channels == 4
 
 
+@pytest.mark.slow
 def test_flownet_lowers_its_loss_and_its_state_dict_changes_the_extracted_features(stacked, tiny_synthetic,
                                                                                      dask_client, tmp_path):
     weights = tmp_path / "flow.pt"
