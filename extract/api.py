@@ -26,6 +26,7 @@ from glimpse.extract.backbones import BACKBONES, BackboneError, backbone_spec, w
 from glimpse.extract.config import Calibration, ExtractConfig, Outcome, Runtime, WeightsRef, default_streams
 from glimpse.extract.datasets import Dataset, load_dataset, takes
 from glimpse.extract.flow import FLOW_METHODS
+from glimpse.extract.flow_stack import check_flow_weights
 from glimpse.extract.pipeline import Summary, device_kind, prepare_store, run_extraction
 from glimpse.extract.streams import plan_streams
 from glimpse.files import fingerprint
@@ -184,6 +185,11 @@ def flow_weights_of(request: FeatureRequest) -> tuple[str | None, WeightsRef | N
     if not Path(request.flow_weights).is_file():
         raise OptionError(f"{request.flow_weights}: no such file; flow_stack's --flow-weights is a state_dict of a "
                           "flow-trained network (python -m glimpse.train flownet writes one)", "--flow-weights")
+    try:
+        check_flow_weights(request.flow_weights, request.backbone, request.layer,
+                           request.size or backbone_spec(request.backbone, request.layer).size, request.flow_stack)
+    except ValueError as err:
+        raise OptionError(str(err), "--flow-weights") from None
     return None, WeightsRef(weights_identity(request.flow_weights), request.flow_weights)
 
 

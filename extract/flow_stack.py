@@ -85,7 +85,8 @@ def _widened(model: nn.Module, channels: int) -> nn.Module:
     """``model`` with its first convolution taking ``channels`` input channels (same filters' shape otherwise)."""
     name, conv = first_conv(model)
     if conv.in_channels != 3:
-        raise ValueError(f"{type(model).__name__}: its first convolution {name} takes {conv.in_channels} channels, not RGB")
+        raise ValueError(f"{type(model).__name__}: its first convolution {name} takes {conv.in_channels} channels, "
+                         "not RGB")
     parent_name, _, child = name.rpartition(".")
     wide = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                      conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device)
@@ -115,21 +116,30 @@ def cross_modality_state(rgb: nn.Module, length: int) -> dict[str, Tensor]:
     return state
 
 
-def load_flow_state(body: nn.Module, path: str, backbone: str) -> str:
-    """Load the flow ``state_dict`` file at ``path`` into ``body`` (keys of parts the cut does not use, such as a
-    classifier, are dropped); returns its identity. A file of another architecture or stack length is refused,
-    naming it."""
+def checked_flow_state(body: nn.Module, path: str, backbone: str) -> dict[str, Tensor]:
+    """The flow ``state_dict`` file at ``path`` as ``body`` loads it (keys of parts the cut does not use, such as a
+    classifier, dropped); a file of another architecture or stack length is refused in one line naming it."""
     state = read_state_dict(path)
     own = body.state_dict()
     used = {key.split(".")[0] for key in own}
     unused = tuple(f"{key.split('.')[0]}." for key in state if key.split(".")[0] not in used)
-    spec = backbone_spec(backbone)
     try:
-        state = check_state_dict(own, state, path, AUX_PREFIXES.get(spec.arch, ()) + unused)
+        state = check_state_dict(own, state, path, AUX_PREFIXES.get(backbone_spec(backbone).arch, ()) + unused)
     except ValueError as err:
         raise ValueError(f"{err} (a flow network's first layer takes 2 x --flow-stack channels)") from None
-    filled = {k: torch.zeros_like(v) for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
-    body.load_state_dict(state | filled)
+    return state | {k: torch.zeros_like(v) for k, v in own.items()
+                    if k.endswith("num_batches_tracked") and k not in state}
+
+
+def check_flow_weights(path: str, backbone: str, layer: str | None, size: int, length: int) -> None:
+    """Refuse, before any work, a ``--flow-weights`` file that does not fit the flow_stack network (a ValueError)."""
+    with torch.device("meta"):
+        checked_flow_state(flow_body(backbone, layer, size, length), path, backbone)
+
+
+def load_flow_state(body: nn.Module, path: str, backbone: str) -> str:
+    """Load the flow ``state_dict`` file at ``path`` into ``body`` (see :func:`checked_flow_state`); its identity."""
+    body.load_state_dict(checked_flow_state(body, path, backbone))
     return f"sha256:{file_sha256(path)}"
 
 

@@ -13,9 +13,10 @@ from extraction import extract
 
 from glimpse.extract.api import FeatureRequest, fingerprinted, resolve_config
 from glimpse.extract.backbones import build_backbone
+from glimpse.extract.cli import main as extract_main
 from glimpse.extract.config import Runtime
 from glimpse.extract.datasets import load_dataset
-from glimpse.extract.flow_stack import flow_body, flow_input, flow_stacks, initial_flow_body, load_flow_state
+from glimpse.extract.flow_stack import flow_input, flow_stacks, initial_flow_body
 from glimpse.extract.streams import Extractor
 from glimpse.store import open_store
 from glimpse.train.cli import main as train_main
@@ -120,10 +121,18 @@ def test_flownet_lowers_its_loss_and_its_state_dict_changes_the_extracted_featur
                   - initial.read(video, "flow_stack").astype(np.float32)).max() > 1e-2
 
 
-def test_flow_weights_of_another_stack_length_is_refused_naming_the_file(tmp_path):
-    body, _ = initial_flow_body("googlenet", None, 64, 3, "none")  # 6 input channels, OPTS stacks 2
+def test_flow_weights_of_another_stack_length_is_refused_in_one_line_before_anything_is_written(tiny_synthetic,
+                                                                                                 tmp_path):
+    body, _ = initial_flow_body("googlenet", None, 64, 3, "none")  # 6 input channels; L = 2 takes 4
     path = tmp_path / "six.pt"
     torch.save(body.state_dict(), path)
-
-    with pytest.raises(ValueError, match=r"six\.pt.*conv1\.conv\.weight.*--flow-stack"):
-        load_flow_state(flow_body("googlenet", None, 64, 2), str(path), "googlenet")
+    args = ["--dataset", "synthetic", "--root", str(tiny_synthetic), "--out", str(tmp_path / "s"), "--backbone",
+            "googlenet", "--weights", "none", "--size", "64", "--flow", "farneback", "--streams",
+            "rgb,flow,flow_stack", "--flow-stack", "2", "--flow-weights", str(path)]
+    result = CliRunner().invoke(extract_main, args)
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "six.pt" in last and "conv1.conv.weight" in last and "--flow-stack" in last
+    assert "Traceback" not in result.output and not (tmp_path / "s").exists()
+    both = CliRunner().invoke(extract_main, [*args[:-5], "rgb,flow,flow_cnn,flow_stack", "--flow-weights", str(path)])
+    assert both.exit_code == 2 and "extract flow_cnn in another store" in both.output

@@ -164,7 +164,7 @@ def sweep_command(store, model, grids, out, scheduler, n_workers, gpus, threads,
 @click.option("--seed", type=int, help="Seed of the draws and the classifier. [0]")
 @click.option("--device", type=RegistryChoice(DEVICES), help="cpu or cuda. [cpu]")
 def flownet_command(**options) -> None:
-    """Fine-tune the temporal (stacked-flow) CNN on a store's raw flow, HAN's recipe; write what --flow-weights takes."""
+    """Fine-tune the stacked-flow CNN on a store's raw flow (HAN's recipe); write what --flow-weights takes."""
     from glimpse.train.flownet import finetune_flownet, request_of
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
