@@ -177,9 +177,10 @@ def manifest_digest(dataset: Dataset) -> str:
 def flow_weights_of(request: FeatureRequest) -> tuple[str | None, WeightsRef | None]:
     """``--flow-weights`` as (the flow_cnn network's weights, the flow_stack network's file): the flow_stack network's
     when that stream is extracted (a 2L-channel state_dict: it cannot also be flow_cnn's), else flow_cnn's."""
-    if request.flow_weights is None or "flow_stack" not in (request.streams or ()):
+    streams = request.streams or ()
+    if request.flow_weights is None or "flow_stack" not in streams:
         return request.flow_weights, None
-    if "flow_cnn" in request.streams:
+    if "flow_cnn" in streams:
         raise OptionError("--flow-weights with both flow_cnn and flow_stack: the file is the stacked-flow network's "
                           "(2 x --flow-stack input channels); extract flow_cnn in another store", "--flow-weights")
     if not Path(request.flow_weights).is_file():

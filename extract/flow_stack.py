@@ -17,7 +17,7 @@ channels (Simonyan & Zisserman 2014; Wang et al. 2016, TSN, for the cross-modali
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -88,8 +88,9 @@ def _widened(model: nn.Module, channels: int) -> nn.Module:
         raise ValueError(f"{type(model).__name__}: its first convolution {name} takes {conv.in_channels} channels, "
                          "not RGB")
     parent_name, _, child = name.rpartition(".")
-    wide = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                     conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device)
+    shape = cast(Any, (conv.kernel_size, conv.stride, conv.padding, conv.dilation))  # the conv's own, as it took them
+    wide = nn.Conv2d(channels, conv.out_channels, *shape, groups=conv.groups, bias=conv.bias is not None,
+                     padding_mode=conv.padding_mode, device=conv.weight.device)
     setattr(model.get_submodule(parent_name) if parent_name else model, child, wide)
     return model
 

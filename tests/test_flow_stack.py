@@ -16,7 +16,7 @@ from glimpse.extract.backbones import build_backbone
 from glimpse.extract.cli import main as extract_main
 from glimpse.extract.config import Runtime
 from glimpse.extract.datasets import load_dataset
-from glimpse.extract.flow_stack import flow_input, flow_stacks, initial_flow_body
+from glimpse.extract.flow_stack import FlowStackStream, flow_input, flow_stacks, initial_flow_body
 from glimpse.extract.streams import Extractor
 from glimpse.store import open_store
 from glimpse.train.cli import main as train_main
@@ -91,8 +91,9 @@ def test_extraction_writes_a_flow_stack_stream_through_a_2l_channel_first_layer(
                              **{k: v for k, v in OPTS.items() if k not in ("streams", "batch_size")})
     config = resolve_config(request, fingerprinted(load_dataset("synthetic", request.root)))  # what a worker gets
     assert config.to_dict() == store.config
-    conv = Extractor(config, Runtime(batch_size=8)).streams["flow_stack"].backbone.body.get_submodule("conv1.conv")
-    assert conv.in_channels == 4
+    stream = Extractor(config, Runtime(batch_size=8)).streams["flow_stack"]
+    assert isinstance(stream, FlowStackStream)
+    assert stream.backbone.body.get_submodule("conv1.conv").in_channels == 4
 
 
 @pytest.mark.slow
@@ -105,7 +106,9 @@ def test_flownet_lowers_its_loss_and_its_state_dict_changes_the_extracted_featur
     log = (tmp_path / "flow.log").read_text()
     assert "20,000 x (256 / batch)" in log and "lr 1e-2, 1e-3 from iteration 42" in log
     assert len(re.findall(r"^iteration \d+ lr \S+ loss \S+$", log, re.M)) == 60
-    before, after = map(float, re.search(r"training stacks (\S+) -> (\S+);", log).groups())
+    found = re.search(r"training stacks (\S+) -> (\S+);", log)
+    assert found, log
+    before, after = map(float, found.groups())
     assert after < before, log
     assert "batch-norm statistics recomputed" in result.output
     out = tmp_path / "tuned"
