@@ -169,6 +169,7 @@ def test_a_store_without_flow_fails_before_training_naming_what_to_extract(name,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_han_reads_flow_stack_where_the_store_has_it_and_says_flow_cnn_is_no_motion_network(two_stream_store,
                                                                                                 tmp_path, caplog):
     stacked = hand_store(tmp_path / "stacked", streams=("rgb", "flow_cnn", "flow_stack"))
