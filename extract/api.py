@@ -26,6 +26,7 @@ from glimpse.extract.backbones import BACKBONES, BackboneError, backbone_spec, w
 from glimpse.extract.config import Calibration, ExtractConfig, Outcome, Runtime, WeightsRef, default_streams
 from glimpse.extract.datasets import Dataset, load_dataset, takes
 from glimpse.extract.flow import FLOW_METHODS
+from glimpse.extract.flow_stack import check_flow_weights
 from glimpse.extract.pipeline import Summary, device_kind, prepare_store, run_extraction
 from glimpse.extract.streams import plan_streams
 from glimpse.files import fingerprint
@@ -60,9 +61,10 @@ class FeatureRequest:
     weights: str = "imagenet"
     flow: str = "none"
     streams: tuple[str, ...] | None = None  # registry names; None: rgb, and flow and flow_cnn with a flow method
-    flow_weights: str | None = None  # None: the flow-stream CNN is the rgb backbone
+    flow_weights: str | None = None  # None: the flow-stream CNN is the rgb backbone (flow_stack: cross-modality)
     raft_weights: str = "none"
     flow_size: int | None = None
+    flow_stack: int = 10  # flow fields per flow_stack input
     classes: tuple[str, ...] | None = None  # a subset of the dataset's classes (None: all)
 
 
@@ -172,6 +174,26 @@ def manifest_digest(dataset: Dataset) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def flow_weights_of(request: FeatureRequest) -> tuple[str | None, WeightsRef | None]:
+    """``--flow-weights`` as (the flow_cnn network's weights, the flow_stack network's file): the flow_stack network's
+    when that stream is extracted (a 2L-channel state_dict: it cannot also be flow_cnn's), else flow_cnn's."""
+    streams = request.streams or ()
+    if request.flow_weights is None or "flow_stack" not in streams:
+        return request.flow_weights, None
+    if "flow_cnn" in streams:
+        raise OptionError("--flow-weights with both flow_cnn and flow_stack: the file is the stacked-flow network's "
+                          "(2 x --flow-stack input channels); extract flow_cnn in another store", "--flow-weights")
+    if not Path(request.flow_weights).is_file():
+        raise OptionError(f"{request.flow_weights}: no such file; flow_stack's --flow-weights is a state_dict of a "
+                          "flow-trained network (python -m glimpse.train flownet writes one)", "--flow-weights")
+    try:
+        check_flow_weights(request.flow_weights, request.backbone, request.layer,
+                           request.size or backbone_spec(request.backbone, request.layer).size, request.flow_stack)
+    except ValueError as err:
+        raise OptionError(str(err), "--flow-weights") from None
+    return None, WeightsRef(weights_identity(request.flow_weights), request.flow_weights)
+
+
 def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
     """The :class:`ExtractConfig` ``request`` asks for on ``dataset`` (fingerprinted): the backbone's node (recorded
     when it is not the registered one), weights by identity, the backbone's input size, the calibration video of
@@ -188,7 +210,7 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
     calibration = None
     if request.weights == "none" and present:
         calibration = Calibration(present[0].id, CALIBRATION_FRAMES, present[0].path)
-    flow_weights = request.flow_weights
+    flow_weights, stack_weights = flow_weights_of(request)
     config = ExtractConfig(
         dataset=request.dataset, backbone=request.backbone,
         layer=None if spec == BACKBONES.get(request.backbone) else spec.layer,  # a registered layer is no option
@@ -199,7 +221,8 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
                                                                       flow_weights),
         raft_weights=(WeightsRef(weights_identity(request.raft_weights), request.raft_weights)
                       if request.flow == "raft" else WeightsRef("none")),
-        flow_size=request.flow_size, calibration=calibration, manifest=manifest_digest(dataset),
+        flow_size=request.flow_size, flow_stack=request.flow_stack, flow_stack_weights=stack_weights,
+        calibration=calibration, manifest=manifest_digest(dataset),
     )
     return select_streams(request.streams, config)
 

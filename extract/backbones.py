@@ -124,7 +124,7 @@ def backbone_arch(name: str) -> str:
     return BACKBONES[name].arch
 
 
-def _builder_kwargs(arch: str, size: int, init_weights: bool) -> dict:
+def builder_kwargs(arch: str, size: int, init_weights: bool) -> dict:
     """Keyword arguments of ``arch``'s builder: :data:`ARCH_KWARGS`, ``init_weights`` where the builder has the flag
     (False for meta-device builds), and ViT's ``image_size`` (its position embeddings are per patch of S x S)."""
     kwargs = dict(ARCH_KWARGS.get(arch, {}))
@@ -140,10 +140,10 @@ def _meta_model(arch: str, size: int) -> nn.Module:
     computes its widths with tensors) and moved there."""
     try:
         with torch.device("meta"):
-            return get_model(arch, weights=None, **_builder_kwargs(arch, size, init_weights=False))
+            return get_model(arch, weights=None, **builder_kwargs(arch, size, init_weights=False))
     except NotImplementedError:
         with torch.random.fork_rng(devices=[]):
-            return get_model(arch, weights=None, **_builder_kwargs(arch, size, init_weights=False)).to("meta")
+            return get_model(arch, weights=None, **builder_kwargs(arch, size, init_weights=False)).to("meta")
 
 
 def _cut(model: nn.Module, name: str, layer: str) -> nn.Module:
@@ -335,7 +335,7 @@ def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path, size: int) -> 
     state = check_state_dict(model.state_dict(), state, source, AUX_PREFIXES.get(spec.arch, ()) + unused)
     if {name for name, _ in body.named_buffers()} - set(body.state_dict()):  # buffers no file holds: built ones
         with torch.random.fork_rng(devices=[]):
-            body = _cut(get_model(spec.arch, weights=None, **_builder_kwargs(spec.arch, size, True)), spec.name,
+            body = _cut(get_model(spec.arch, weights=None, **builder_kwargs(spec.arch, size, True)), spec.name,
                         spec.layer)
     else:
         body = body.to_empty(device="cpu")
@@ -381,7 +381,7 @@ def build_backbone(
         return FeatureExtractor(spec, body, size, identity, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = get_model(spec.arch, weights=None, **_builder_kwargs(spec.arch, size, init_weights=True))
+        model = get_model(spec.arch, weights=None, **builder_kwargs(spec.arch, size, init_weights=True))
     body = _cut(model, spec.name, spec.layer)
     identity = "none"
     if calibration_frames is not None:

@@ -56,7 +56,11 @@ def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--flow", default="none", type=RegistryChoice(FLOW_CHOICES))
 @click.option("--streams", default=None, callback=_names,
               help=f"Streams to extract, comma-separated: {', '.join(STREAMS)}. [rgb; rgb,flow,flow_cnn with --flow]")
-@click.option("--flow-weights", default=None, help="State dict for the flow-stream CNN [same as --weights].")
+@click.option("--flow-weights", default=None,
+              help="State dict for the flow-stream CNN: flow_cnn's [same as --weights], or with flow_stack a "
+                   "flow-trained network with a 2L-channel first layer [cross-modality from --weights].")
+@click.option("--flow-stack", default=10, type=click.IntRange(min=1),
+              help="flow_stack: L flow fields (x and y: 2L channels) stacked from each frame.")
 @click.option("--raft-weights", default="none", help="RAFT weights for --flow raft: none | default | PATH.")
 @click.option("--flow-size", type=click.IntRange(min=16), help="Shorter side flow is computed at. [source]")
 @click.option("--codec", default=None, type=RegistryChoice(CODECS),

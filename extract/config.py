@@ -51,7 +51,8 @@ class ExtractConfig:
     Runtime choices that do not change the features (device, batch size, workers, scheduler) are not part of it.
     ``manifest`` names the dataset's content (:func:`glimpse.extract.api.manifest_digest`), so that another dataset,
     another split seed or changed source files never share a store. ``flow_cnn_weights`` None: the flow-stream CNN is
-    the rgb backbone itself. ``streams`` None: rgb, and flow and
+    the rgb backbone itself. ``flow_stack`` and ``flow_stack_weights`` (the flow_stack stream's L and weights file)
+    are hashed only when that stream is extracted. ``streams`` None: rgb, and flow and
     flow_cnn with a flow method; otherwise the registry entries as the client resolved them (a stream registered
     at run time in the client reaches the workers this way).
     """
@@ -68,6 +69,8 @@ class ExtractConfig:
     flow_cnn_weights: WeightsRef | None = None
     raft_weights: WeightsRef = WeightsRef("none")
     flow_size: int | None = None
+    flow_stack: int = 10  # flow fields per flow_stack input (two-stream networks' L)
+    flow_stack_weights: WeightsRef | None = None  # None: cross-modality initialisation from the rgb weights
     calibration: Calibration | None = None
     streams: tuple[StreamSpec, ...] | None = None
     manifest: str | None = None  # digest of the dataset's classes, videos, labels, splits and source fingerprints
@@ -101,7 +104,15 @@ class ExtractConfig:
             out["streams"] = list(self.stream_names)
         if self.manifest is not None:
             out["manifest"] = self.manifest
+        if "flow_stack" in self.stream_names:
+            out["flow_stack"] = {"length": self.flow_stack, "weights": self.flow_stack_init}
         return out
+
+    @property
+    def flow_stack_init(self) -> str:
+        """What the flow_stack network's weights are: its file's identity, or ``cross-modality:<rgb identity>``."""
+        weights = self.flow_stack_weights
+        return "cross-modality:" + self.weights.identity if weights is None else weights.identity
 
 
 def default_streams(flow: str) -> tuple[str, ...]:

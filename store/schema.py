@@ -140,6 +140,8 @@ register_stream(StreamSpec("flow", ("frame", "component", "y", "x"), "glimpse.ex
                            "optical flow to the next frame (2, H, W): x (right), y (down), in pixels"))
 register_stream(StreamSpec("flow_cnn", ("frame", "channel", "y", "x"), "glimpse.extract.streams:FlowCNNStream",
                            "CNN conv feature cubes of the flow rendered as an image (C, K, K)"))
+register_stream(StreamSpec("flow_stack", ("frame", "channel", "y", "x"), "glimpse.extract.flow_stack:FlowStackStream",
+                           "CNN conv feature cubes of L stacked flows (2L channels) from each frame (C, K, K)"))
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -169,6 +169,23 @@ def test_a_store_without_flow_fails_before_training_naming_what_to_extract(name,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_han_reads_flow_stack_where_the_store_has_it_and_says_flow_cnn_is_no_motion_network(two_stream_store,
+                                                                                                tmp_path, caplog):
+    stacked = hand_store(tmp_path / "stacked", streams=("rgb", "flow_cnn", "flow_stack"))
+    train_model(stacked, "han", tmp_path / "stack", **{**FAST, "epochs": 1}, model_args=small_args("han"))
+    config = json.loads((tmp_path / "stack" / "config.json").read_text())
+    assert config["data"]["streams"] == config["model"]["config"]["streams"] == ["rgb", "flow_stack"]
+    assert not any("not a motion network" in note for note in config["notes"])
+    assert list(predict_run(tmp_path / "stack"))  # the run loads and reads flow_stack back
+    with caplog.at_level("WARNING", logger="train"):
+        train_model(two_stream_store, "han", tmp_path / "cnn", **{**FAST, "epochs": 1}, model_args=small_args("han"))
+    warned = [r.getMessage() for r in caplog.records if "not a motion network" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0] and "han: the temporal stream is flow_cnn" in warned[0]
+    config = json.loads((tmp_path / "cnn" / "config.json").read_text())
+    assert config["data"]["streams"] == ["rgb", "flow_cnn"] and warned[0] in config["notes"]
+
+
 # ---------------------------------------------------------------------------------------------- runs
 
 

@@ -150,3 +150,26 @@ def sweep_command(store, model, grids, out, scheduler, n_workers, gpus, threads,
     click.echo(f"sweep: {len(rows) - len(failed)}/{len(rows)} runs done -> {Path(out) / 'results.md'}")
     if failed:
         raise click.ClickException("; ".join(f"{r['run_dir']}: {r['error']}" for r in failed))
+
+
+@main.command("flownet")
+@click.option("--store", required=True, type=click.Path(), help="A store holding raw flow (--streams ...,flow,...).")
+@click.option("--out", required=True, type=click.Path(), help="The state_dict to write (its log beside it, .log).")
+@click.option("--split", help="The split whose training videos it trains on. [1]")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Stacks per iteration. [64]")
+@click.option("--iterations", type=click.IntRange(min=1),
+              help="Iterations instead of the rule 20,000 x (256 / batch) x min(1, training videos / 9,537).")
+@click.option("--flow-stack", type=click.IntRange(min=1), help="L flows per stack. [the store's flow_stack, else 10]")
+@click.option("--weights", help="RGB weights of the cross-modality start: imagenet | none | PATH. [the store's]")
+@click.option("--seed", type=int, help="Seed of the draws and the classifier. [0]")
+@click.option("--device", type=RegistryChoice(DEVICES), help="cpu or cuda. [cpu]")
+def flownet_command(**options) -> None:
+    """Fine-tune the stacked-flow CNN on a store's raw flow (HAN's recipe); write what --flow-weights takes."""
+    from glimpse.train.flownet import finetune_flownet, request_of
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        result = finetune_flownet(request_of(**options))
+    except ConfigError as err:
+        raise OptionError(str(err)) from None
+    click.echo(result.summary())

@@ -49,7 +49,13 @@ STREAM_HINTS = {
     "flow_cnn": "re-extract with optical flow: python -m glimpse.extract ... --flow tvl1 (or farneback, raft), "
                 "which adds the 'flow' and 'flow_cnn' streams",
     "flow": "re-extract with --flow tvl1 (or farneback, raft)",
+    "flow_stack": "re-extract with optical flow and the stacked-flow network: python -m glimpse.extract ... --flow "
+                  "tvl1 --streams rgb,flow,flow_stack",
 }
+
+#: What a model reading flow_cnn is told when the store has no flow_stack (HAN's temporal stream is a motion network).
+NOT_MOTION = ("{model}: the temporal stream is flow_cnn, one flow field rendered as an image through the RGB network, "
+              "not a motion network; extract flow_stack (--flow tvl1 --streams rgb,flow,flow_stack) for HAN's")
 
 
 @dataclass
@@ -97,6 +103,19 @@ def model_streams(config: TrainConfig) -> tuple[str, ...]:
     """The store streams the model reads, in forward order (HAN's config may choose them)."""
     spec = MODELS[config.model]
     return tuple(config.model_args.get("streams", getattr(spec.config(), "streams", spec.streams)))
+
+
+def temporal_stream(store: Store, config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """``config`` reading flow_stack in place of flow_cnn where the model's default streams read flow_cnn and the
+    store has flow_stack (HAN's temporal stream: stacked flow into a flow network); else a one-line note when the
+    model reads flow_cnn. Streams chosen with ``--set streams=...`` are kept."""
+    streams = model_streams(config)
+    if "flow_cnn" not in streams:
+        return config, []
+    if "streams" not in config.model_args and "flow_stack" in store.streams:
+        chosen = tuple("flow_stack" if s == "flow_cnn" else s for s in streams)
+        return dataclasses.replace(config, model_args={**config.model_args, "streams": chosen}), []
+    return config, [NOT_MOTION.format(model=config.model)]
 
 
 def check_store(store: Store, config: TrainConfig, streams: tuple[str, ...]) -> tuple[int, int]:
@@ -217,6 +236,9 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     ``normalization_state`` (from a checkpoint) is used instead of recomputing the standardization.
     """
     store = open_store(config.store)
+    config, temporal_notes = temporal_stream(store, config)
+    for note in temporal_notes:
+        log.warning("%s", note)
     streams = model_streams(config)
     channels, size = check_store(store, config, streams)
     try:
@@ -229,6 +251,7 @@ def prepare(config: TrainConfig, normalization_state: dict | None = None) -> Set
     notes += selected_notes
     for note in notes:
         log.info("%s", note)
+    notes += temporal_notes  # logged as a warning above
     every = selection.train + selection.val + selection.test
     multi_label = store.multi_label  # declared by the dataset adapter, stored at extraction
     clip = resolved.policy()

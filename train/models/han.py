@@ -5,7 +5,9 @@ on every k-th output of the first. One attention over the K*K positions, compute
 concatenated first-layer hidden states of all streams at t-1 (Eq. 3), reads every stream (Eq. 4).
 The final hidden states of all layers of all streams are concatenated into the softmax classifier.
 The ablations are the same module: ``attend=False`` average-pools the cubes, and ``streams``
-keeps the RGB stream (spatial) or the flow stream (temporal) alone.
+keeps the RGB stream (spatial) or the flow stream (temporal) alone. The flow stream is the store's ``flow_stack``
+(stacked flow through a 2L-channel network, HAN's temporal CNN) when it has one, else ``flow_cnn``
+(:func:`glimpse.train.setup.temporal_stream`).
 """
 
 from __future__ import annotations
