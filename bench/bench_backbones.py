@@ -11,7 +11,7 @@ from pathlib import Path
 EXTRA = (("torchvision:regnet_y_400mf", "trunk_output"),)
 
 
-def _seconds(fn, *args) -> float:
+def seconds(fn, *args) -> float:
     """Wall time of one call of ``fn(*args)``."""
     start = time.perf_counter()
     fn(*args)
@@ -44,7 +44,7 @@ def run(quick: bool = False) -> str:
         for name, layer in [*((name, None) for name in BACKBONES), *EXTRA]:
             backbone = build_backbone(name, "none", layer=layer, size=128 if quick else None)
             backbone.features(decoded[:1], batch)  # warm-up
-            fps = len(decoded) / min(_seconds(backbone.features, decoded, batch) for _ in range(3))  # least disturbed
+            fps = len(decoded) / min(seconds(backbone.features, decoded, batch) for _ in range(3))  # least disturbed
             config = ExtractConfig("synthetic", name, layer, WeightsRef("none"), size=backbone.size)
             store = str(folder / name.replace(":", "-"))
             prepare_store(store, config, dataset)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,8 @@ def clip_positions(n: int, clip_frames: int, clip_stride: int) -> np.ndarray:
 
 def steps_of(result: dict[str, Any], positions: np.ndarray) -> None:
     """Turn a video's per-frame ``result`` attributes into per-step ones for clips at ``positions`` (steps, N):
-    each step stands at its clip's middle frame and records the first and last frames (and times) it covers."""
+    each step stands at its clip's middle frame and records the first and last frames (and times) it covers; its
+    box (localisation's target) is the union of the boxes of the frames it covers (NaN where none has one)."""
     indices, times = result["frame_indices"], result["timestamps"]
     first, last = positions[:, 0], positions.max(axis=1)  # (steps,) each
     middle = (first + last) // 2
@@ -121,7 +123,11 @@ def steps_of(result: dict[str, Any], positions: np.ndarray) -> None:
     result["step_frames"] = [[indices[a], indices[b]] for a, b in zip(first, last, strict=True)]
     result["step_timestamps"] = [[times[a], times[b]] for a, b in zip(first, last, strict=True)]
     if "boxes" in result:
-        result["boxes"] = [result["boxes"][i] for i in middle]
+        boxes = np.asarray(result["boxes"], dtype=np.float64)[positions]  # (steps, N, 4)
+        with warnings.catch_warnings():  # a step none of whose frames has a box stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            union = np.concatenate([np.nanmin(boxes[..., :2], axis=1), np.nanmax(boxes[..., 2:], axis=1)], axis=1)
+        result["boxes"] = union.tolist()  # (steps, 4)
 
 
 @functools.cache

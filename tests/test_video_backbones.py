@@ -2,6 +2,7 @@
 and times against the clip rule written out here, r3d_18 against torchvision's own forward of a state_dict file, and
 softattn training on such a store."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from glimpse.extract.cli import main as extract_main
 from glimpse.extract.video_backbones import VIDEO_BACKBONES, VideoBackboneSpec
 from glimpse.media.decode import Sampling, decode_video
 from glimpse.store import open_store
+from glimpse.store.cli import main as store_main
 from glimpse.store.maintenance import extraction_options
 from glimpse.store.schema import VideoResult
 from glimpse.train.loop import train_model
@@ -77,6 +79,9 @@ def test_every_video_backbone_extracts_a_grid_per_clip_with_the_frames_it_covers
     assert info.frame_shape == (VIDEO_BACKBONES[name].channels, k, k) and k >= 2
     assert info.clip == (frames, stride) and store.config["clip_frames"] == frames
     assert extraction_options(out)[0]["clip_frames"] == frames  # store repair extracts the same clips
+    shown = CliRunner().invoke(store_main, ["info", str(out)]).output
+    assert f"{name} / {VIDEO_BACKBONES[name].layer}, grid {k} x {k} of" in shown
+    assert f"a step per clip of {frames} frames every {stride}" in shown
     for entry in store.videos:
         decoded = decode_video(entry.path, Sampling())  # every frame: the clips are cut from them
         rule = clip_rule(len(decoded.indices), frames, stride)
@@ -87,6 +92,10 @@ def test_every_video_backbone_extracts_a_grid_per_clip_with_the_frames_it_covers
         assert entry.time_spans() == tuple((float(decoded.timestamps[a]), float(decoded.timestamps[b]))
                                            for a, b in rule)
         assert entry.frame_indices == tuple(int(decoded.indices[(a + b) // 2]) for a, b in rule)
+        boxes = np.asarray(json.loads(Path(entry.path).with_suffix(".boxes.json").read_text())["boxes"], float)
+        covered = [boxes[decoded.indices[a : b + 1]] for a, b in rule]  # (N, 4) per step: the frames it covers
+        union = [[*frame_boxes[:, :2].min(axis=0), *frame_boxes[:, 2:].max(axis=0)] for frame_boxes in covered]
+        np.testing.assert_array_equal(np.asarray(entry.boxes), union)  # localisation's target: the clip's boxes
 
 
 def test_a_store_without_steps_reads_each_frame_as_its_own_step():
@@ -137,3 +146,16 @@ def test_clip_options_that_do_not_fit_are_refused_in_one_line(tiny_synthetic, tm
     result = CliRunner().invoke(extract_main, [*base, *args])
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_the_attention_strip_of_a_clip_store_names_the_frames_each_step_covers(extracted):
+    """Evaluation's strip draws each step on its clip's middle frame and captions the frames and times it covers."""
+    from glimpse.evaluate.figures import stored_frames, video_strip
+
+    entry = open_store(extracted("r3d_18")).videos[0]
+    k = SMALL["r3d_18"][3]
+    frames = stored_frames(entry)  # (steps, H, W, 3): the middle frames
+    assert len(frames) == entry.n_frames == 4  # 10 frames, clips of 4 every 2
+    fig = video_strip(entry, frames, {"softattn": np.full((4, k, k), 1 / k**2)}, steps=None)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()[:1] in "s123456789"]
+    assert len(titles) == 4 and "2-5" in titles[1] and "0.08-0.20 s" in titles[1], titles
