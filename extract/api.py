@@ -28,7 +28,7 @@ from glimpse.extract.datasets import Dataset, load_dataset, takes
 from glimpse.extract.flow import FLOW_METHODS
 from glimpse.extract.pipeline import Summary, device_kind, prepare_store, run_extraction
 from glimpse.extract.streams import plan_streams
-from glimpse.extract.video_backbones import VideoBackboneSpec, check_clip
+from glimpse.extract.video_backbones import VideoBackboneSpec, check_clip, clip_grid
 from glimpse.files import fingerprint
 from glimpse.store import open_store
 from glimpse.store.catalog import is_store
@@ -227,6 +227,10 @@ def resolve_clips(request: FeatureRequest, spec: Any) -> tuple[int | None, int |
     why = check_clip(spec, frames, stride)
     if why:
         raise OptionError(why, "--clip-frames")
+    try:
+        clip_grid(spec, request.size or spec.size, frames)
+    except BackboneError as err:
+        raise OptionError(str(err), "--size") from None
     return frames, stride
 
 

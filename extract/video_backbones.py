@@ -14,8 +14,10 @@ of the same architecture (loaded by :func:`glimpse.extract.backbones.loaded_body
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -137,7 +139,8 @@ def video_node_shape(spec: VideoBackboneSpec, size: int, frames: int) -> tuple[i
         model = get_model(spec.arch, weights=None)
     body = cut_model(model, spec.name, spec.layer)
     try:
-        return tuple(body(torch.empty(1, 3, frames, size, size, device="meta"))["features"].shape)
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.fx prints the traced code of a failing forward
+            return tuple(body(torch.empty(1, 3, frames, size, size, device="meta"))["features"].shape)
     except (RuntimeError, AssertionError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BackboneError(f"backbone {spec.name}: clips of {frames} frames at {size} px are too small "
@@ -168,13 +171,13 @@ class VideoFeatureExtractor(FeatureExtractor):
         why = check_clip(spec, clip_frames, clip_stride)
         if why:
             raise BackboneError(why)
-        self.clip_frames, self.clip_stride = clip_frames, clip_stride
+        self.video_spec, self.clip_frames, self.clip_stride = spec, clip_frames, clip_stride
         self.time, _ = clip_grid(spec, size, clip_frames)
         super().__init__(spec, body, size, weights_identity, device)
 
     def grid_at(self, size: int) -> int:
         """K at S = ``size`` for this extractor's clips."""
-        return clip_grid(self.spec, size, self.clip_frames)[1]  # type: ignore[arg-type]
+        return clip_grid(self.video_spec, size, self.clip_frames)[1]
 
     def clips(self, frames: np.ndarray, result: dict[str, Any] | None = None) -> np.ndarray:
         """(T, H, W, 3) decoded frames -> (steps, N, H, W, 3) clips by :func:`clip_positions`; ``result`` (the

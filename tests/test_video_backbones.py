@@ -38,7 +38,7 @@ ONE_CLASS = {"classes": ("SquareRight",)}
 def options_of(name: str) -> dict:
     size, frames, stride, _ = SMALL[name]
     return {"weights": "none", "batch_size": 8, "size": size, "clip_frames": frames, "clip_stride": stride,
-            **ONE_CLASS}
+            "group": 4, **ONE_CLASS}  # one task: one worker builds the network
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,7 @@ def test_softattn_trains_on_a_video_backbone_store(extracted, tmp_path):
     (["--backbone", "mvit_v2_s", "--clip-frames", "8"], "exactly 16 frames"),
     (["--backbone", "s3d", "--clip-frames", "8"], "at least 14 frames"),
     (["--backbone", "r3d_18", "--flow", "farneback"], "rgb stream alone"),
+    (["--backbone", "mvit_v2_s", "--size", "112"], "are too small"),
 ])
 def test_clip_options_that_do_not_fit_are_refused_in_one_line(tiny_synthetic, tmp_path, args, says):
     base = ["--dataset", "synthetic", "--root", str(tiny_synthetic), "--out", str(tmp_path / "s"), "--weights", "none"]
