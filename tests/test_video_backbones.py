@@ -158,5 +158,5 @@ def test_the_attention_strip_of_a_clip_store_names_the_frames_each_step_covers(e
     frames = stored_frames(entry)  # (steps, H, W, 3): the middle frames
     assert len(frames) == entry.n_frames == 4  # 10 frames, clips of 4 every 2
     fig = video_strip(entry, frames, {"softattn": np.full((4, k, k), 1 / k**2)}, steps=None)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()[:1] in "s123456789"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 4 and "2-5" in titles[1] and "0.08-0.20 s" in titles[1], titles
