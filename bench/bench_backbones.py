@@ -11,7 +11,7 @@ from pathlib import Path
 EXTRA = (("torchvision:regnet_y_400mf", "trunk_output"),)
 
 
-def _seconds(fn, *args) -> float:
+def seconds(fn, *args) -> float:
     """Wall time of one call of ``fn(*args)``."""
     start = time.perf_counter()
     fn(*args)
@@ -27,6 +27,7 @@ def run(quick: bool = False) -> str:
     from glimpse.extract.datasets import load_dataset
     from glimpse.extract.pipeline import extract_video, prepare_store
     from glimpse.extract.synth import SynthConfig, make_synthetic
+    from glimpse.extract.video_backbones import is_video_backbone
     from glimpse.media.decode import Sampling, decode_video
     from glimpse.store.catalog import disk_bytes
 
@@ -41,10 +42,11 @@ def run(quick: bool = False) -> str:
         dataset = load_dataset("synthetic", data)
         records = sorted(dataset.videos, key=lambda r: r.id)
         decoded = decode_video(records[0].path, Sampling()).frames  # (frames, 112, 112, 3)
-        for name, layer in [*((name, None) for name in BACKBONES), *EXTRA]:
+        images = [name for name in BACKBONES if not is_video_backbone(name)]  # video ones: bench_video_backbones
+        for name, layer in [*((name, None) for name in images), *EXTRA]:
             backbone = build_backbone(name, "none", layer=layer, size=128 if quick else None)
             backbone.features(decoded[:1], batch)  # warm-up
-            fps = len(decoded) / min(_seconds(backbone.features, decoded, batch) for _ in range(3))  # least disturbed
+            fps = len(decoded) / min(seconds(backbone.features, decoded, batch) for _ in range(3))  # least disturbed
             config = ExtractConfig("synthetic", name, layer, WeightsRef("none"), size=backbone.size)
             store = str(folder / name.replace(":", "-"))
             prepare_store(store, config, dataset)

@@ -230,13 +230,21 @@ def compare_strips(frames: np.ndarray, runs: Mapping[str, np.ndarray], out_png: 
 
 
 def step_labels(chosen: Iterable[int], total: int, timestamps: Sequence[float | None] = (),
-                short: bool = False) -> list[str]:
+                short: bool = False, spans: Sequence[tuple[int, int]] = (),
+                time_spans: Sequence[tuple[float | None, float | None]] = ()) -> list[str]:
     """A caption per picked stored frame: its step number out of ``total`` ("step 3/16"; ``short``: "3") and,
-    where known, its time."""
+    where known, its time; a step that covers a clip (a video backbone's: ``spans`` of source frames and their
+    ``time_spans``) gives the frames and times it covers ("step 3/16 · frames 32-47 · 1.28-1.88 s")."""
     labels = []
     for i in chosen:
         time = timestamps[i] if i < len(timestamps) else None
         step = f"{i + 1}" if short else f"step {i + 1}/{total}"
+        first, last = spans[i] if i < len(spans) else (0, 0)
+        if first != last:
+            start, end = time_spans[i] if i < len(time_spans) else (None, None)
+            step += f" \u00b7 {first}-{last}" if short else f" \u00b7 frames {first}-{last}"
+            labels.append(step + ("" if start is None or end is None else f" \u00b7 {start:.2f}-{end:.2f} s"))
+            continue
         labels.append(step + ("" if time is None else f" \u00b7 {time:.2f} s"))
     return labels
 
@@ -304,7 +312,8 @@ def video_strip(entry: Any, frames: np.ndarray, runs: Mapping[str, np.ndarray], 
                 classes: Sequence[str] | None = None, predicted: Mapping[str, int] | None = None) -> Any:
     """The strip Figure (:func:`strip_figure`) of one store video: ``steps`` equally spaced of its stored
     ``frames`` (n_frames, H, W, 3) with each run's attention (name -> (n_frames, K, K)), its boxes, each
-    tile's step and time (the store's timestamps), and a title naming the video, its true classes and each
+    tile's step and time (the store's timestamps; a clip's step: the frames and times it covers, drawn on its
+    middle frame), and a title naming the video, its true classes and each
     run's ``predicted`` class (indices into ``classes``)."""
     for name, maps in runs.items():
         if len(maps) != len(frames):
@@ -315,7 +324,8 @@ def video_strip(entry: Any, frames: np.ndarray, runs: Mapping[str, np.ndarray], 
     title = "\n".join(filter(None, [entry.id, class_line(classes, entry.labels, predicted)]))
     short = tile_width(frames.shape[2], len(chosen)) < LONG_CAPTIONS
     return strip_figure(frames[chosen], picked, boxes=boxes, title=title,
-                        steps=step_labels(chosen, len(frames), entry.timestamps, short))
+                        steps=step_labels(chosen, len(frames), entry.timestamps, short, entry.spans(),
+                                          entry.time_spans()))
 
 
 def video_attention_figures(entry: Any, runs: Mapping[str, np.ndarray], out_dir: str | Path, steps: int | None = 8,

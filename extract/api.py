@@ -29,6 +29,7 @@ from glimpse.extract.flow import FLOW_METHODS
 from glimpse.extract.flow_stack import check_flow_weights
 from glimpse.extract.pipeline import Summary, device_kind, prepare_store, run_extraction
 from glimpse.extract.streams import plan_streams
+from glimpse.extract.video_backbones import VideoBackboneSpec, check_clip, clip_grid
 from glimpse.files import fingerprint
 from glimpse.store import open_store
 from glimpse.store.catalog import is_store
@@ -55,6 +56,8 @@ class FeatureRequest:
     frames: int | None = None
     fps: float | None = None
     max_frames: int | None = None
+    clip_frames: int | None = None  # a video backbone's frames per clip (None: its own, 16)
+    clip_stride: int | None = None  # frames from one clip's start to the next (None: clip_frames, clips side by side)
     size: int | None = None  # None: the backbone's input size
     backbone: str = "googlenet"  # a registered backbone, or torchvision:NAME (with a layer)
     layer: str | None = None  # the node to cut the backbone at; None: its registered layer
@@ -206,6 +209,7 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
         raise OptionError(f"unknown flow method {request.flow!r}; choose from {', '.join(FLOW_CHOICES)}", "--flow")
     if request.frames is not None and request.fps is not None:
         raise OptionError("--frames and --fps are exclusive: N equally spaced frames, or a fixed frame rate")
+    clips = resolve_clips(request, spec)
     present = sorted((r for r in dataset.videos if r.id not in set(dataset.missing)), key=lambda r: r.id)
     calibration = None
     if request.weights == "none" and present:
@@ -216,7 +220,7 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
         layer=None if spec == BACKBONES.get(request.backbone) else spec.layer,  # a registered layer is no option
         weights=WeightsRef(weights_identity(request.weights, request.backbone), request.weights),
         size=request.size or spec.size, frames=request.frames, fps=request.fps,
-        max_frames=request.max_frames, flow=request.flow,
+        max_frames=request.max_frames, clip_frames=clips[0], clip_stride=clips[1], flow=request.flow,
         flow_cnn_weights=None if flow_weights is None else WeightsRef(weights_identity(flow_weights, request.backbone),
                                                                       flow_weights),
         raft_weights=(WeightsRef(weights_identity(request.raft_weights), request.raft_weights)
@@ -225,6 +229,32 @@ def resolve_config(request: FeatureRequest, dataset: Dataset) -> ExtractConfig:
         calibration=calibration, manifest=manifest_digest(dataset),
     )
     return select_streams(request.streams, config)
+
+
+def resolve_clips(request: FeatureRequest, spec: Any) -> tuple[int | None, int | None]:
+    """(clip_frames, clip_stride) of ``request``: a video backbone's, defaults filled in (its 16 frames, clips side by
+    side), or (None, None) for a 2D backbone; an OptionError where they do not fit the backbone or its streams."""
+    asked = request.clip_frames is not None or request.clip_stride is not None
+    if not isinstance(spec, VideoBackboneSpec):
+        if asked:
+            raise OptionError(f"--clip-frames and --clip-stride are for video backbones; {spec.name} takes frames",
+                              "--clip-frames")
+        return None, None
+    if request.layer not in (None, spec.layer):
+        raise OptionError(f"{spec.name} is cut at {spec.layer} (its grid per clip); no other node", "--layer")
+    if request.flow != "none" or (request.streams not in (None, ("rgb",))):
+        raise OptionError(f"{spec.name} stores a step per clip: extract its rgb stream alone (the flow streams "
+                          "have a step per frame)", "--streams" if request.streams else "--flow")
+    frames = spec.clip if request.clip_frames is None else request.clip_frames
+    stride = frames if request.clip_stride is None else request.clip_stride
+    why = check_clip(spec, frames, stride)
+    if why:
+        raise OptionError(why, "--clip-frames")
+    try:
+        clip_grid(spec, request.size or spec.size, frames)
+    except BackboneError as err:
+        raise OptionError(str(err), "--size") from None
+    return frames, stride
 
 
 class NoCUDA(GlimpseError, RuntimeError):

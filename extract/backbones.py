@@ -102,8 +102,7 @@ ARCH_KWARGS: dict[str, dict] = {
 #: ``aux_logits`` lack; besides them, every key of a part of the network the cut does not use is optional.
 AUX_PREFIXES: dict[str, tuple[str, ...]] = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
-#: at most this many calibration frames are used by :func:`~glimpse.extract.random_weights.calibrate_batchnorm`
-CALIBRATION_FRAMES = 64
+CALIBRATION_FRAMES = 64  # at most this many frames calibrate batch norm (random_weights.calibrate_batchnorm)
 
 
 class BackboneError(GlimpseError, ValueError):
@@ -146,7 +145,7 @@ def _meta_model(arch: str, size: int) -> nn.Module:
             return get_model(arch, weights=None, **builder_kwargs(arch, size, init_weights=False)).to("meta")
 
 
-def _cut(model: nn.Module, name: str, layer: str) -> nn.Module:
+def cut_model(model: nn.Module, name: str, layer: str) -> nn.Module:
     """``model`` (eval mode) cut at node ``layer``, whose output the returned module gives as ``["features"]``."""
     try:
         return create_feature_extractor(model.eval(), {layer: "features"})
@@ -159,7 +158,7 @@ def _cut(model: nn.Module, name: str, layer: str) -> nn.Module:
 @functools.cache
 def _node_shape(name: str, arch: str, layer: str, size: int) -> tuple[int, ...]:
     """Shape of node ``layer``'s output for one S x S image (dry forward on 'meta')."""
-    body = _cut(_meta_model(arch, size), name, layer)
+    body = cut_model(_meta_model(arch, size), name, layer)
     try:
         return tuple(body(torch.empty(1, 3, size, size, device="meta"))["features"].shape)
     except (RuntimeError, AssertionError, ValueError) as e:
@@ -210,7 +209,7 @@ def output_grid(spec: BackboneSpec, size: int) -> int:
     return grid
 
 
-def _resolve_weights(arch: str, weights: str) -> WeightsEnum | Path | None:
+def resolve_weights(arch: str, weights: str) -> WeightsEnum | Path | None:
     """``"none"`` -> None, ``"imagenet"`` or an enum member name -> the torchvision enum, else a file path."""
     if weights == "none":
         return None
@@ -243,26 +242,27 @@ def weights_identity(weights: str, name: str | None = None) -> str:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights {weights!r}: no such file")
         return f"sha256:{file_sha256(weights)}"
-    resolved = _resolve_weights(backbone_arch(name), weights)
+    resolved = resolve_weights(backbone_arch(name), weights)
     return resolved.name if isinstance(resolved, WeightsEnum) else f"sha256:{file_sha256(resolved)}"
 
 
 class FeatureExtractor(nn.Module):
-    """uint8 RGB frames -> (T, C, K, K) float32 features of one backbone; eval mode, no grad.
-
-    Attributes: ``spec`` (:class:`BackboneSpec`), ``size`` (S), ``grid`` (K at S),
-    ``weights_identity`` (str for store metadata), ``device``.
-    """
+    """uint8 RGB frames -> (T, C, K, K) float32 features of one backbone; eval mode, no grad. Attributes: ``spec``
+    (:class:`BackboneSpec`), ``size`` (S), ``grid`` (K at S), ``weights_identity`` (for store metadata), ``device``."""
 
     def __init__(self, spec: BackboneSpec, body: nn.Module, size: int, weights_identity: str, device: str):
         super().__init__()
         self.spec, self.size, self.weights_identity = spec, size, weights_identity
-        self.grid = output_grid(spec, size)
+        self.grid = self.grid_at(size)
         self.device = torch.device(device)
         self.body = body.eval().to(self.device)
         self.register_buffer("mean", torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1))
         self.requires_grad_(False)
+
+    def grid_at(self, size: int) -> int:
+        """K of this extractor's cubes at S = ``size``."""
+        return output_grid(self.spec, size)
 
     def preprocess(self, frames: np.ndarray | Tensor) -> Tensor:
         """(T, H, W, 3) uint8 RGB (numpy or torch) -> (T, 3, S, S) float, ImageNet-normalized.
@@ -306,17 +306,15 @@ class FeatureExtractor(nn.Module):
 
     def fixed_batch(self, images: Tensor, batch_size: int) -> Tensor:
         """(b, 3, S, S) preprocessed images, b <= ``batch_size`` -> (b, C, K, K), run as a batch of ``batch_size``.
-
-        A short batch is padded with zeros: CPU conv kernels are chosen per batch shape (a batch of 1
-        differed by ~3e-4 measured), while at one shape a frame's features do not depend on its batch-mates.
-        """
+        A short batch is padded with zeros: CPU conv kernels are chosen per batch shape (a batch of 1 differed by
+        ~3e-4 measured), while at one shape a frame's features do not depend on its batch-mates."""
         pad = batch_size - len(images)
         if pad > 0:
             images = torch.cat([images, images.new_zeros((pad, *images.shape[1:]))])  # (batch_size, 3, S, S)
         return self(images.contiguous())[: batch_size - max(pad, 0)]  # (b, C, K, K)
 
 
-def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path, size: int) -> tuple[nn.Module, str]:
+def loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path, size: int) -> tuple[nn.Module, str]:
     """The cut network of ``spec`` holding ``weights`` (torchvision enum or file), and their identity.
 
     The model is built on the meta device and only the cut part is materialized, so no time goes into
@@ -329,13 +327,13 @@ def _loaded_body(spec: BackboneSpec, weights: WeightsEnum | Path, size: int) -> 
     else:
         source, identity, state = str(weights), f"sha256:{file_sha256(weights)}", read_state_dict(weights)
     model = _meta_model(spec.arch, size)
-    body = _cut(model, spec.name, spec.layer)
+    body = cut_model(model, spec.name, spec.layer)
     used = {key.split(".")[0] for key in body.state_dict()}
     unused = tuple(f"{child}." for child, _ in model.named_children() if child not in used)
     state = check_state_dict(model.state_dict(), state, source, AUX_PREFIXES.get(spec.arch, ()) + unused)
     if {name for name, _ in body.named_buffers()} - set(body.state_dict()):  # buffers no file holds: built ones
         with torch.random.fork_rng(devices=[]):
-            body = _cut(get_model(spec.arch, weights=None, **builder_kwargs(spec.arch, size, True)), spec.name,
+            body = cut_model(get_model(spec.arch, weights=None, **builder_kwargs(spec.arch, size, True)), spec.name,
                         spec.layer)
     else:
         body = body.to_empty(device="cpu")
@@ -366,23 +364,22 @@ def build_backbone(
     and checks that the features on them fit float16 (:mod:`glimpse.extract.random_weights`).
     Workers must pass the same calibration frames to get the same network; the extractor's
     ``weights_identity`` is then ``"none+calib:<sha256 of the frames>"`` (plain ``"none"`` for the
-    synthetic ones). VGG-16 has no batch norm and is not rescaled: its random-init (Kaiming) features
-    measured O(0.1) at S = 96 and 224 (conv5_3: mean |x| 0.06, max 0.7, half zeros; pool5: mean 0.09),
-    well inside float16's normal range (>= 6.1e-5).
+    synthetic ones). VGG-16 has no batch norm: its random-init features measured O(0.1) at S = 96 and 224 (conv5_3
+    mean |x| 0.06, max 0.7; pool5 mean 0.09), well inside float16's normal range (>= 6.1e-5).
 
     ``size``: input side S (default ``spec.size``); small sizes are for tests.
     """
     spec = backbone_spec(name, layer)
     size = spec.size if size is None else int(size)
     output_grid(spec, size)  # fails early and clearly on a too small size
-    resolved = _resolve_weights(spec.arch, weights)
+    resolved = resolve_weights(spec.arch, weights)
     if resolved is not None:
-        body, identity = _loaded_body(spec, resolved, size)
+        body, identity = loaded_body(spec, resolved, size)
         return FeatureExtractor(spec, body, size, identity, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = get_model(spec.arch, weights=None, **builder_kwargs(spec.arch, size, init_weights=True))
-    body = _cut(model, spec.name, spec.layer)
+    body = cut_model(model, spec.name, spec.layer)
     identity = "none"
     if calibration_frames is not None:
         calibration_frames = np.ascontiguousarray(calibration_frames[:CALIBRATION_FRAMES])
@@ -395,3 +392,6 @@ def build_backbone(
     extractor.eval()
     check_float16_range(f"{spec.name} at {spec.layer}", extractor(images[:2]))
     return extractor
+
+
+import glimpse.extract.video_backbones  # noqa: E402, F401  (registers the video networks in BACKBONES)

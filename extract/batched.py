@@ -232,8 +232,6 @@ class Pipeline:
     def _feed(self, flight: Flight) -> None:
         """Decode one video, compute its whole streams and queue the pieces of its batched ones."""
         video, flight.result = self.x.decode(flight.record)
-        n = len(video.indices)
-        flight.missing = n * len(self.batched)
         queued = []
         for name, stream in self.streams.items():
             if stream.source in self.batched or name in self.late:  # fed from the device, or by the writer thread
@@ -243,6 +241,8 @@ class Pipeline:
                 queued.append((name, stream, stream.inputs(source, flight.result)))  # each (T, ...)
             else:
                 flight.arrays[name] = stream.compute(source, flight.result)
+        n = flight.result["n_frames"]  # the stored steps: frames, or a video backbone's clips (set by its inputs)
+        flight.missing = n * len(self.batched)
         for name, stream, inputs in queued:
             step = stream.batch_for(inputs[0].shape[1:])
             for start in range(0, n, step):

@@ -46,6 +46,10 @@ def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--frames", type=click.IntRange(min=1), help="N frames equally spaced over the whole video.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Resample every video to this frame rate.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Keep at most this many frames per video.")
+@click.option("--clip-frames", type=click.IntRange(min=1),
+              help="Video backbones: decoded frames per clip, a stored step per clip. [16]")
+@click.option("--clip-stride", type=click.IntRange(min=1),
+              help="Video backbones: decoded frames from one clip's start to the next. [--clip-frames]")
 @click.option("--size", type=click.IntRange(min=16), help="Input size S (frames resized to S x S). [backbone's]")
 @click.option("--backbone", default="googlenet", type=BackboneChoice(BACKBONES),
               help="Network of the feature cubes: a registered one, or torchvision:NAME (any torchvision "

@@ -65,6 +65,8 @@ class ExtractConfig:
     frames: int | None = None
     fps: float | None = None
     max_frames: int | None = None
+    clip_frames: int | None = None  # a video backbone's frames per clip (None: a 2D backbone, a step per frame)
+    clip_stride: int | None = None  # decoded frames from one clip's start to the next
     flow: str = "none"
     flow_cnn_weights: WeightsRef | None = None
     raft_weights: WeightsRef = WeightsRef("none")
@@ -89,8 +91,8 @@ class ExtractConfig:
         return self.streams or tuple(stream_spec(name) for name in self.stream_names)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as stored and hashed: identities only; ``layer`` and ``streams`` only when not the default
-        (older stores keep their hash)."""
+        """The config as stored and hashed: identities only; ``layer``, the clips and ``streams`` only when not the
+        default (older stores keep their hash)."""
         out: dict[str, Any] = {
             "dataset": self.dataset, "backbone": self.backbone, "weights": self.weights.identity, "size": self.size,
             "frames": self.frames, "fps": self.fps, "max_frames": self.max_frames, "flow": self.flow,
@@ -100,6 +102,8 @@ class ExtractConfig:
         }
         if self.layer is not None:
             out["layer"] = self.layer
+        if self.clip_frames is not None:
+            out["clip_frames"], out["clip_stride"] = self.clip_frames, self.clip_stride
         if self.streams is not None:
             out["streams"] = list(self.stream_names)
         if self.manifest is not None:

@@ -28,6 +28,13 @@ from glimpse.extract.config import ExtractConfig, Runtime
 from glimpse.extract.datasets import read_boxes
 from glimpse.extract.device import device_label, upload
 from glimpse.extract.flow import FlowEstimator, flow_to_image
+from glimpse.extract.video_backbones import (
+    VideoFeatureExtractor,
+    build_video_backbone,
+    clips_per_batch,
+    describe_clips,
+    is_video_backbone,
+)
 from glimpse.media.decode import DecodedVideo, DecodeError, Sampling, decode_video
 from glimpse.store import VideoRecord
 from glimpse.store.schema import StreamSpec
@@ -110,13 +117,16 @@ class FrameFunction(StreamCompute):
 
 
 class RGBStream(StreamCompute):
-    """CNN conv cubes (T, C, K, K) of the decoded frames."""
+    """CNN conv cubes (T, C, K, K) of the decoded frames; a video backbone's (steps, C, K, K), a step per clip, run
+    ``--batch-size // clip_frames`` clips at a time."""
 
     batched = True
 
     def __init__(self, models: Extractor) -> None:
         super().__init__(models)
         self.backbone, self.batch_size = self.cnn(), self.runtime.batch_size
+        if isinstance(self.backbone, VideoFeatureExtractor):
+            self.batch_size = clips_per_batch(self.batch_size, self.backbone.clip_frames)
 
     def cnn(self) -> FeatureExtractor:
         return self.models.backbone
@@ -124,6 +134,8 @@ class RGBStream(StreamCompute):
     @classmethod
     def describe(cls, config: ExtractConfig) -> dict[str, Any]:
         spec = backbone_spec(config.backbone, config.layer)
+        if is_video_backbone(config.backbone):
+            return describe_clips(spec, config.size, config.clip_frames, config.clip_stride)
         grid = output_grid(spec, config.size)
         return {"frame_shape": [spec.channels, grid, grid], "backbone": spec.name, "layer": spec.layer}
 
@@ -131,6 +143,8 @@ class RGBStream(StreamCompute):
         return self.backbone.features(self.inputs(source, result)[0], self.batch_size)  # (T, C, K, K)
 
     def inputs(self, source: DecodedVideo, result: dict[str, Any]) -> tuple[Any, ...]:
+        if isinstance(self.backbone, VideoFeatureExtractor):  # the video's result becomes per step
+            return (self.backbone.clips(source.frames, result),)  # (steps, N, H, W, 3)
         return (source.frames,)  # (T, H, W, 3)
 
     def prepare(self, *pieces: Any) -> tuple[torch.Tensor, ...]:
@@ -240,6 +254,9 @@ class Extractor:
         config, calibration, calibration_frames = self.config, self.config.calibration, None
         if calibration is not None and calibration.path:
             calibration_frames = calibration_video(calibration.path, calibration.frames)
+        if is_video_backbone(config.backbone):
+            return build_video_backbone(config.backbone, config.weights.load, self.runtime.device, calibration_frames,
+                                        config.size, config.clip_frames, config.clip_stride)
         return build_backbone(config.backbone, config.weights.load, self.runtime.device,
                               calibration_frames=calibration_frames, size=config.size, layer=config.layer)
 

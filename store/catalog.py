@@ -310,6 +310,10 @@ def store_info(path: str | Path) -> dict[str, Any]:
 def format_info(info: dict[str, Any]) -> str:
     """``info`` as text: a header of key facts, then streams, splits, classes, failures and the config."""
     videos = info["videos"]
+    rgb = info["streams"].get("rgb") or {}
+    shape, clip = rgb.get("frame_shape"), rgb.get("clip")
+    grid = f", grid {shape[-2]} x {shape[-1]} of {shape[0]} channels" if shape and len(shape) == 3 else ""
+    steps = f", a step per clip of {clip[0]} frames every {clip[1]}" if clip else ", a step per frame"
     lines = [
         f"store        {info['path']}",
         f"dataset      {info['dataset']}: {len(info['classes'])} classes, {videos['total']} videos "
@@ -320,7 +324,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"schema       version {info['schema_version']}, {'multi' if info['multi_label'] else 'single'}-label, "
         f"chunks stored with {info['codec']}",
         f"config hash  {info['config_hash']}",
-        f"backbone     {info['backbone']} / {info['layer']}",
+        f"backbone     {info['backbone']} / {info['layer']}{grid}{steps}",
         f"weights      {info['weights']}",
         "versions     " + ", ".join(f"{k} {v}" for k, v in sorted(info["versions"].items())),
         *(["devices      " + ", ".join(f"{d} {n}" for d, n in sorted(info["devices"].items()))]

@@ -104,8 +104,8 @@ def extraction_options(path: str | Path, root: str | None = None,
         raise StoreError(f"{path}: the store does not record which weights file it used; pass --weights PATH")
     features: dict[str, Any] = {"dataset": store.dataset, "root": root, "backbone": config["backbone"],
                                 "weights": weights, "size": config["size"], "flow": config.get("flow", "none")}
-    features.update({k: config[k] for k in ("frames", "fps", "max_frames", "flow_size", "layer")
-                     if config.get(k) is not None})
+    kept = ("frames", "fps", "max_frames", "flow_size", "layer", "clip_frames", "clip_stride")
+    features.update({k: config[k] for k in kept if config.get(k) is not None})
     if config.get("streams") is not None:
         features["streams"] = tuple(config["streams"])
     features.update({k: source[k] for k in ("flow_weights", "raft_weights", "seed") if source.get(k) is not None})

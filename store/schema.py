@@ -160,19 +160,24 @@ class StreamInfo:
     method: str | None = None
     size: int | None = None
     units: str | None = None
+    clip: tuple[int, int] | None = None  # a video backbone's clips: frames per clip, stride (None: a step per frame)
 
     def to_dict(self) -> dict[str, Any]:
         out = _drop_none({f.name: getattr(self, f.name) for f in fields(self)})
         out["dims"] = list(self.dims)
         if self.frame_shape is not None:
             out["frame_shape"] = list(self.frame_shape)
+        if self.clip is not None:
+            out["clip"] = list(self.clip)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StreamInfo:
         data = _known(cls, data, "stream description")
         shape = data.get("frame_shape")
-        return cls(**{**data, "dims": tuple(data["dims"]),
+        clip = data.get("clip")
+        return cls(**{**data, "dims": tuple(data["dims"]), "clip": None if clip is None else (int(clip[0]),
+                                                                                             int(clip[1])),
                       "frame_shape": None if shape is None else tuple(int(x) for x in shape)})
 
     @classmethod
@@ -270,6 +275,8 @@ class VideoResult:
     frames each stored flow goes from and to, and ``flow_computed_at`` the (H, W) it was computed at. ``device``
     names what computed its features (``cpu``, or ``cuda`` and the GPU's name), so that a store resumed on
     another machine says which videos came from where (stores written before it was recorded: None).
+    A video backbone's step is a clip: ``frame_indices`` and ``timestamps`` give its middle frame, ``step_frames``
+    and ``step_timestamps`` the first and last frames it covers (None for a step per frame: see :meth:`spans`).
     """
 
     status: str = PENDING
@@ -283,6 +290,17 @@ class VideoResult:
     flow_pairs: tuple[tuple[int, int], ...] | None = None
     flow_computed_at: tuple[int, int] | None = None
     device: str | None = None
+    step_frames: tuple[tuple[int, int], ...] | None = None  # a video backbone's steps: first and last frame covered
+    step_timestamps: tuple[tuple[float | None, float | None], ...] | None = None  # and their times
+
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """The first and last source frame each stored step covers: a clip's (``step_frames``), or the frame itself
+        (stores of 2D backbones, and stores made before steps were recorded)."""
+        return self.step_frames if self.step_frames is not None else tuple((i, i) for i in self.frame_indices)
+
+    def time_spans(self) -> tuple[tuple[float | None, float | None], ...]:
+        """The times of :meth:`spans` (seconds; None where unknown)."""
+        return self.step_timestamps if self.step_timestamps is not None else tuple((t, t) for t in self.timestamps)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: tuples become lists, NaN becomes null (JSON has no NaN)."""
@@ -292,6 +310,7 @@ class VideoResult:
     def from_dict(cls, data: Mapping[str, Any]) -> VideoResult:
         data = _known(cls, data, "video result")
         boxes, pairs, at = data.get("boxes"), data.get("flow_pairs"), data.get("flow_computed_at")
+        steps, times = data.get("step_frames"), data.get("step_timestamps")
         nan = float("nan")
         return cls(**{
             **data,
@@ -303,6 +322,9 @@ class VideoResult:
             "checksums": dict(data.get("checksums") or {}),
             "flow_pairs": None if pairs is None else tuple((int(a), int(b)) for a, b in pairs),
             "flow_computed_at": None if at is None else (int(at[0]), int(at[1])),
+            "step_frames": None if steps is None else tuple((int(a), int(b)) for a, b in steps),
+            "step_timestamps": None if times is None else tuple(tuple(None if t is None else float(t) for t in pair)
+                                                                for pair in times),
         })
 
 

@@ -22,6 +22,7 @@ from glimpse.extract.backbones import (
     weights_identity,
 )
 from glimpse.extract.random_weights import RandomWeightsError
+from glimpse.extract.video_backbones import is_video_backbone
 from glimpse.extract.weights import WeightsNotAvailable
 from glimpse.media.decode import Sampling, decode_video
 from glimpse.media.encode import write_video
@@ -29,17 +30,19 @@ from glimpse.store import open_store
 from glimpse.store.maintenance import extraction_options
 from glimpse.train.loop import train_model
 
+#: the 2D networks of the registry (tests/test_video_backbones.py has the video ones)
+IMAGE_BACKBONES = [name for name in BACKBONES if not is_video_backbone(name)]
 #: the smallest input sides that give a 2 x 2 grid, to keep CPU tests fast (Inception v3 needs >= 75 px; ViT-B/16
 #: is built for its input size, 32 px being 2 x 2 patches of 16; VGG-16's conv5_3 has stride 16)
-SMALL = {name: {"inception_v3": 112, "vit_b_16": 32, "vgg16": 32}.get(name, 64) for name in BACKBONES}
+SMALL = {name: {"inception_v3": 112, "vit_b_16": 32, "vgg16": 32}.get(name, 64) for name in IMAGE_BACKBONES}
 
 #: backbones whose builds and extractions are left to the slow tier (big models: seconds to build, in each worker)
 HEAVY = {"inception_v3", "vgg16", "vgg16_pool5", "resnet152", "swin_b", "convnext_base"}
 #: every backbone, the heavy ones marked slow
-BY_WEIGHT = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in BACKBONES]
+BY_WEIGHT = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in IMAGE_BACKBONES]
 #: the same for extraction, where GoogLeNet is slow too: tests/test_extract.py extracts it in the fast tier
 TO_EXTRACT = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY | {"googlenet"} else name
-              for name in BACKBONES]
+              for name in IMAGE_BACKBONES]
 
 #: the paper's layer as a torchvision submodule path, written out independently of the registry
 PAPER_LAYER = {
@@ -229,7 +232,7 @@ def test_bad_state_dict_files_name_the_file_and_keys(tmp_path):
         build_backbone("googlenet", str(tmp_path / "nope.pth"), size=64)
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", IMAGE_BACKBONES)
 def test_imagenet_weights_not_cached_raise_without_download(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     weights = torchvision.models.get_model_weights(BACKBONES[name].arch).DEFAULT
