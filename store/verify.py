@@ -5,7 +5,9 @@ exist, be float16 with 4 dimensions and the per-frame shape the root attributes 
 declare one), hold as many frames as the video's ``n_frames``, ``frame_indices`` and ``timestamps``,
 decode without error, contain no NaN or Inf, and hash to the sha256 recorded at write time. A zstd
 chunk with a flipped byte either fails to decode or decodes to other values; the first is caught by
-the decode, the second by the checksum. Failed and pending videos hold no data and are only counted.
+the decode, the second by the checksum. Failed and pending videos hold no data and are only counted. The index
+(store/index.py) must agree with every video's attributes: a video it calls done or failed is that, with the same
+frame count, and the other way round (``store reindex`` rebuilds it from the attributes).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import zarr
 from glimpse.files import fingerprint
 from glimpse.store.layout import VIDEOS_GROUP, array_checksum
 from glimpse.store.reader import Store, open_store
-from glimpse.store.schema import DONE, UNREADABLE, StreamInfo, VideoEntry
+from glimpse.store.schema import DONE, FAILED, UNREADABLE, StreamInfo, VideoEntry
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,11 @@ def run_verify(path: str | Path, progress: bool = False, storage_options: Mappin
     bar = tqdm(total=len(entries), unit="video", desc="verify", dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
     checked = 0
-    for entry in entries:
+    for indexed in entries:
+        entry = store.video(indexed.id)  # the video's attributes: the source of truth
+        disagree = index_disagreement(indexed, entry)
+        if disagree:
+            bad.append((entry.id, f"{disagree}; rebuild the index with 'python -m glimpse.store reindex {path}'"))
         if entry.status == UNREADABLE:
             checked += 1
             bad.append((entry.id, entry.error or "video metadata unreadable"))
@@ -169,6 +175,19 @@ def run_verify(path: str | Path, progress: bool = False, storage_options: Mappin
     if sources:
         bad += changed_sources(store, root)
     return Verification(str(path), tuple(store.streams), checked, dict(not_done), tuple(bad))
+
+
+def index_disagreement(indexed: VideoEntry, entry: VideoEntry) -> str | None:
+    """Why the index's view of a video (``indexed``) disagrees with its attributes (``entry``); None when it agrees:
+    done and failed match both ways, and a done video has the same frame count."""
+    final = (DONE, FAILED, UNREADABLE)
+    if (indexed.status in final or entry.status in final) and indexed.status != entry.status:
+        if {indexed.status, entry.status} == {FAILED, UNREADABLE}:
+            return None
+        return f"the index says {indexed.status}, the video's attributes say {entry.status}"
+    if entry.status == DONE and indexed.n_frames != entry.n_frames:
+        return f"the index says {indexed.n_frames} frames, the video's attributes say {entry.n_frames}"
+    return None
 
 
 def verify_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:

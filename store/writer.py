@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import zarr
 
 from glimpse.store.claims import CLAIMS_DIR, creation_lock
+from glimpse.store.index import IndexLog, IndexState, video_bytes, write_snapshot
 from glimpse.store.layout import (
     DEFAULT_CODEC,
     ROOT_ATTR,
@@ -30,7 +32,8 @@ from glimpse.store.layout import (
     frames_per_chunk,
     video_key,
 )
-from glimpse.store.reader import StoreError, _open_root, read_meta
+from glimpse.store.manifest import read_keys, write_manifest
+from glimpse.store.reader import StoreError, _open_root, read_meta, read_result
 from glimpse.store.schema import (
     DONE,
     FAILED,
@@ -147,8 +150,10 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked:
         for item in contents:  # the claims folder stays: its locks may be held right now
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     # under the creation lock with nothing but the claims folder here: "a" creates the group, touching no lock
-    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.to_dict()})
+    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.head_dict()})
+    write_manifest(root, meta.videos)
     root.create_group(VIDEOS_GROUP)
+    write_snapshot(path, IndexState.empty(len(meta.videos)))
     return StoreWriter(path)
 
 
@@ -162,35 +167,47 @@ def config_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 class StoreWriter:
-    """Writes videos into an existing store; cheap to construct, so each task may make its own."""
+    """Writes videos into an existing store; constructed in constant time (the root attributes only, never the
+    manifest), so each task may make its own. Every status change is also a line of this writer's index log."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._root = _open_root(self.path, "r+")
-        self.metadata: StoreMeta = read_meta(self._root, str(self.path))
-        self.keys = frozenset(row.key for row in self.metadata.videos)
+        self.metadata: StoreMeta = read_meta(self._root, str(self.path))  # without the manifest (schema 3)
         self.compressor = compressor(self.metadata.codec)
+        self.index = IndexLog(self.path)
+
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        """Every video key of the manifest (read on first use)."""
+        return frozenset(read_keys(self._root))
 
     def status(self, key: str) -> str:
-        """The video's status as stored right now (pending when nothing is written yet)."""
-        try:
-            return self._root[f"{VIDEOS_GROUP}/{key}"].attrs.get(VIDEO_ATTR, {}).get("status", PENDING)
-        except KeyError:
-            return PENDING
+        """The video's status as its attributes say right now (pending when nothing is written yet)."""
+        result = read_result(self.path, key)
+        return PENDING if result is None else result.status
 
     def reset(self, key: str) -> None:
         """Remove whatever the store holds of a video, back to pending. The caller holds its claim."""
         if key not in self.keys:
             raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
-        node_path = f"{VIDEOS_GROUP}/{key}"
-        if node_path in self._root:
-            del self._root[node_path]
+        self._remove(key)
+        self.index.append(key, PENDING)
+
+    def _remove(self, key: str) -> None:
+        folder = self.path / VIDEOS_GROUP / key
+        if folder.exists():
+            shutil.rmtree(folder)
 
     def _fresh_group(self, key: str) -> zarr.Group:
-        """The video's group, emptied of whatever an earlier, interrupted attempt left."""
-        self.reset(key)
+        """The video's group, emptied of whatever an earlier, interrupted attempt left (logged "writing" first).
+
+        Opened as a group of its own: no zarr call touches the videos group, whose cost grew with the dataset."""
+        self.index.append(key, WRITING)
+        self._remove(key)
         writing = VideoResult(status=WRITING).to_dict()
-        return self._root.create_group(f"{VIDEOS_GROUP}/{key}", attributes={VIDEO_ATTR: writing})
+        return zarr.open_group(str(self.path / VIDEOS_GROUP / key), mode="w", zarr_format=3,
+                               attributes={VIDEO_ATTR: writing})
 
     def write_video(self, key: str, arrays: Mapping[str, np.ndarray],
                     result: VideoResult | Mapping[str, Any]) -> VideoResult:
@@ -222,6 +239,7 @@ class StoreWriter:
         checksums = {n: array_checksum(a) for n, a in cast.items()}
         done = replace(result, status=DONE, error=None, checksums=checksums)
         group.attrs[VIDEO_ATTR] = done.to_dict()
+        self.index.append(key, DONE, done.n_frames, video_bytes(self.path, key))
         return done
 
     def write_failure(self, key: str, error: str, result: VideoResult | Mapping[str, Any] | None = None) -> VideoResult:
@@ -230,4 +248,5 @@ class StoreWriter:
         group = self._fresh_group(key)
         failed = replace(result, status=FAILED, error=error)
         group.attrs[VIDEO_ATTR] = failed.to_dict()
+        self.index.append(key, FAILED, error=error)
         return failed
