@@ -288,7 +288,7 @@ def compact(store_path: str | Path, keys: Sequence[str],
             for at in np.flatnonzero(state.status == _CODE[WRITING]).tolist():
                 status, n_frames, error = result_status(keys[at])
                 if status in (DONE, FAILED, PENDING):
-                    state.set(at, status, n_frames, video_bytes(store_path, keys[at]) if status == DONE else 0, error)
+                    state.set(at, status, n_frames, video_bytes(store_path, keys[at]), error)
         gone = [name for name in state.covered if _writer_gone(Path(files.base) / name)]
         for name in gone:  # read to its end above, and no one appends to it any more
             state.covered.pop(name)

@@ -108,7 +108,7 @@ def reindex_store(path: str | Path) -> IndexState:
         state = IndexState.empty(len(keys))
         for at, key in enumerate(keys):
             status, n_frames, error = _settle(path, key)
-            state.set(at, status, n_frames, video_bytes(path, key) if status == DONE else 0, error)
+            state.set(at, status, n_frames, video_bytes(path, key), error)
         return state
 
     return compact(path, keys, rebuild_from=scan)

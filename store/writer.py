@@ -248,5 +248,5 @@ class StoreWriter:
         group = self._fresh_group(key)
         failed = replace(result, status=FAILED, error=error)
         group.attrs[VIDEO_ATTR] = failed.to_dict()
-        self.index.append(key, FAILED, error=error)
+        self.index.append(key, FAILED, nbytes=video_bytes(self.path, key), error=error)
         return failed

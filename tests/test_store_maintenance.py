@@ -17,6 +17,7 @@ from test_extract import REPO, TINY_OPTS
 from glimpse.store import StoreError, StoreExistsError, open_store
 from glimpse.store.catalog import resolve_store
 from glimpse.store.claims import claim_video
+from glimpse.store.index import IndexLog
 from glimpse.store.layout import video_key
 from glimpse.store.maintenance import collect_garbage, extraction_options, recode_store
 from glimpse.store.verify import verify_store
@@ -57,6 +58,10 @@ def test_gc_removes_what_a_crashed_writer_left_and_spares_live_writers(lab, tmp_
     (store_path / "videos" / video_key(crashed.id) / "rgb" / "zarr.json.abc.partial").write_bytes(b"half")
     group_live = zarr.open_group(str(store_path), mode="r+")[f"videos/{video_key(live.id)}"]
     group_live.attrs["video"] = {"status": "writing"}
+    log = IndexLog(store_path)  # what the two writers logged before they touched their videos
+    log.append(video_key(crashed.id), "writing")
+    log.append(video_key(live.id), "writing")
+    log.close()
     with claim_video(store_path, video_key(live.id)):  # a live run is writing this one
         cleanup = collect_garbage(store_path)
     assert cleanup.groups == [crashed.id] and cleanup.partial_files == 1 and cleanup.busy == [live.id]
