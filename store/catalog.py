@@ -121,9 +121,13 @@ def store_disk_bytes(store: Store, state: IndexState) -> int:
                 name = info["name"].rstrip("/").rsplit("/", 1)[-1]
                 if name != VIDEOS_GROUP:
                     total += int(fs.du(info["name"], total=True)) if info["type"] == "directory" else int(info["size"])
+            with contextlib.suppress(FileNotFoundError):  # the videos group's own metadata
+                total += int(fs.info(f"{inner.rstrip('/')}/{VIDEOS_GROUP}/zarr.json")["size"])
         return total
     for item in os.scandir(location):
         if item.name == VIDEOS_GROUP:
+            with contextlib.suppress(OSError):  # the videos group's own metadata
+                total += os.stat(os.path.join(item.path, "zarr.json")).st_size
             continue
         with contextlib.suppress(OSError):
             total += disk_bytes(item.path) if item.is_dir(follow_symlinks=False) else item.stat().st_size

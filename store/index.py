@@ -115,6 +115,8 @@ class _Files:
                 with open(path, "rb") as f:
                     f.seek(start)
                     return f.read()
+            if start and start >= self.fs.size(path):  # an empty range is refused by S3 (416)
+                return b""
             return self.fs.cat_file(path, start=start or None)
         except FileNotFoundError:
             return None
