@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from glimpse.store.claims import CLAIMS_DIR
 from glimpse.store.index import INDEX_DIR, INDEX_STATUSES, IndexState
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP
 from glimpse.store.manifest import MANIFEST_GROUP
@@ -119,12 +120,14 @@ def store_disk_bytes(store: Store, state: IndexState) -> int:
         with remote_errors(location):
             for info in fs.ls(inner, detail=True):
                 name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-                if name != VIDEOS_GROUP:
+                if name not in (VIDEOS_GROUP, CLAIMS_DIR):  # claim files are empty, one per video
                     total += int(fs.du(info["name"], total=True)) if info["type"] == "directory" else int(info["size"])
             with contextlib.suppress(FileNotFoundError):  # the videos group's own metadata
                 total += int(fs.info(f"{inner.rstrip('/')}/{VIDEOS_GROUP}/zarr.json")["size"])
         return total
     for item in os.scandir(location):
+        if item.name == CLAIMS_DIR:  # claim files are empty unless held, one per video: not walked
+            continue
         if item.name == VIDEOS_GROUP:
             with contextlib.suppress(OSError):  # the videos group's own metadata
                 total += os.stat(os.path.join(item.path, "zarr.json")).st_size
