@@ -25,7 +25,7 @@ from zarr.errors import GroupNotFoundError
 from glimpse.store.chunks import StoredStream, read_frames
 from glimpse.store.index import INDEX_STATUSES, IndexState, read_index
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
-from glimpse.store.manifest import MANIFEST_GROUP, read_keys, read_manifest
+from glimpse.store.manifest import MANIFEST_GROUP, paused_gc, read_keys, read_manifest
 from glimpse.store.schema import (
     DONE,
     PENDING,
@@ -268,6 +268,10 @@ class Store:
         video the index has "writing" (a live writer, or one killed before its log line) is read from its attributes.
         """
         state = self.index()
+        with paused_gc():
+            return self._entries(state)
+
+    def _entries(self, state: IndexState) -> list[VideoEntry]:
         codes, frames = state.status.tolist(), state.n_frames.tolist()
         new, out = object.__new__, []
         for at, row in enumerate(self.manifest):
