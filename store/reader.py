@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
@@ -23,6 +22,7 @@ from zarr.errors import GroupNotFoundError
 
 from glimpse.store.chunks import StoredStream, read_frames
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
+from glimpse.store.video_files import close_video, open_video, read_video_attrs, refuse_old_layout, video_path
 from glimpse.store.schema import (
     DONE,
     PENDING,
@@ -97,8 +97,10 @@ class Store:
     def __init__(self, path: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
         self.path = str(path)
         self._root = _open_root(path, "r", storage_options)
+        self._options = storage_options
         self.metadata: StoreMeta = read_meta(self._root, self.path)
         self._local = Path(self.path) if "://" not in self.path else None
+        refuse_old_layout(self.path)
         self._opened: dict[tuple[str, str], tuple[VideoResult, StoredStream]] = {}  # (key, stream): what read opened
 
     def __repr__(self) -> str:
@@ -153,25 +155,33 @@ class Store:
     def _result(self, row: ManifestRow) -> VideoResult | None:
         """A video's result: None while nothing is written, an "unreadable" result when its metadata is broken.
 
-        A local store's ``zarr.json`` is read directly (0.02 ms; opening the group through zarr costs 0.4 ms, as much
-        as reading a clip), a URL's through zarr.
+        Read from the first bytes of the video's file (store.video_files): one read, one ranged request on an
+        object store.
         """
-        node_path = f"{VIDEOS_GROUP}/{row.key}"
         try:
-            if self._local is not None:
-                try:
-                    attrs = json.loads((self._local / node_path / "zarr.json").read_bytes())["attributes"].get(
-                        VIDEO_ATTR)
-                except FileNotFoundError:
-                    return None
-            else:
-                attrs = self._root[node_path].attrs.get(VIDEO_ATTR)
+            try:
+                attrs = read_video_attrs(self.path, row.key, self._options)
+            except FileNotFoundError:
+                return self._old_layout_result(row)
             return None if attrs is None else VideoResult.from_dict(attrs)
+        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
+            reason = f"{video_path(self.path, row.key)}: {type(exc).__name__}: {exc}"
+            return VideoResult(status=UNREADABLE, error=reason)
+
+    def _old_layout_result(self, row: ManifestRow) -> VideoResult | None:
+        """None for a video not written yet; an "unreadable" result naming the upgrade for a video kept in the old
+        one-folder-per-video layout (a remote store's, which :func:`refuse_old_layout` cannot see at open)."""
+        if self._local is not None:
+            return None  # a local store of the old layout was refused at open
+        try:
+            old = self._root[f"{VIDEOS_GROUP}/{row.key}"]
         except KeyError:
             return None
-        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
-            reason = f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"
-            return VideoResult(status=UNREADABLE, error=reason)
+        if VIDEO_ATTR not in old.attrs:
+            return None
+        return VideoResult(status=UNREADABLE, error=f"{self.path}: videos stored one folder per video (an older "
+                                                    "glimpse's layout); convert it with 'python -m glimpse.store "
+                                                    "upgrade' on a local copy")
 
     @property
     def videos(self) -> list[VideoEntry]:
@@ -221,18 +231,24 @@ class Store:
         """One stream of one video opened for many reads of frame ranges (what training reads through).
 
         The array's metadata is read once here; the video's status is not checked (the caller selected
-        done videos). Raises StoreError when the array is missing or is no array.
+        done videos). Raises StoreError when the video's file or the array is missing or is no array.
         """
         key = self._row(video_id).key
-        where = f"{VIDEOS_GROUP}/{key}/{stream}"
+        where = f"{video_path(self.path, key)}/{stream}"
         try:
-            array = self._root[where]
+            group = open_video(self.path, key, self._options)
+        except FileNotFoundError:
+            raise StoreError(f"{video_path(self.path, key)}: video file missing") from None
+        try:
+            array = group[stream]
         except KeyError:
-            raise StoreError(f"{self.path}/{where}: array missing") from None
+            raise StoreError(f"{where}: array missing") from None
+        finally:
+            close_video(group)  # the direct reader reads the file itself; zarr reopens it if it reads
         if not isinstance(array, zarr.Array):
-            raise StoreError(f"{self.path}/{where}: a group, not an array")
-        local = self._local / where if self._local is not None else None
-        return StoredStream(array, f"{self.path}/{where}", local)
+            raise StoreError(f"{where}: a group, not an array")
+        local = Path(video_path(self.path, key)) if self._local is not None else None
+        return StoredStream(array, where, local, prefix=f"{stream}/")
 
     def stream_problems(self, video_id: str, stream: str, n_frames: int) -> list[str]:
         """Why one stream of a done video does not fit the store's metadata (empty when it does); no chunk is read.
@@ -240,7 +256,7 @@ class Store:
         The array must exist and be float16 (frames, ...) with the per-frame shape the store declares and
         ``n_frames`` frames. Training checks every video it selects with this, before reading a batch.
         """
-        where = f"{self.path}/{VIDEOS_GROUP}/{self._row(video_id).key}/{stream}"
+        where = f"{video_path(self.path, self._row(video_id).key)}/{stream}"
         try:
             array = self.stream(video_id, stream)
         except StoreError as err:

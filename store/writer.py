@@ -1,8 +1,8 @@
 """Writing a store: created once by the extraction client, filled one video at a time by tasks.
 
-Each task owns one video's group: it writes the arrays first and the video's attributes last
-(an atomic file replace on local stores), so a video is "done" only when all of its data is
-on disk. A task killed half-way leaves a group without "done", which the next run rewrites.
+Each task owns one video's file (store.video_files): its group, arrays and attributes are built in memory and
+written under a temporary name, then renamed into place, so a video is "done" only when all of its data is on disk.
+A task killed half-way leaves a temporary file (ignored by readers, removed by ``store gc``) and the video pending.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from glimpse.store.schema import (
     DONE,
     FAILED,
     PENDING,
-    WRITING,
     ManifestRow,
     SchemaError,
     StoreMeta,
@@ -43,6 +42,7 @@ from glimpse.store.schema import (
     VideoRecord,
     VideoResult,
 )
+from glimpse.store.video_files import read_video_attrs, refuse_old_layout, remove_video, write_video_file
 
 # The default codec, zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit shuffle in
 # bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value). Level 3 stores as small as level 5 and
@@ -167,6 +167,7 @@ class StoreWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._root = _open_root(self.path, "r+")
+        refuse_old_layout(self.path)
         self.metadata: StoreMeta = read_meta(self._root, str(self.path))
         self.keys = frozenset(row.key for row in self.metadata.videos)
         self.compressor = compressor(self.metadata.codec)
@@ -174,23 +175,16 @@ class StoreWriter:
     def status(self, key: str) -> str:
         """The video's status as stored right now (pending when nothing is written yet)."""
         try:
-            return self._root[f"{VIDEOS_GROUP}/{key}"].attrs.get(VIDEO_ATTR, {}).get("status", PENDING)
-        except KeyError:
+            attrs = read_video_attrs(self.path, key)
+        except FileNotFoundError:
             return PENDING
+        return (attrs or {}).get("status", PENDING)
 
     def reset(self, key: str) -> None:
         """Remove whatever the store holds of a video, back to pending. The caller holds its claim."""
         if key not in self.keys:
             raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
-        node_path = f"{VIDEOS_GROUP}/{key}"
-        if node_path in self._root:
-            del self._root[node_path]
-
-    def _fresh_group(self, key: str) -> zarr.Group:
-        """The video's group, emptied of whatever an earlier, interrupted attempt left."""
-        self.reset(key)
-        writing = VideoResult(status=WRITING).to_dict()
-        return self._root.create_group(f"{VIDEOS_GROUP}/{key}", attributes={VIDEO_ATTR: writing})
+        remove_video(self.path, key)
 
     def write_video(self, key: str, arrays: Mapping[str, np.ndarray],
                     result: VideoResult | Mapping[str, Any]) -> VideoResult:
@@ -210,24 +204,20 @@ class StoreWriter:
             if not np.isfinite(half).all():
                 raise ValueError(f"video {key}: stream {name} has values that are NaN or overflow float16")
             cast[name] = half
-        group = self._fresh_group(key)
-        for name, half in cast.items():
-            group.create_array(
-                name,
-                data=half,
-                chunks=(min(len(half), frames_per_chunk(half.shape[1:])), *half.shape[1:]),
-                compressors=self.compressor,
-                dimension_names=self.metadata.streams[name].dims,
-            )
+        if key not in self.keys:
+            raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
         checksums = {n: array_checksum(a) for n, a in cast.items()}
         done = replace(result, status=DONE, error=None, checksums=checksums)
-        group.attrs[VIDEO_ATTR] = done.to_dict()
+        write_video_file(self.path, key, {VIDEO_ATTR: done.to_dict()}, {
+            name: (half, self.compressor, self.metadata.streams[name].dims, frames_per_chunk(half.shape[1:]))
+            for name, half in cast.items()})
         return done
 
     def write_failure(self, key: str, error: str, result: VideoResult | Mapping[str, Any] | None = None) -> VideoResult:
         """Record that a video failed, with the reason; any partial data of it is removed."""
         result = result if isinstance(result, VideoResult) else VideoResult.from_dict(result or {})
-        group = self._fresh_group(key)
+        if key not in self.keys:
+            raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
         failed = replace(result, status=FAILED, error=error)
-        group.attrs[VIDEO_ATTR] = failed.to_dict()
+        write_video_file(self.path, key, {VIDEO_ATTR: failed.to_dict()}, {})
         return failed

@@ -98,7 +98,7 @@ def test_store_read_equals_zarrs_values_for_frame_slices_and_lists(codec, tmp_pa
 
     written_store(tmp_path / "s", codec)
     store = open_store(tmp_path / "s")
-    array = zarr.open_array(str(tmp_path / "s" / "videos" / "v" / "rgb"), mode="r")
+    array = open_video(tmp_path / "s", "v")["rgb"]
     assert array.chunks[0] == 5 and store.stream("v").direct
     whole = np.asarray(array[...])
     for frames in PICKS:
