@@ -109,7 +109,7 @@ def disk_bytes(path: str | Path) -> int:
 def stored_shape(store: Store, entry: VideoEntry, stream: str) -> tuple[int, ...] | None:
     """The shape of one video's stream as its array metadata says, or None when it cannot be read."""
     try:
-        return tuple(store.root[f"{VIDEOS_GROUP}/{entry.key}/{stream}"].shape)
+        return tuple(store.stream(entry.id, stream).shape)
     except Exception:
         return None
 

@@ -77,8 +77,8 @@ class StoredStream:
     Zarr's own read path costs milliseconds per call (async machinery, selection planning), as much as
     decoding a clip. When the array is in a local video file (``local``, a zip of uncompressed entries, its
     entries named ``prefix`` + chunk key: store.video_files), chunked along frames only, with plain
-    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` reads
-    the chunks' bytes itself, at their offsets in the file, into a reused buffer and decodes whole chunks straight into the output
+    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` reads the chunks'
+    bytes itself, at their offsets in the file, into a reused buffer and decodes whole chunks straight into the output
     (only a chunk the range cuts is decoded aside and copied), in ``threads`` threads (default: READ_THREADS for
     compressed chunks; uncompressed ones are read straight into the output, only the frames asked for, in the
     calling thread); any other layout

@@ -17,6 +17,7 @@ from glimpse.store.claims import claim_video
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP, video_key
 from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict
 from glimpse.store.schema import DONE, FAILED, SCHEMA_VERSION, UNREADABLE
+from glimpse.store.video_files import temporary_files
 from glimpse.store.writer import StoreWriter, create_copy
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
@@ -27,8 +28,8 @@ PARTIAL_SUFFIX = ".partial"
 class Cleanup:
     """What ``store gc`` removed."""
 
-    groups: list[str] = field(default_factory=list)  # videos whose half-written data was removed
-    partial_files: int = 0
+    groups: list[str] = field(default_factory=list)  # videos whose half-written file was removed
+    partial_files: int = 0  # zarr's temporary files in the store's own metadata
     busy: list[str] = field(default_factory=list)  # videos a live writer holds: left alone
 
     def report(self) -> str:
@@ -39,29 +40,23 @@ class Cleanup:
 
 
 def collect_garbage(path: str | Path) -> Cleanup:
-    """Remove leftovers of crashed writers: videos left "writing" and zarr's temporary files.
+    """Remove leftovers of crashed writers: the temporary files of videos they were writing (store.video_files)
+    and zarr's temporary files beside the store's metadata. Costs the same for any number of finished videos.
 
     Claim lock files are kept on purpose: deleting a lock file another process has open would
     let two processes hold "the same" claim on two different files.
     """
     path = Path(path)
     writer = StoreWriter(path)
+    ids = {row.key: row.id for row in writer.metadata.videos}
     cleanup = Cleanup()
-    for row in writer.metadata.videos:
-        key = row.key
-        folder = path / VIDEOS_GROUP / key
-        if not folder.exists():
-            continue
+    for key, temporary in temporary_files(path):
         with claim_video(path, key, note="store gc") as held:
             if not held:
-                cleanup.busy.append(row.id)
+                cleanup.busy.append(ids.get(key, key))
                 continue
-            for partial in folder.rglob(f"*{PARTIAL_SUFFIX}"):
-                partial.unlink()
-                cleanup.partial_files += 1
-            if writer.status(key) not in (DONE, FAILED):
-                writer.reset(key)
-                cleanup.groups.append(row.id)
+            temporary.unlink(missing_ok=True)
+            cleanup.groups.append(ids.get(key, key))
     for partial in list(path.glob(f"*{PARTIAL_SUFFIX}")) + list((path / VIDEOS_GROUP).glob(f"*{PARTIAL_SUFFIX}")):
         partial.unlink()
         cleanup.partial_files += 1

@@ -22,7 +22,6 @@ from zarr.errors import GroupNotFoundError
 
 from glimpse.store.chunks import StoredStream, read_frames
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
-from glimpse.store.video_files import close_video, open_video, read_video_attrs, refuse_old_layout, video_path
 from glimpse.store.schema import (
     DONE,
     PENDING,
@@ -37,6 +36,7 @@ from glimpse.store.schema import (
     VideoEntry,
     VideoResult,
 )
+from glimpse.store.video_files import close_video, open_video, read_video_attrs, refuse_old_layout, video_path
 
 #: Older schema versions that ``python -m glimpse.store upgrade`` brings to SCHEMA_VERSION.
 UPGRADABLE = (1,)
@@ -97,7 +97,7 @@ class Store:
     def __init__(self, path: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
         self.path = str(path)
         self._root = _open_root(path, "r", storage_options)
-        self._options = storage_options
+        self.storage_options = storage_options
         self.metadata: StoreMeta = read_meta(self._root, self.path)
         self._local = Path(self.path) if "://" not in self.path else None
         refuse_old_layout(self.path)
@@ -160,7 +160,7 @@ class Store:
         """
         try:
             try:
-                attrs = read_video_attrs(self.path, row.key, self._options)
+                attrs = read_video_attrs(self.path, row.key, self.storage_options)
             except FileNotFoundError:
                 return self._old_layout_result(row)
             return None if attrs is None else VideoResult.from_dict(attrs)
@@ -236,7 +236,7 @@ class Store:
         key = self._row(video_id).key
         where = f"{video_path(self.path, key)}/{stream}"
         try:
-            group = open_video(self.path, key, self._options)
+            group = open_video(self.path, key, self.storage_options)
         except FileNotFoundError:
             raise StoreError(f"{video_path(self.path, key)}: video file missing") from None
         try:

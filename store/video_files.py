@@ -47,9 +47,14 @@ _LOCAL_SIGNATURE = 0x04034B50
 _HEAD = 16 * 1024
 
 
+def video_name(key: str) -> str:
+    """The file of video ``key`` relative to its store's root (``videos/<key>.zip``): what messages name."""
+    return f"{VIDEOS_GROUP}/{key}{SUFFIX}"
+
+
 def video_path(store: str | Path, key: str) -> str:
     """The file of video ``key`` in the store at ``store`` (a local path or a URL)."""
-    return join(str(store), VIDEOS_GROUP, key + SUFFIX)
+    return join(str(store), video_name(key))
 
 
 def video_bytes(store: str | Path, key: str, storage_options: Mapping[str, Any] | None = None) -> int | None:

@@ -6,6 +6,9 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import zarr
+from zarr.storage import ZipStore
+
 from glimpse.store.video_files import video_path
 
 
@@ -13,7 +16,12 @@ def edit_entry(store: str | Path, key: str, name: str, change: Callable[[bytes],
     """Rewrite entry ``name`` of video ``key``'s file (zip) to ``change(its bytes)``; None removes the entry
     (a name that is a folder, ``rgb/``, removes every entry under it). The other entries keep their bytes and order.
     """
-    path = Path(video_path(store, key))
+    edit_zip(video_path(store, key), name, change)
+
+
+def edit_zip(path: str | Path, name: str, change: Callable[[bytes], bytes | None]) -> None:
+    """:func:`edit_entry` of the zip at ``path``."""
+    path = Path(path)
     with zipfile.ZipFile(path) as z:
         entries = [(i.filename, z.read(i)) for i in z.infolist()]
     assert any(n == name or (name.endswith("/") and n.startswith(name)) for n, _ in entries), (name, entries[:3])
@@ -24,3 +32,21 @@ def edit_entry(store: str | Path, key: str, name: str, change: Callable[[bytes],
             changed = change(data) if entry == name else data
             if changed is not None:
                 z.writestr(entry, changed)
+
+
+def zipped_array(path: Path, data, **create) -> zarr.Array:
+    """``data`` stored as a Zarr array at the root of a zip at ``path`` (``create``: zarr.create_array's options),
+    opened read-only: the direct reader's input, as in a video's file with prefix ''."""
+    store = ZipStore(path, mode="w")
+    zarr.create_array(store, data=data, **create)
+    store.close()
+    return zarr.open_array(ZipStore(path, mode="r"), mode="r")
+
+
+def chunk_entries(store: str | Path) -> dict[str, bytes]:
+    """Every chunk of every video file of a store, by ``<key>/<entry name>`` (metadata entries left out)."""
+    found = {}
+    for path in sorted((Path(store) / "videos").glob("*.zip")):
+        with zipfile.ZipFile(path) as z:
+            found.update({f"{path.stem}/{i.filename}": z.read(i) for i in z.infolist() if "/c/" in i.filename})
+    return found
