@@ -6,10 +6,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import zarr
 from zarr.storage import ZipStore
 
-from glimpse.store.video_files import video_path
+from glimpse.store.video_files import opened_video, video_path, write_video_file
 
 
 def edit_entry(store: str | Path, key: str, name: str, change: Callable[[bytes], bytes | None]) -> None:
@@ -50,3 +51,15 @@ def chunk_entries(store: str | Path) -> dict[str, bytes]:
         with zipfile.ZipFile(path) as z:
             found.update({f"{path.stem}/{i.filename}": z.read(i) for i in z.infolist() if "/c/" in i.filename})
     return found
+
+
+def rewrite_stream(store: str | Path, key: str, stream: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Replace stream ``stream`` of video ``key`` with ``change(its values)``, its codec, chunks and the video's
+    attributes (checksums included) kept: data changed behind the store's back."""
+    with opened_video(store, key) as video:
+        attrs = dict(video.attrs)
+        arrays = {name: (array[...], array.compressors[0] if array.compressors else None,
+                         array.metadata.dimension_names, array.chunks[0]) for name, array in video.arrays()}
+    data, *rest = arrays[stream]
+    arrays[stream] = (change(data), *rest)
+    write_video_file(store, key, attrs, arrays)
