@@ -165,7 +165,7 @@ class Store:
                 return self._old_layout_result(row)
             return None if attrs is None else VideoResult.from_dict(attrs)
         except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
-            reason = f"{video_path(self.path, row.key)}: {type(exc).__name__}: {exc}"
+            reason = f"{video_path(self.path, row.key)}/zarr.json: {type(exc).__name__}: {exc}"
             return VideoResult(status=UNREADABLE, error=reason)
 
     def _old_layout_result(self, row: ManifestRow) -> VideoResult | None:
