@@ -17,7 +17,7 @@ from glimpse.store.claims import claim_video
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP, video_key
 from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict
 from glimpse.store.schema import DONE, FAILED, SCHEMA_VERSION, UNREADABLE
-from glimpse.store.video_files import temporary_files
+from glimpse.store.video_files import old_layout, temporary_files, upgrade_video_layout
 from glimpse.store.writer import StoreWriter, create_copy
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
@@ -121,9 +121,12 @@ def upgrade_store(path: str | Path) -> int:
     """Bring the store at ``path`` to the current schema version in place; returns the version it had.
 
     Version 1 to 2 adds ``multi_label`` to the root metadata: whether any video of the manifest has several
-    labels (what version 1 readers guessed each time). Only the root metadata changes; no video is touched.
+    labels (what version 1 readers guessed each time). A store keeping its videos one folder per video gets one
+    file per video (:func:`store.video_files.upgrade_video_layout`: values and checksums kept).
     """
     root = _open_root(path, "r+", any_version=True)
+    if old_layout(path):
+        upgrade_video_layout(path)
     meta = dict(root.attrs[ROOT_ATTR])
     version = meta.get("schema_version")
     if version == SCHEMA_VERSION:

@@ -92,7 +92,12 @@ def test_upgrade_converts_a_per_array_store_with_identical_values_and_checksums(
     written = per_array_store(path, codec)
     with pytest.raises(StoreError, match="one folder per video.*glimpse.store upgrade"):
         open_store(path)
-    assert upgrade_video_layout(path) == len(written)
+    if codec == "none":
+        assert upgrade_video_layout(path) == len(written)
+    else:  # what 'python -m glimpse.store upgrade' runs
+        done = subprocess.run([sys.executable, "-m", "glimpse.store", "upgrade", str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (path / "videos").iterdir()) == ["v0.zip", "v1.zip", "v2.zip", "zarr.json"]
     store = open_store(path)
     for key, arrays in written.items():
