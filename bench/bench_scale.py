@@ -26,6 +26,7 @@ from glimpse.store.catalog import list_stores, store_info
 from glimpse.store.index import INDEX_STATUSES, IndexState, video_bytes, write_snapshot
 from glimpse.store.layout import VIDEOS_GROUP, video_key
 from glimpse.store.verify import check_video
+from glimpse.store.video_files import video_path
 
 SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (200, 2_000)
@@ -48,19 +49,12 @@ def build(path: Path, n: int) -> list[str]:
     data = rng.standard_normal((FRAMES, 4, 2, 2)).astype(np.float16)
     result = {"n_frames": FRAMES, "frame_indices": list(range(FRAMES)), "timestamps": [0.04 * f for f in range(FRAMES)]}
     store.write_video(keys[0], {"rgb": data}, result)
-    template = path / VIDEOS_GROUP / keys[0]
-    files = [(str(p.relative_to(template)), p.read_bytes()) for p in template.rglob("*") if p.is_file()]
-    dirs = {os.path.dirname(rel) for rel, _ in files} - {""}
-    leaves = [d for d in dirs if not any(o.startswith(d + "/") for o in dirs)]  # makedirs makes the rest
+    template = Path(video_path(path, keys[0])).read_bytes()  # one file a video (store.video_files)
     done = n - PENDING_LEFT
 
-    def copy(key: str) -> None:  # the bulk path: the template's files under ``key``
-        folder = os.path.join(path, VIDEOS_GROUP, key)
-        for leaf in leaves:
-            os.makedirs(os.path.join(folder, leaf))
-        for rel, content in files:
-            with open(os.path.join(folder, rel), "wb") as f:
-                f.write(content)
+    def copy(key: str) -> None:  # the bulk path: the template's file under ``key``
+        with open(video_path(path, key), "wb") as f:
+            f.write(template)
 
     with ThreadPoolExecutor(8) as pool:  # file system calls release the GIL
         list(pool.map(copy, keys[1:done], chunksize=256))
@@ -103,8 +97,8 @@ def measure(root: Path, n: int, keys: list[str]) -> dict[str, float]:
         writer.write_video(key, data, result)
         writes.append(time.perf_counter() - start)
     out["write"] = statistics.median(writes)
-    folder = path / VIDEOS_GROUP / keys[0]
-    out["files"] = sum(len(f) for _d, _s, f in os.walk(folder))
+    folder = path / VIDEOS_GROUP / keys[0]  # the old layout's folder, which must not exist
+    out["files"] = int(Path(video_path(path, keys[0])).is_file()) + sum(len(f) for _d, _s, f in os.walk(folder))
     return out
 
 

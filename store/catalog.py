@@ -116,7 +116,7 @@ def store_disk_bytes(store: Store, state: IndexState) -> int:
     location = store.path
     total = int(state.nbytes.sum())
     if is_url(location):
-        fs, inner = url_fs(location, store._storage_options)
+        fs, inner = url_fs(location, store.storage_options)
         with remote_errors(location):
             for info in fs.ls(inner, detail=True):
                 name = info["name"].rstrip("/").rsplit("/", 1)[-1]
@@ -156,7 +156,7 @@ def _raw_bytes_indexed(store: Store, state: IndexState) -> int:
 def stored_shape(store: Store, entry: VideoEntry, stream: str) -> tuple[int, ...] | None:
     """The shape of one video's stream as its array metadata says, or None when it cannot be read."""
     try:
-        return tuple(store.root[f"{VIDEOS_GROUP}/{entry.key}/{stream}"].shape)
+        return tuple(store.stream(entry.id, stream).shape)
     except Exception:
         return None
 

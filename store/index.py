@@ -17,7 +17,6 @@ the index against the attributes and ``store reindex`` (:func:`rebuild`) makes i
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import io
 import json
@@ -33,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from glimpse.store.layout import VIDEOS_GROUP
 from glimpse.store.schema import DONE, FAILED, PENDING, WRITING
+from glimpse.store.video_files import video_bytes as file_bytes
 
 INDEX_DIR = "index"
 SNAPSHOT = "snapshot.npz"
@@ -46,16 +45,8 @@ _CODE = {s: np.int8(i) for i, s in enumerate(INDEX_STATUSES)}
 
 
 def video_bytes(store_path: str | Path, key: str) -> int:
-    """Bytes on disk of one video of a local store.
-
-    TODO(layout, issue 25 item 3): switch to ``store.video_files.video_bytes`` once one file per video is on main.
-    """
-    total = 0
-    for dirpath, _dirs, files in os.walk(Path(store_path) / VIDEOS_GROUP / key):
-        for name in files:
-            with contextlib.suppress(OSError):  # removed while we walked
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    """Bytes on disk of one video of a local store (its file; 0 when it has none)."""
+    return file_bytes(store_path, key) or 0
 
 
 @dataclass

@@ -19,12 +19,8 @@ from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP, video_key
 from glimpse.store.manifest import read_keys, write_manifest
 from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict, read_result
 from glimpse.store.schema import DONE, FAILED, PENDING, SCHEMA_VERSION, UNREADABLE
+from glimpse.store.video_files import old_layout, temporary_files, upgrade_video_layout
 from glimpse.store.writer import StoreWriter, create_copy
-
-try:  # TODO(layout, issue 25 item 3): store/video_files.py; call it unconditionally once it is on main
-    from glimpse.store.video_files import upgrade_video_layout  # type: ignore[import-not-found]
-except ImportError:
-    upgrade_video_layout = None
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
 PARTIAL_SUFFIX = ".partial"
@@ -34,8 +30,8 @@ PARTIAL_SUFFIX = ".partial"
 class Cleanup:
     """What ``store gc`` removed."""
 
-    groups: list[str] = field(default_factory=list)  # videos whose half-written data was removed
-    partial_files: int = 0
+    groups: list[str] = field(default_factory=list)  # videos whose half-written file was removed
+    partial_files: int = 0  # zarr's temporary files in the store's own metadata
     busy: list[str] = field(default_factory=list)  # videos a live writer holds: left alone
 
     def report(self) -> str:
@@ -46,7 +42,8 @@ class Cleanup:
 
 
 def collect_garbage(path: str | Path) -> Cleanup:
-    """Remove leftovers of crashed writers: videos left "writing" and zarr's temporary files.
+    """Remove leftovers of crashed writers: the temporary files of videos they were writing (store.video_files)
+    and zarr's temporary files beside the store's metadata. Costs the same for any number of finished videos.
 
     Claim lock files are kept on purpose: deleting a lock file another process has open would
     let two processes hold "the same" claim on two different files.
@@ -54,20 +51,13 @@ def collect_garbage(path: str | Path) -> Cleanup:
     path = Path(path)
     writer = StoreWriter(path)
     cleanup = Cleanup()
-    for key in read_keys(writer._root):
-        folder = path / VIDEOS_GROUP / key
-        if not folder.exists():
-            continue
+    for key, temporary in temporary_files(path):
         with claim_video(path, key, note="store gc") as held:
             if not held:
                 cleanup.busy.append(key)
                 continue
-            for partial in folder.rglob(f"*{PARTIAL_SUFFIX}"):
-                partial.unlink()
-                cleanup.partial_files += 1
-            if writer.status(key) not in (DONE, FAILED):
-                writer.reset(key)
-                cleanup.groups.append(key)
+            temporary.unlink(missing_ok=True)
+            cleanup.groups.append(key)
     for partial in list(path.glob(f"*{PARTIAL_SUFFIX}")) + list((path / VIDEOS_GROUP).glob(f"*{PARTIAL_SUFFIX}")):
         partial.unlink()
         cleanup.partial_files += 1
@@ -172,11 +162,14 @@ def upgrade_store(path: str | Path) -> int:
     """Bring the store at ``path`` to the current schema version in place; returns the version it had.
 
     Version 1 to 2 adds ``multi_label`` to the root metadata: whether any video of the manifest has several
-    labels (what version 1 readers guessed each time). Version 2 to 3 moves the manifest from the root attributes
-    to the ``manifest/`` group and builds the index from every video's attributes. The videos' arrays and
-    attributes are not touched; the root attributes change last, so an interrupted upgrade is run again.
+    labels (what version 1 readers guessed each time). A store keeping its videos one folder per video gets one
+    file per video first (:func:`store.video_files.upgrade_video_layout`: values and checksums kept). Version 2 to 3
+    moves the manifest from the root attributes to the ``manifest/`` group and builds the index from every video's
+    attributes. The root attributes change last, so an interrupted upgrade is run again.
     """
     root = _open_root(path, "r+", any_version=True)
+    if old_layout(path):
+        upgrade_video_layout(path)
     meta = dict(root.attrs[ROOT_ATTR])
     version = meta.get("schema_version")
     if version == SCHEMA_VERSION:
@@ -189,8 +182,6 @@ def upgrade_store(path: str | Path) -> int:
     meta["schema_version"] = SCHEMA_VERSION
     upgraded = read_meta_dict(meta, str(path))
     with creation_lock(path):
-        if upgrade_video_layout is not None:  # issue 25 item 3: one file per video, first
-            upgrade_video_layout(path)
         write_manifest(root, upgraded.videos)
         reindex_store(path)
         root.attrs[ROOT_ATTR] = upgraded.head_dict()

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -41,6 +40,7 @@ from glimpse.store.schema import (
     VideoEntry,
     VideoResult,
 )
+from glimpse.store.video_files import close_video, open_video, read_video_attrs, refuse_old_layout, video_path
 
 #: Older schema versions that ``python -m glimpse.store upgrade`` brings to SCHEMA_VERSION.
 UPGRADABLE = (1, 2)
@@ -96,13 +96,12 @@ def read_meta_dict(meta: Mapping[str, Any], location: str) -> StoreMeta:
 
 
 def read_result(store_path: str | Path, key: str) -> VideoResult | None:
-    """The result of video ``key`` of a local store as its attributes say (None: nothing written yet), read from its
-    ``zarr.json`` directly (0.02 ms; opening the group through zarr costs 0.4 ms). Raises on broken metadata."""
+    """The result of video ``key`` of a local store as its attributes say (None: nothing written yet), read from the
+    first entry of its file (store.video_files). Raises on broken metadata."""
     try:
-        attrs = json.loads((Path(store_path) / VIDEOS_GROUP / key / "zarr.json").read_bytes())["attributes"]
+        found = read_video_attrs(store_path, key)
     except FileNotFoundError:
         return None
-    found = attrs.get(VIDEO_ATTR)
     return None if found is None else VideoResult.from_dict(found)
 
 
@@ -158,8 +157,9 @@ class Store:
         self.path = str(path)
         self._root = _open_root(path, "r", storage_options)
         self._head: StoreMeta = read_meta(self._root, self.path)  # without the manifest
-        self._storage_options = dict(storage_options or {})
+        self.storage_options = dict(storage_options or {})
         self._local = Path(self.path) if "://" not in self.path else None
+        refuse_old_layout(self.path)
         self._opened: dict[tuple[str, str], tuple[VideoResult, StoredStream]] = {}  # (key, stream): what read opened
 
     @cached_property
@@ -187,7 +187,7 @@ class Store:
 
         with _backend_errors(self.path):
             try:
-                return read_index(self.path, positions, self.video_count, self._storage_options)
+                return read_index(self.path, positions, self.video_count, self.storage_options)
             except (ValueError, KeyError, OSError) as exc:
                 raise StoreError(f"{self.path}/index: unreadable ({type(exc).__name__}: {exc}); rebuild it with "
                                  f"'python -m glimpse.store reindex {self.path}'") from exc
@@ -245,20 +245,33 @@ class Store:
     def _result(self, row: ManifestRow) -> VideoResult | None:
         """A video's result: None while nothing is written, an "unreadable" result when its metadata is broken.
 
-        A local store's ``zarr.json`` is read directly (0.02 ms; opening the group through zarr costs 0.4 ms, as much
-        as reading a clip), a URL's through zarr.
+        Read from the first bytes of the video's file (store.video_files): one read, one ranged request on an
+        object store.
         """
-        node_path = f"{VIDEOS_GROUP}/{row.key}"
         try:
-            if self._local is not None:
-                return read_result(self._local, row.key)
-            attrs = self._root[node_path].attrs.get(VIDEO_ATTR)
+            try:
+                attrs = read_video_attrs(self.path, row.key, self.storage_options)
+            except FileNotFoundError:
+                return self._old_layout_result(row)
             return None if attrs is None else VideoResult.from_dict(attrs)
+        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
+            reason = f"{video_path(self.path, row.key)}/zarr.json: {type(exc).__name__}: {exc}"
+            return VideoResult(status=UNREADABLE, error=reason)
+
+    def _old_layout_result(self, row: ManifestRow) -> VideoResult | None:
+        """None for a video not written yet; an "unreadable" result naming the upgrade for a video kept in the old
+        one-folder-per-video layout (a remote store's, which :func:`refuse_old_layout` cannot see at open)."""
+        if self._local is not None:
+            return None  # a local store of the old layout was refused at open
+        try:
+            old = self._root[f"{VIDEOS_GROUP}/{row.key}"]
         except KeyError:
             return None
-        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
-            reason = f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"
-            return VideoResult(status=UNREADABLE, error=reason)
+        if VIDEO_ATTR not in old.attrs:
+            return None
+        return VideoResult(status=UNREADABLE, error=f"{self.path}: videos stored one folder per video (an older "
+                                                    "glimpse's layout); convert it with 'python -m glimpse.store "
+                                                    "upgrade' on a local copy")
 
     @property
     def videos(self) -> list[VideoEntry]:
@@ -331,18 +344,24 @@ class Store:
         """One stream of one video opened for many reads of frame ranges (what training reads through).
 
         The array's metadata is read once here; the video's status is not checked (the caller selected
-        done videos). Raises StoreError when the array is missing or is no array.
+        done videos). Raises StoreError when the video's file or the array is missing or is no array.
         """
         key = self._row(video_id).key
-        where = f"{VIDEOS_GROUP}/{key}/{stream}"
+        where = f"{video_path(self.path, key)}/{stream}"
         try:
-            array = self._root[where]
+            group = open_video(self.path, key, self.storage_options)
+        except FileNotFoundError:
+            raise StoreError(f"{video_path(self.path, key)}: video file missing") from None
+        try:
+            array = group[stream]
         except KeyError:
-            raise StoreError(f"{self.path}/{where}: array missing") from None
+            raise StoreError(f"{where}: array missing") from None
+        finally:
+            close_video(group)  # the direct reader reads the file itself; zarr reopens it if it reads
         if not isinstance(array, zarr.Array):
-            raise StoreError(f"{self.path}/{where}: a group, not an array")
-        local = self._local / where if self._local is not None else None
-        return StoredStream(array, f"{self.path}/{where}", local)
+            raise StoreError(f"{where}: a group, not an array")
+        local = Path(video_path(self.path, key)) if self._local is not None else None
+        return StoredStream(array, where, local, prefix=f"{stream}/")
 
     def stream_problems(self, video_id: str, stream: str, n_frames: int) -> list[str]:
         """Why one stream of a done video does not fit the store's metadata (empty when it does); no chunk is read.
@@ -350,7 +369,7 @@ class Store:
         The array must exist and be float16 (frames, ...) with the per-frame shape the store declares and
         ``n_frames`` frames. Training checks every video it selects with this, before reading a batch.
         """
-        where = f"{self.path}/{VIDEOS_GROUP}/{self._row(video_id).key}/{stream}"
+        where = f"{video_path(self.path, self._row(video_id).key)}/{stream}"
         try:
             array = self.stream(video_id, stream)
         except StoreError as err:

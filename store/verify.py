@@ -23,9 +23,10 @@ import numpy as np
 import zarr
 
 from glimpse.files import fingerprint
-from glimpse.store.layout import VIDEOS_GROUP, array_checksum
+from glimpse.store.layout import array_checksum
 from glimpse.store.reader import Store, open_store
 from glimpse.store.schema import DONE, FAILED, UNREADABLE, StreamInfo, VideoEntry
+from glimpse.store.video_files import opened_video, video_name
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,17 @@ class Verification:
         return "\n".join(lines)
 
 
-def stream_array(root: zarr.Group, key: str, name: str, desc: StreamInfo | Mapping[str, Any],
+def stream_array(video: zarr.Group, key: str, name: str, desc: StreamInfo | Mapping[str, Any],
                  n_frames: int) -> tuple[zarr.Array | None, list[str]]:
-    """Stream ``name`` of video ``key`` of the store whose root group is ``root``, and why its metadata does not
-    fit the store (no chunk is read).
+    """Stream ``name`` of video ``key`` whose group (its file, store.video_files) is ``video``, and why its metadata
+    does not fit the store (no chunk is read).
 
     The array must exist and be float16 (frames, ...) with the per-frame shape the store declares (where it
-    declares one) and ``n_frames`` frames. Training checks every video it selects with this, so that metadata
-    which lies about shapes is caught before a batch is read. Returns (None, reasons) for a bad array.
+    declares one) and ``n_frames`` frames. Returns (None, reasons) for a bad array.
     """
-    where = f"{VIDEOS_GROUP}/{key}/{name}"
+    where = f"{video_name(key)}/{name}"
     try:
-        array = root[where]
+        array = video[name]
     except KeyError:
         return None, [f"{where}: array missing"]
     except Exception as exc:
@@ -85,12 +85,12 @@ def stream_array(root: zarr.Group, key: str, name: str, desc: StreamInfo | Mappi
     return (None if problems else array), problems
 
 
-def check_stream(root: zarr.Group, name: str, desc: StreamInfo | Mapping[str, Any], entry: VideoEntry) -> list[str]:
-    """Reasons why stream ``name`` of a done video of the store at ``root`` is bad (empty when it is good)."""
-    array, problems = stream_array(root, entry.key, name, desc, entry.n_frames)
+def check_stream(video: zarr.Group, name: str, desc: StreamInfo | Mapping[str, Any], entry: VideoEntry) -> list[str]:
+    """Reasons why stream ``name`` of a done video whose group is ``video`` is bad (empty when it is good)."""
+    array, problems = stream_array(video, entry.key, name, desc, entry.n_frames)
     if array is None:
         return problems  # reading an array whose shape is wrong proves nothing more
-    where = f"{VIDEOS_GROUP}/{entry.key}/{name}"
+    where = f"{video_name(entry.key)}/{name}"
     try:
         data = array[...]  # (frames, ...)
     except Exception as exc:
@@ -102,7 +102,7 @@ def check_stream(root: zarr.Group, name: str, desc: StreamInfo | Mapping[str, An
         problems.append(f"{where}: no checksum recorded at write time")
     elif array_checksum(data) != recorded:
         problems.append(f"{where}: sha256 differs from the one recorded at write time (data changed after "
-                        "writing, or chunk files are missing)")
+                        "writing, or chunks are missing)")
     return problems
 
 
@@ -115,8 +115,14 @@ def check_video(store: Store, entry: VideoEntry) -> list[str]:
     problems = []
     if len(set(counts.values())) != 1:
         problems.append("frame counts disagree: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for name, desc in store.stream_info.items():
-        problems += check_stream(store.root, name, desc, entry)
+    try:
+        with opened_video(store.path, entry.key, store.storage_options) as video:
+            for name, desc in store.stream_info.items():
+                problems += check_stream(video, name, desc, entry)
+    except FileNotFoundError:
+        problems.append(f"{video_name(entry.key)}: video file missing")
+    except Exception as exc:
+        problems.append(f"{video_name(entry.key)}: does not open ({type(exc).__name__}: {exc})")
     return problems
 
 

@@ -1,8 +1,8 @@
 """Writing a store: created once by the extraction client, filled one video at a time by tasks.
 
-Each task owns one video's group: it writes the arrays first and the video's attributes last
-(an atomic file replace on local stores), so a video is "done" only when all of its data is
-on disk. A task killed half-way leaves a group without "done", which the next run rewrites.
+Each task owns one video's file (store.video_files): its group, arrays and attributes are built in memory and
+written under a temporary name, then renamed into place, so a video is "done" only when all of its data is on disk.
+A task killed half-way leaves a temporary file (ignored by readers, removed by ``store gc``) and the video pending.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from glimpse.store.layout import (
     video_key,
 )
 from glimpse.store.manifest import read_keys, write_manifest
-from glimpse.store.reader import StoreError, _open_root, read_meta, read_result
+from glimpse.store.reader import StoreError, _open_root, read_meta
 from glimpse.store.schema import (
     DONE,
     FAILED,
@@ -46,6 +46,7 @@ from glimpse.store.schema import (
     VideoRecord,
     VideoResult,
 )
+from glimpse.store.video_files import read_video_attrs, refuse_old_layout, remove_video, write_video_file
 
 # The default codec, zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit shuffle in
 # bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value). Level 3 stores as small as level 5 and
@@ -173,6 +174,7 @@ class StoreWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._root = _open_root(self.path, "r+")
+        refuse_old_layout(self.path)
         self.metadata: StoreMeta = read_meta(self._root, str(self.path))  # without the manifest (schema 3)
         self.compressor = compressor(self.metadata.codec)
         self.index = IndexLog(self.path)
@@ -183,31 +185,19 @@ class StoreWriter:
         return frozenset(read_keys(self._root))
 
     def status(self, key: str) -> str:
-        """The video's status as its attributes say right now (pending when nothing is written yet)."""
-        result = read_result(self.path, key)
-        return PENDING if result is None else result.status
+        """The video's status as stored right now (pending when nothing is written yet)."""
+        try:
+            attrs = read_video_attrs(self.path, key)
+        except FileNotFoundError:
+            return PENDING
+        return (attrs or {}).get("status", PENDING)
 
     def reset(self, key: str) -> None:
         """Remove whatever the store holds of a video, back to pending. The caller holds its claim."""
         if key not in self.keys:
             raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
-        self._remove(key)
+        remove_video(self.path, key)
         self.index.append(key, PENDING)
-
-    def _remove(self, key: str) -> None:
-        folder = self.path / VIDEOS_GROUP / key
-        if folder.exists():
-            shutil.rmtree(folder)
-
-    def _fresh_group(self, key: str) -> zarr.Group:
-        """The video's group, emptied of whatever an earlier, interrupted attempt left (logged "writing" first).
-
-        Opened as a group of its own: no zarr call touches the videos group, whose cost grew with the dataset."""
-        self.index.append(key, WRITING)
-        self._remove(key)
-        writing = VideoResult(status=WRITING).to_dict()
-        return zarr.open_group(str(self.path / VIDEOS_GROUP / key), mode="w", zarr_format=3,
-                               attributes={VIDEO_ATTR: writing})
 
     def write_video(self, key: str, arrays: Mapping[str, np.ndarray],
                     result: VideoResult | Mapping[str, Any]) -> VideoResult:
@@ -227,26 +217,24 @@ class StoreWriter:
             if not np.isfinite(half).all():
                 raise ValueError(f"video {key}: stream {name} has values that are NaN or overflow float16")
             cast[name] = half
-        group = self._fresh_group(key)
-        for name, half in cast.items():
-            group.create_array(
-                name,
-                data=half,
-                chunks=(min(len(half), frames_per_chunk(half.shape[1:])), *half.shape[1:]),
-                compressors=self.compressor,
-                dimension_names=self.metadata.streams[name].dims,
-            )
+        if key not in self.keys:
+            raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
         checksums = {n: array_checksum(a) for n, a in cast.items()}
         done = replace(result, status=DONE, error=None, checksums=checksums)
-        group.attrs[VIDEO_ATTR] = done.to_dict()
+        self.index.append(key, WRITING)  # a writer killed now leaves the index "writing": settled from the file
+        write_video_file(self.path, key, {VIDEO_ATTR: done.to_dict()}, {
+            name: (half, self.compressor, self.metadata.streams[name].dims, frames_per_chunk(half.shape[1:]))
+            for name, half in cast.items()})
         self.index.append(key, DONE, done.n_frames, video_bytes(self.path, key))
         return done
 
     def write_failure(self, key: str, error: str, result: VideoResult | Mapping[str, Any] | None = None) -> VideoResult:
         """Record that a video failed, with the reason; any partial data of it is removed."""
         result = result if isinstance(result, VideoResult) else VideoResult.from_dict(result or {})
-        group = self._fresh_group(key)
+        if key not in self.keys:
+            raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
         failed = replace(result, status=FAILED, error=error)
-        group.attrs[VIDEO_ATTR] = failed.to_dict()
+        self.index.append(key, WRITING)
+        write_video_file(self.path, key, {VIDEO_ATTR: failed.to_dict()}, {})
         self.index.append(key, FAILED, nbytes=video_bytes(self.path, key), error=error)
         return failed

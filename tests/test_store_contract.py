@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from extraction import extract
 from old_stores import as_schema_1
+from store_files import edit_entry
 from test_extract import TINY_OPTS
 
 from glimpse.extract.cli import main as extract_main
@@ -157,8 +158,7 @@ def test_a_registered_toy_stream_is_extracted_stored_read_and_verified(toy_strea
     runner = CliRunner()
     assert runner.invoke(store_main, ["verify", str(stores["pipelined"])]).exit_code == 0
     victim = pipelined.videos[0]
-    chunk = next((stores["pipelined"] / "videos" / victim.key / "toy").rglob("c/*/*/*/*"))
-    chunk.write_bytes(chunk.read_bytes()[:-1] + bytes([chunk.read_bytes()[-1] ^ 0xFF]))
+    edit_entry(stores["pipelined"], victim.key, "toy/c/0/0/0/0", lambda chunk: chunk[:-1] + bytes([chunk[-1] ^ 0xFF]))
     broken = runner.invoke(store_main, ["verify", str(stores["pipelined"])])
     assert broken.exit_code != 0 and victim.id in broken.output  # verify checks the toy stream too
 
