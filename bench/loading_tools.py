@@ -7,7 +7,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from glimpse.store.chunks import READ_THREADS
@@ -66,6 +65,7 @@ def codec_table(tmp: Path, shape: dict) -> tuple[list[dict], float]:
     import numcodecs.blosc
 
     from glimpse.store.chunks import StoredStream
+    from glimpse.store.video_files import open_video, video_path, write_video_file
 
     data = cubes(shape, shape["codec_videos"], seed=1)
     rng = np.random.default_rng(2)
@@ -78,12 +78,13 @@ def codec_table(tmp: Path, shape: dict) -> tuple[list[dict], float]:
     for name, (codec, per) in CANDIDATES.items():
         folder = tmp / "codecs" / name.split(",")[0].replace(" ", "_") / str(per)
         arrays = []
-        for i, cube in enumerate(data):
-            zarr.create_array(str(folder / str(i)), data=cube, chunks=(per, *cube.shape[1:]), compressors=codec)
-            arrays.append(zarr.open_array(str(folder / str(i)), mode="r"))
+        for i, cube in enumerate(data):  # each cube in a video file of its own, as a store keeps it
+            write_video_file(folder, str(i), {}, {"rgb": (cube, codec, None, per)})
+            arrays.append(open_video(folder, str(i))["rgb"])
         rows.append({"name": name, "bpv": on_disk(folder) / values})
         for threads in (1, READ_THREADS):
-            s = [StoredStream(a, str(folder), folder / str(i), threads=threads) for i, a in enumerate(arrays)]
+            s = [StoredStream(a, str(folder), Path(video_path(folder, str(i))), threads=threads, prefix="rgb/")
+                 for i, a in enumerate(arrays)]
             whole[(name, threads)] = lambda s=s: [x.read() for x in s]
             clips[(name, threads)] = lambda s=s: [s[v].read(a, a + T) for v, a in picks]
     h5 = h5py.File(tmp / "codecs.h5", "r")

@@ -38,6 +38,7 @@ from glimpse.extract.streams import Extractor, describe_streams
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
 from glimpse.store.claims import claim_video, is_claimed
 from glimpse.store.layout import video_key
+from glimpse.store.maintenance import compact_index
 from glimpse.store.schema import DONE, FAILED
 
 #: Seconds between looks at videos another run is extracting.
@@ -267,6 +268,7 @@ def run_extraction(writer: StoreWriter, config: ExtractConfig, runtime: Runtime,
                     summary.add(Outcome(video_id, entry.status, entry.error), True)
                 else:  # the other run died before finishing it: do it here
                     pending[submit([video_id])] = [video_id]
+    compact_index(store_path)  # the workers' index logs folded into one snapshot: the next open reads a few arrays
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from glimpse.store.claims import CLAIMS_DIR
+from glimpse.store.index import INDEX_DIR, INDEX_STATUSES, IndexState
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP
+from glimpse.store.manifest import MANIFEST_GROUP
 from glimpse.store.reader import Store, StoreError, open_store
 from glimpse.store.remote import is_url, join, remote_errors, url_fs
 from glimpse.store.schema import DONE, FAILED, PENDING, UNREADABLE, VideoEntry
@@ -57,8 +60,9 @@ def find_stores(root: str | Path) -> list[str]:
             dirnames.sort()
             if "zarr.json" in filenames and _is_store_metadata(read, join(dirpath, "zarr.json")):
                 found.append(dirpath)
-                if VIDEOS_GROUP in dirnames:
-                    dirnames.remove(VIDEOS_GROUP)
+                for inside in (VIDEOS_GROUP, MANIFEST_GROUP, INDEX_DIR):  # a store's own folders: never listed
+                    if inside in dirnames:
+                        dirnames.remove(inside)
     return found
 
 
@@ -106,18 +110,62 @@ def disk_bytes(path: str | Path) -> int:
     return total
 
 
+def store_disk_bytes(store: Store, state: IndexState) -> int:
+    """Bytes of a store's files: its videos' as the index recorded them, plus everything outside ``videos/`` (no
+    video folder is listed or walked)."""
+    location = store.path
+    total = int(state.nbytes.sum())
+    if is_url(location):
+        fs, inner = url_fs(location, store.storage_options)
+        with remote_errors(location):
+            for info in fs.ls(inner, detail=True):
+                name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+                if name not in (VIDEOS_GROUP, CLAIMS_DIR):  # claim files are empty, one per video
+                    total += int(fs.du(info["name"], total=True)) if info["type"] == "directory" else int(info["size"])
+            with contextlib.suppress(FileNotFoundError):  # the videos group's own metadata
+                total += int(fs.info(f"{inner.rstrip('/')}/{VIDEOS_GROUP}/zarr.json")["size"])
+        return total
+    for item in os.scandir(location):
+        if item.name == CLAIMS_DIR:  # claim files are empty unless held, one per video: not walked
+            continue
+        if item.name == VIDEOS_GROUP:
+            with contextlib.suppress(OSError):  # the videos group's own metadata
+                total += os.stat(os.path.join(item.path, "zarr.json")).st_size
+            continue
+        with contextlib.suppress(OSError):
+            total += disk_bytes(item.path) if item.is_dir(follow_symlinks=False) else item.stat().st_size
+    return total
+
+
+def _raw_bytes_indexed(store: Store, state: IndexState) -> int:
+    """:func:`raw_bytes` from the index where every stream declares its frame shape (no video read); streams that
+    do not (raw flow) read each done video's array metadata."""
+    done = state.status == INDEX_STATUSES.index(DONE)
+    frames = int(state.n_frames[done].sum())
+    total, undeclared = 0, {}
+    for name, desc in store.stream_info.items():
+        if desc.frame_shape:
+            total += 2 * frames * int(np.prod(desc.frame_shape))
+        else:
+            undeclared[name] = desc
+    if undeclared:
+        total += raw_bytes(store, [e for e in store.videos if e.status == DONE], undeclared)
+    return total
+
+
 def stored_shape(store: Store, entry: VideoEntry, stream: str) -> tuple[int, ...] | None:
     """The shape of one video's stream as its array metadata says, or None when it cannot be read."""
     try:
-        return tuple(store.root[f"{VIDEOS_GROUP}/{entry.key}/{stream}"].shape)
+        return tuple(store.stream(entry.id, stream).shape)
     except Exception:
         return None
 
 
-def raw_bytes(store: Store, entries: list[VideoEntry]) -> int:
-    """Uncompressed float16 bytes of every done video's streams (declared frame shapes, else array metadata)."""
+def raw_bytes(store: Store, entries: list[VideoEntry], streams: dict[str, Any] | None = None) -> int:
+    """Uncompressed float16 bytes of every done video's ``streams`` (default: all; declared frame shapes, else array
+    metadata)."""
     total = 0
-    for name, desc in store.stream_info.items():
+    for name, desc in (streams or store.stream_info).items():
         declared = desc.frame_shape
         for entry in entries:
             if entry.status != DONE:
@@ -130,10 +178,10 @@ def raw_bytes(store: Store, entries: list[VideoEntry]) -> int:
 def store_summary(path: str | Path) -> dict[str, Any]:
     """One row of ``ls``: what a store holds, how it was made, how big it is."""
     store = open_store(path)
-    entries = store.videos
-    status = Counter(e.status for e in entries)
-    config, meta = store.config, store.metadata
-    raw, disk = raw_bytes(store, entries), disk_bytes(path)
+    state = store.index()  # a few arrays: no video's metadata is read
+    status = Counter(state.statuses())
+    config, meta = store.config, store.head
+    raw, disk = _raw_bytes_indexed(store, state), store_disk_bytes(store, state)
     return {
         "path": str(path),
         "dataset": store.dataset,
@@ -145,7 +193,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "streams": sorted(store.streams),
         "done": status[DONE],
         "failed": status[FAILED] + status[UNREADABLE],
-        "total": len(entries),
+        "total": len(state.status),
         "disk_bytes": disk,
         "raw_bytes": raw,
         "compression": raw / disk if disk else None,
@@ -274,14 +322,15 @@ def store_info(path: str | Path) -> dict[str, Any]:
         for split, role in entry.splits.items():
             splits.setdefault(split, Counter())[role] += 1
     streams = {}
+    done = [e for e in entries if e.status == DONE]
     for name, desc in store.streams.items():
-        shapes = Counter(
-            str(list(shape[1:])) if (shape := stored_shape(store, e, name)) else "unreadable"
-            for e in entries
-            if e.status == DONE
-        )
+        if desc.get("frame_shape"):  # every array holds it (verify checks): no video's metadata is read
+            shapes = Counter({str(list(desc["frame_shape"])): len(done)} if done else {})
+        else:
+            shapes = Counter(str(list(shape[1:])) if (shape := stored_shape(store, e, name)) else "unreadable"
+                             for e in done)
         streams[name] = {**desc, "stored_frame_shapes": dict(shapes)}
-    meta = store.metadata
+    meta = store.head
     return {
         "path": str(path),
         "dataset": store.dataset,
@@ -299,7 +348,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "streams": streams,
         "videos": {"total": len(entries), **Counter(e.status for e in entries)},
         "frames": sum(e.n_frames for e in entries if e.status == DONE),
-        "devices": dict(Counter(e.device or "unrecorded" for e in entries if e.status == DONE)),
+        "devices": store.index().device_counts(DONE),  # from the index: no video's attributes are read
         "splits": {split: dict(counts) for split, counts in sorted(splits.items())},
         "classes": per_class,
         "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in entries

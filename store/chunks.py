@@ -1,6 +1,6 @@
 """The direct chunk reader: one stored (frames, ...) array read frame range by frame range without zarr's read path.
 
-    s.stream(video_id, "rgb").read(10, 40)   # (30, C, K, K): the chunk files of frames 10..39, decoded here
+    s.stream(video_id, "rgb").read(10, 40)   # (30, C, K, K): the chunks of frames 10..39, decoded here
 
 What :meth:`glimpse.store.reader.Store.stream` returns and :meth:`~glimpse.store.reader.Store.read` reads through.
 """
@@ -19,6 +19,7 @@ from numcodecs import Blosc, Zstd
 from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
 from glimpse.store.schema import StoreError
+from glimpse.store.video_files import data_offset, entry_spans
 
 
 def read_frames(stream: StoredStream, frames: slice | Sequence[int] | np.ndarray | None, what: str) -> np.ndarray:
@@ -74,16 +75,18 @@ class StoredStream:
     """One stored (frames, ...) array opened for repeated reads of frame ranges.
 
     Zarr's own read path costs milliseconds per call (async machinery, selection planning), as much as
-    decoding a clip. When the array is in a local directory, chunked along frames only, with plain
-    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` reads
-    the chunk files itself into a reused buffer and decodes whole chunks straight into the output
+    decoding a clip. When the array is in a local video file (``local``, a zip of uncompressed entries, its
+    entries named ``prefix`` + chunk key: store.video_files), chunked along frames only, with plain
+    bytes and at most one Zstd or Blosc compressor (every store glimpse writes), :meth:`read` reads the chunks'
+    bytes itself, at their offsets in the file, into a reused buffer and decodes whole chunks straight into the output
     (only a chunk the range cuts is decoded aside and copied), in ``threads`` threads (default: READ_THREADS for
     compressed chunks; uncompressed ones are read straight into the output, only the frames asked for, in the
     calling thread); any other layout
     (sharding, other codecs, remote stores) is read through zarr. Both follow the array's own metadata.
     """
 
-    def __init__(self, array: zarr.Array, where: str, local: Path | None, threads: int | None = None) -> None:
+    def __init__(self, array: zarr.Array, where: str, local: Path | None, threads: int | None = None,
+                 prefix: str = "") -> None:
         self.array, self.where = array, where
         self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
         self._decoder, self._direct = None, None
@@ -105,10 +108,13 @@ class StoredStream:
         self._frame = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize  # bytes per frame
         self._fill = meta.fill_value
         self._key = meta.chunk_key_encoding.encode_chunk_key if self._direct is not None else None
+        # chunk key -> (offset of its zip entry's header, bytes); where its bytes start, found on first read
+        self._spans = entry_spans(self._direct, prefix) if self._direct is not None else {}
+        self._starts: dict[str, int] = {}
 
     @property
     def direct(self) -> bool:
-        """Whether reads bypass zarr (local chunk files decoded here)."""
+        """Whether reads bypass zarr (a local video file's chunks read and decoded here)."""
         return self._direct is not None
 
     def clip(self, lo: int = 0, hi: int | None = None) -> tuple[int, int]:
@@ -150,21 +156,25 @@ class StoredStream:
         """
         zeros = (0,) * (len(self.shape) - 1)
         whole = a == c * self._per and b == (c + 1) * self._per  # the range covers the chunk: decode in place
-        try:
-            with open(self._direct / self._key((c, *zeros)), "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if self._decoder is None:  # raw bytes: frame f of the chunk starts at f * bytes per frame
-                    if size != self._per * self._frame:
-                        raise StoreError(f"{self.where}: chunk {c} holds {size} bytes, an uncompressed chunk has "
-                                         f"{self._per * self._frame}")
-                    f.seek((a - c * self._per) * self._frame)
-                    self._fill_from(f, into.reshape(-1).data, c)
-                    return
-                raw = _buffer("raw", size)
-                self._fill_from(f, raw, c)
-        except FileNotFoundError:  # a chunk never written holds the fill value
+        key = self._key((c, *zeros))
+        if key not in self._spans:  # a chunk never written holds the fill value
             into.view(self.dtype)[...] = self._fill
             return
+        header, size = self._spans[key]
+        with open(self._direct, "rb", buffering=0) as f:
+            start = self._starts.get(key)
+            if start is None:
+                start = self._starts[key] = data_offset(f, header)
+            if self._decoder is None:  # raw bytes: frame f of the chunk starts at f * bytes per frame
+                if size != self._per * self._frame:
+                    raise StoreError(f"{self.where}: chunk {c} holds {size} bytes, an uncompressed chunk has "
+                                     f"{self._per * self._frame}")
+                f.seek(start + (a - c * self._per) * self._frame)
+                self._fill_from(f, into.reshape(-1).data, c)
+                return
+            raw = _buffer("raw", size)
+            f.seek(start)
+            self._fill_from(f, raw, c)
         target = into.reshape(-1) if whole else np.frombuffer(_buffer("chunk", self._per * self._frame), np.uint8)
         self._decoder.decode(raw, out=target)
         if not whole:

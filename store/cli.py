@@ -8,6 +8,7 @@
     python -m glimpse.store recode PATH OUT --codec none a copy with another codec (none: training reads, no decoding)
     python -m glimpse.store upgrade PATH                 bring a store of an older schema version up to date
     python -m glimpse.store gc PATH                      remove what crashed writers left (safe during extractions)
+    python -m glimpse.store reindex PATH                 rebuild the video index from every video's attributes
     python -m glimpse.store repair PATH [--dry-run]      re-queue bad and failed videos and extract them again
 
 Nothing here imports torch (but repair, which runs the extraction); h5py and tqdm only where used.
@@ -143,6 +144,18 @@ def upgrade(path: str) -> None:
     old = upgrade_store(path)
     click.echo(f"{path}: schema version {SCHEMA_VERSION}" + (" already" if old == SCHEMA_VERSION else
                                                              f" (was {old})"))
+
+
+@main.command("reindex")
+@click.argument("path")
+def reindex(path: str) -> None:
+    """Rebuild the video index of the store at PATH from every video's attributes (safe during extractions)."""
+    from collections import Counter
+
+    from glimpse.store.maintenance import reindex_store
+
+    counts = Counter(reindex_store(path).statuses())
+    click.echo(f"{path}: index rebuilt, " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
 
 
 @main.command("repair")

@@ -121,7 +121,7 @@ def export_hdf5(store_path: str | Path, out: str | Path, *, stream: str = "rgb",
     frame_shape = store.stream_info[stream].frame_shape
     if frame_shape is None:  # e.g. raw flow: the stored arrays must agree among themselves
         first = next(iter(by_role.values()))[0]
-        frame_shape = list(store.root[f"videos/{first.key}/{stream}"].shape[1:])
+        frame_shape = list(store.stream(first.id, stream).shape[1:])
     width = int(np.prod(frame_shape))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,13 +4,14 @@ A store is one Zarr v3 group::
 
     STORE/zarr.json                  attributes["glimpse"]: schema version, dataset, classes, config and
                                      its hash, backbone, layer, weights, versions, the video manifest
-    STORE/videos/<key>/zarr.json     attributes["video"]: status, error, frame indices, timestamps, boxes,
-                                     checksums; written last, so "done" means every array is complete
-    STORE/videos/<key>/rgb           (frames, channels, K, K) float16
-    STORE/videos/<key>/flow          (frames, 2, H, W) float16, channel 0 = x (right), 1 = y (down), pixels
-    STORE/videos/<key>/flow_cnn      (frames, channels, K, K) float16
+    STORE/videos/<key>.zip           one file per video (store/video_files.py), holding its Zarr group:
+        zarr.json                    attributes["video"]: status, error, frame indices, timestamps, boxes,
+                                     checksums; the file appears whole, so "done" means every array is complete
+        rgb/                         (frames, channels, K, K) float16
+        flow/                        (frames, 2, H, W) float16, channel 0 = x (right), 1 = y (down), pixels
+        flow_cnn/                    (frames, channels, K, K) float16
 
-Every video has its own arrays, so no two extraction tasks ever write the same chunk or shard
+Every video has its own file, written by one task, so no two extraction tasks ever write the same chunk or shard
 (zarr issues 3514 and 3682: unaligned concurrent shard writes lose data).
 """
 

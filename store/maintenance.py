@@ -13,10 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from glimpse.store.claims import claim_video
+from glimpse.store.claims import claim_video, creation_lock
+from glimpse.store.index import INDEX_STATUSES, IndexState, compact, video_bytes
 from glimpse.store.layout import ROOT_ATTR, VIDEOS_GROUP, video_key
-from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict
-from glimpse.store.schema import DONE, FAILED, SCHEMA_VERSION, UNREADABLE
+from glimpse.store.manifest import read_keys, write_manifest
+from glimpse.store.reader import UPGRADABLE, StoreError, _open_root, open_store, read_meta_dict, read_result
+from glimpse.store.schema import DONE, FAILED, PENDING, SCHEMA_VERSION, UNREADABLE
+from glimpse.store.video_files import old_layout, temporary_files, upgrade_video_layout
 from glimpse.store.writer import StoreWriter, create_copy
 
 #: Suffix of zarr's temporary files (written, then renamed into place).
@@ -27,8 +30,8 @@ PARTIAL_SUFFIX = ".partial"
 class Cleanup:
     """What ``store gc`` removed."""
 
-    groups: list[str] = field(default_factory=list)  # videos whose half-written data was removed
-    partial_files: int = 0
+    groups: list[str] = field(default_factory=list)  # videos whose half-written file was removed
+    partial_files: int = 0  # zarr's temporary files in the store's own metadata
     busy: list[str] = field(default_factory=list)  # videos a live writer holds: left alone
 
     def report(self) -> str:
@@ -39,7 +42,8 @@ class Cleanup:
 
 
 def collect_garbage(path: str | Path) -> Cleanup:
-    """Remove leftovers of crashed writers: videos left "writing" and zarr's temporary files.
+    """Remove leftovers of crashed writers: the temporary files of videos they were writing (store.video_files)
+    and zarr's temporary files beside the store's metadata. Costs the same for any number of finished videos.
 
     Claim lock files are kept on purpose: deleting a lock file another process has open would
     let two processes hold "the same" claim on two different files.
@@ -47,25 +51,57 @@ def collect_garbage(path: str | Path) -> Cleanup:
     path = Path(path)
     writer = StoreWriter(path)
     cleanup = Cleanup()
-    for row in writer.metadata.videos:
-        key = row.key
-        folder = path / VIDEOS_GROUP / key
-        if not folder.exists():
-            continue
+    for key, temporary in temporary_files(path):
         with claim_video(path, key, note="store gc") as held:
             if not held:
-                cleanup.busy.append(row.id)
+                cleanup.busy.append(key)
                 continue
-            for partial in folder.rglob(f"*{PARTIAL_SUFFIX}"):
-                partial.unlink()
-                cleanup.partial_files += 1
-            if writer.status(key) not in (DONE, FAILED):
-                writer.reset(key)
-                cleanup.groups.append(row.id)
+            temporary.unlink(missing_ok=True)
+            cleanup.groups.append(key)
     for partial in list(path.glob(f"*{PARTIAL_SUFFIX}")) + list((path / VIDEOS_GROUP).glob(f"*{PARTIAL_SUFFIX}")):
         partial.unlink()
         cleanup.partial_files += 1
+    writer.index.close()  # its log (the resets above) is closed, so compaction folds and removes it
+    compact_index(path)
+    ids = {row.key: row.id for row in open_store(path).manifest} if cleanup.groups or cleanup.busy else {}
+    cleanup.groups = [ids[k] for k in cleanup.groups]
+    cleanup.busy = [ids[k] for k in cleanup.busy]
     return cleanup
+
+
+def _settle(path: Path, key: str) -> tuple[str, int, str | None, str | None]:
+    """(status, n_frames, error, device) of video ``key`` as its attributes say; a broken one counts as failed."""
+    try:
+        result = read_result(path, key)
+    except Exception as exc:
+        return FAILED, 0, f"video metadata unreadable ({type(exc).__name__}: {exc})", None
+    if result is None:
+        return PENDING, 0, None, None
+    status = result.status if result.status in INDEX_STATUSES else FAILED
+    return status, result.n_frames, result.error, result.device
+
+
+def compact_index(path: str | Path) -> IndexState:
+    """Fold the index logs of the local store at ``path`` into its snapshot (videos logged "writing" settled from
+    their attributes); the logs of writers that are gone are removed. Safe while writers run."""
+    path = Path(path)
+    return compact(path, read_keys(_open_root(path, "r")), result_status=lambda key: _settle(path, key))
+
+
+def reindex_store(path: str | Path) -> IndexState:
+    """Rebuild the index of the local store at ``path`` from every video's attributes (the source of truth);
+    safe while writers run: what they log during the scan is applied on top."""
+    path = Path(path)
+    keys = read_keys(_open_root(path, "r", any_version=True))  # any version: upgrade_store builds the index first
+
+    def scan() -> IndexState:
+        state = IndexState.empty(len(keys))
+        for at, key in enumerate(keys):
+            status, n_frames, error, device = _settle(path, key)
+            state.set(at, status, n_frames, video_bytes(path, key), error, device)
+        return state
+
+    return compact(path, keys, rebuild_from=scan)
 
 
 def reset_videos(path: str | Path, video_ids: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -126,9 +162,14 @@ def upgrade_store(path: str | Path) -> int:
     """Bring the store at ``path`` to the current schema version in place; returns the version it had.
 
     Version 1 to 2 adds ``multi_label`` to the root metadata: whether any video of the manifest has several
-    labels (what version 1 readers guessed each time). Only the root metadata changes; no video is touched.
+    labels (what version 1 readers guessed each time). A store keeping its videos one folder per video gets one
+    file per video first (:func:`store.video_files.upgrade_video_layout`: values and checksums kept). Version 2 to 3
+    moves the manifest from the root attributes to the ``manifest/`` group and builds the index from every video's
+    attributes. The root attributes change last, so an interrupted upgrade is run again.
     """
     root = _open_root(path, "r+", any_version=True)
+    if old_layout(path):
+        upgrade_video_layout(path)
     meta = dict(root.attrs[ROOT_ATTR])
     version = meta.get("schema_version")
     if version == SCHEMA_VERSION:
@@ -136,10 +177,14 @@ def upgrade_store(path: str | Path) -> int:
     if version not in UPGRADABLE:
         raise StoreError(f"{path}: store schema version {version}; this glimpse upgrades versions {UPGRADABLE} "
                          f"to {SCHEMA_VERSION}, re-extract it instead")
-    meta["multi_label"] = any(len(row["labels"]) > 1 for row in meta["videos"])
+    if version == 1:
+        meta["multi_label"] = any(len(row["labels"]) > 1 for row in meta["videos"])
     meta["schema_version"] = SCHEMA_VERSION
     upgraded = read_meta_dict(meta, str(path))
-    root.attrs[ROOT_ATTR] = upgraded.to_dict()
+    with creation_lock(path):
+        write_manifest(root, upgraded.videos)
+        reindex_store(path)
+        root.attrs[ROOT_ATTR] = upgraded.head_dict()
     return version
 
 

@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,16 @@ import zarr
 from zarr.errors import GroupNotFoundError
 
 from glimpse.store.chunks import StoredStream, read_frames
+from glimpse.store.index import INDEX_STATUSES, IndexState, read_index
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
+from glimpse.store.manifest import MANIFEST_GROUP, paused_gc, read_keys, read_manifest
 from glimpse.store.schema import (
     DONE,
     PENDING,
     SCHEMA_VERSION,
     STREAMS,
     UNREADABLE,
+    WRITING,
     ManifestRow,
     SchemaError,
     StoreError,
@@ -37,9 +40,10 @@ from glimpse.store.schema import (
     VideoEntry,
     VideoResult,
 )
+from glimpse.store.video_files import close_video, open_video, read_video_attrs, refuse_old_layout, video_path
 
 #: Older schema versions that ``python -m glimpse.store upgrade`` brings to SCHEMA_VERSION.
-UPGRADABLE = (1,)
+UPGRADABLE = (1, 2)
 
 
 def _open_root(path: str | Path, mode: str = "r", storage_options: Mapping[str, Any] | None = None,
@@ -91,18 +95,102 @@ def read_meta_dict(meta: Mapping[str, Any], location: str) -> StoreMeta:
         raise StoreError(f"{location}: root metadata ({ROOT_ATTR!r} attribute) breaks the schema: {exc}") from None
 
 
+def read_result(store_path: str | Path, key: str) -> VideoResult | None:
+    """The result of video ``key`` of a local store as its attributes say (None: nothing written yet), read from the
+    first entry of its file (store.video_files). Raises on broken metadata."""
+    try:
+        found = read_video_attrs(store_path, key)
+    except FileNotFoundError:
+        return None
+    return None if found is None else VideoResult.from_dict(found)
+
+
+class _Lazy:
+    """A result field of an :class:`IndexedEntry`, read with the rest of the video's result on first use."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, entry: Any, owner: type | None = None) -> Any:
+        if entry is None:
+            return self
+        found = entry.__dict__["_store"]._result(entry.row) or VideoResult()
+        for name in _LAZY:
+            entry.__dict__.setdefault(name, getattr(found, name))
+        return entry.__dict__[self.name]
+
+
+#: The result fields an index entry reads on first use: every field but what the index holds.
+_LAZY = tuple(f.name for f in fields(VideoResult) if f.name not in ("status", "error", "n_frames"))
+#: A pending video's values of those fields (nothing is written to read).
+_PENDING = {name: getattr(VideoResult(), name) for name in _LAZY}
+
+
+class IndexedEntry(VideoEntry):
+    """A :class:`VideoEntry` whose status, error and frame count come from the store's index; the rest of its result
+    (frame indices, timestamps, boxes, checksums, ...) is read from the video's attributes on first use."""
+
+    locals().update({name: _Lazy() for name in _LAZY})  # one lazy attribute per field of _LAZY
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VideoEntry):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = VideoEntry.__hash__
+
+    def __reduce__(self) -> tuple[Any, ...]:  # sent to another process as a plain entry, every field read
+        return VideoEntry.of, (self.row, self.result)
+
+
 class Store:
-    """A read-only view of one store. Never writes; works on read-only mounts."""
+    """A read-only view of one store. Never writes; works on read-only mounts.
+
+    Opening reads the root attributes only; the manifest (:attr:`manifest`) is read on first use, and statuses come
+    from the index (:meth:`index`), so opening, listing and counting cost the same at any dataset size.
+    """
 
     def __init__(self, path: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
         self.path = str(path)
         self._root = _open_root(path, "r", storage_options)
-        self.metadata: StoreMeta = read_meta(self._root, self.path)
+        self._head: StoreMeta = read_meta(self._root, self.path)  # without the manifest
+        self.storage_options = dict(storage_options or {})
         self._local = Path(self.path) if "://" not in self.path else None
+        refuse_old_layout(self.path)
         self._opened: dict[tuple[str, str], tuple[VideoResult, StoredStream]] = {}  # (key, stream): what read opened
 
+    @cached_property
+    def metadata(self) -> StoreMeta:
+        """The typed root metadata with the manifest (read on first use)."""
+        return replace(self._head, videos=self.manifest)
+
+    @cached_property
+    def manifest(self) -> tuple[ManifestRow, ...]:
+        """Every video's manifest row, in order (the ``manifest/`` group, read once)."""
+        with _backend_errors(self.path):
+            return read_manifest(self._root)
+
+    @cached_property
+    def video_count(self) -> int:
+        """How many videos the manifest holds (its group's attributes only)."""
+        with _backend_errors(self.path):
+            return int(self._root[MANIFEST_GROUP].attrs["videos"])
+
+    def index(self) -> IndexState:
+        """Every video's status, frame count and bytes on disk as the index says, in manifest order (read fresh)."""
+        def positions() -> dict[str, int]:
+            keys = [r.key for r in self.manifest] if "manifest" in self.__dict__ else read_keys(self._root)
+            return {k: i for i, k in enumerate(keys)}
+
+        with _backend_errors(self.path):
+            try:
+                return read_index(self.path, positions, self.video_count, self.storage_options)
+            except (ValueError, KeyError, OSError) as exc:
+                raise StoreError(f"{self.path}/index: unreadable ({type(exc).__name__}: {exc}); rebuild it with "
+                                 f"'python -m glimpse.store reindex {self.path}'") from exc
+
     def __repr__(self) -> str:
-        return f"Store({self.path!r}, dataset={self.dataset!r}, videos={len(self.manifest)})"
+        return f"Store({self.path!r}, dataset={self.dataset!r}, videos={self.video_count})"
 
     @property
     def root(self) -> zarr.Group:
@@ -115,68 +203,99 @@ class Store:
         return self.metadata.to_dict()
 
     @property
+    def head(self) -> StoreMeta:
+        """The typed root metadata without the manifest (``videos`` empty): read at open, costs nothing more."""
+        return self._head
+
+    @property
     def config(self) -> dict[str, Any]:
         """The full extraction config the store was made with."""
-        return dict(self.metadata.config)
+        return dict(self._head.config)
 
     @property
     def config_hash(self) -> str:
-        return self.metadata.config_hash
+        return self._head.config_hash
 
     @property
     def dataset(self) -> str:
-        return self.metadata.dataset
+        return self._head.dataset
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.metadata.classes
+        return self._head.classes
 
     @property
     def multi_label(self) -> bool:
         """Whether a video may have several classes (as the dataset adapter declared it at extraction)."""
-        return self.metadata.multi_label
+        return self._head.multi_label
 
     @property
     def streams(self) -> dict[str, dict[str, Any]]:
         """Stream name -> description as plain JSON (dims, frame_shape, backbone / flow method)."""
-        return {name: info.to_dict() for name, info in self.metadata.streams.items()}
+        return {name: info.to_dict() for name, info in self._head.streams.items()}
 
     @property
     def stream_info(self) -> dict[str, StreamInfo]:
         """Stream name -> its typed description."""
-        return dict(self.metadata.streams)
-
-    @property
-    def manifest(self) -> tuple[ManifestRow, ...]:
-        return self.metadata.videos
+        return dict(self._head.streams)
 
     def _result(self, row: ManifestRow) -> VideoResult | None:
         """A video's result: None while nothing is written, an "unreadable" result when its metadata is broken.
 
-        A local store's ``zarr.json`` is read directly (0.02 ms; opening the group through zarr costs 0.4 ms, as much
-        as reading a clip), a URL's through zarr.
+        Read from the first bytes of the video's file (store.video_files): one read, one ranged request on an
+        object store.
         """
-        node_path = f"{VIDEOS_GROUP}/{row.key}"
         try:
-            if self._local is not None:
-                try:
-                    attrs = json.loads((self._local / node_path / "zarr.json").read_bytes())["attributes"].get(
-                        VIDEO_ATTR)
-                except FileNotFoundError:
-                    return None
-            else:
-                attrs = self._root[node_path].attrs.get(VIDEO_ATTR)
+            try:
+                attrs = read_video_attrs(self.path, row.key, self.storage_options)
+            except FileNotFoundError:
+                return self._old_layout_result(row)
             return None if attrs is None else VideoResult.from_dict(attrs)
+        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
+            reason = f"{video_path(self.path, row.key)}/zarr.json: {type(exc).__name__}: {exc}"
+            return VideoResult(status=UNREADABLE, error=reason)
+
+    def _old_layout_result(self, row: ManifestRow) -> VideoResult | None:
+        """None for a video not written yet; an "unreadable" result naming the upgrade for a video kept in the old
+        one-folder-per-video layout (a remote store's, which :func:`refuse_old_layout` cannot see at open)."""
+        if self._local is not None:
+            return None  # a local store of the old layout was refused at open
+        try:
+            old = self._root[f"{VIDEOS_GROUP}/{row.key}"]
         except KeyError:
             return None
-        except Exception as exc:  # one broken video never hides the others (nor crashes a trainer)
-            reason = f"{self.path}/{node_path}/zarr.json: {type(exc).__name__}: {exc}"
-            return VideoResult(status=UNREADABLE, error=reason)
+        if VIDEO_ATTR not in old.attrs:
+            return None
+        return VideoResult(status=UNREADABLE, error=f"{self.path}: videos stored one folder per video (an older "
+                                                    "glimpse's layout); convert it with 'python -m glimpse.store "
+                                                    "upgrade' on a local copy")
 
     @property
     def videos(self) -> list[VideoEntry]:
-        """Every video of the dataset in manifest order, with its current status (read fresh each call)."""
-        return [VideoEntry.of(row, self._result(row)) for row in self.manifest]
+        """Every video of the dataset in manifest order, with its current status (the index, read fresh each call).
+
+        Entries are :class:`IndexedEntry`: the rest of a result is read from the video's attributes on first use. A
+        video the index has "writing" (a live writer, or one killed before its log line) is read from its attributes.
+        """
+        state = self.index()
+        with paused_gc():
+            return self._entries(state)
+
+    def _entries(self, state: IndexState) -> list[VideoEntry]:
+        codes, frames = state.status.tolist(), state.n_frames.tolist()
+        new, out = object.__new__, []
+        for at, row in enumerate(self.manifest):
+            status = INDEX_STATUSES[codes[at]]
+            if status == WRITING:
+                out.append(VideoEntry.of(row, self._result(row)))
+                continue
+            entry = new(IndexedEntry)
+            entry.__dict__.update(row.__dict__, status=status, error=state.errors.get(at), n_frames=frames[at],
+                                  _store=self)
+            if status == PENDING:
+                entry.__dict__.update(_PENDING)
+            out.append(entry)
+        return out
 
     @cached_property
     def _by_id(self) -> dict[str, ManifestRow]:
@@ -202,8 +321,8 @@ class Store:
         """
         if stream not in STREAMS:
             raise StoreError(f"unknown stream {stream!r}; streams are {sorted(STREAMS)}")
-        if stream not in self.metadata.streams:
-            have = sorted(self.metadata.streams)
+        if stream not in self._head.streams:
+            have = sorted(self._head.streams)
             raise StoreError(f"{self.path}: stream {stream!r} was not extracted (this store has {have})")
         row = self._row(video_id)
         with _backend_errors(self.path):
@@ -221,18 +340,24 @@ class Store:
         """One stream of one video opened for many reads of frame ranges (what training reads through).
 
         The array's metadata is read once here; the video's status is not checked (the caller selected
-        done videos). Raises StoreError when the array is missing or is no array.
+        done videos). Raises StoreError when the video's file or the array is missing or is no array.
         """
         key = self._row(video_id).key
-        where = f"{VIDEOS_GROUP}/{key}/{stream}"
+        where = f"{video_path(self.path, key)}/{stream}"
         try:
-            array = self._root[where]
+            group = open_video(self.path, key, self.storage_options)
+        except FileNotFoundError:
+            raise StoreError(f"{video_path(self.path, key)}: video file missing") from None
+        try:
+            array = group[stream]
         except KeyError:
-            raise StoreError(f"{self.path}/{where}: array missing") from None
+            raise StoreError(f"{where}: array missing") from None
+        finally:
+            close_video(group)  # the direct reader reads the file itself; zarr reopens it if it reads
         if not isinstance(array, zarr.Array):
-            raise StoreError(f"{self.path}/{where}: a group, not an array")
-        local = self._local / where if self._local is not None else None
-        return StoredStream(array, f"{self.path}/{where}", local)
+            raise StoreError(f"{where}: a group, not an array")
+        local = Path(video_path(self.path, key)) if self._local is not None else None
+        return StoredStream(array, where, local, prefix=f"{stream}/")
 
     def stream_problems(self, video_id: str, stream: str, n_frames: int) -> list[str]:
         """Why one stream of a done video does not fit the store's metadata (empty when it does); no chunk is read.
@@ -240,7 +365,7 @@ class Store:
         The array must exist and be float16 (frames, ...) with the per-frame shape the store declares and
         ``n_frames`` frames. Training checks every video it selects with this, before reading a batch.
         """
-        where = f"{self.path}/{VIDEOS_GROUP}/{self._row(video_id).key}/{stream}"
+        where = f"{video_path(self.path, self._row(video_id).key)}/{stream}"
         try:
             array = self.stream(video_id, stream)
         except StoreError as err:

@@ -23,9 +23,11 @@ from typing import Any
 from glimpse.errors import GlimpseError
 from glimpse.store.layout import CODECS, DEFAULT_CODEC
 
-#: Version 2 added ``multi_label`` to the root metadata (``python -m glimpse.store upgrade`` brings a version 1
-#: store up to date) and reads back ``flow_pairs`` / ``flow_computed_at`` of each video.
-SCHEMA_VERSION = 2
+#: Version 2 added ``multi_label`` to the root metadata and reads back ``flow_pairs`` / ``flow_computed_at`` of each
+#: video. Version 3 moved the manifest out of the root attributes into the ``manifest/`` group (store/manifest.py)
+#: and added the video index ``index/`` (store/index.py). ``python -m glimpse.store upgrade`` brings older stores
+#: up to date.
+SCHEMA_VERSION = 3
 
 #: Membership of a video in one split of its dataset.
 TRAIN, TEST, UNUSED = "train", "test", "unused"
@@ -229,7 +231,7 @@ class StoreMeta:
     config: Mapping[str, Any]
     config_hash: str
     streams: Mapping[str, StreamInfo]
-    videos: tuple[ManifestRow, ...]
+    videos: tuple[ManifestRow, ...] = ()  # stored in the manifest/ group, not in the root attributes
     multi_label: bool = False
     schema_version: int = SCHEMA_VERSION
     created: str | None = None
@@ -249,10 +251,16 @@ class StoreMeta:
                    videos=[row.to_dict() for row in self.videos])
         return out
 
+    def head_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the manifest: the root attributes of a schema 3 store."""
+        out = self.to_dict()
+        del out["videos"]
+        return out
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreMeta:
         data = _known(cls, data, "store metadata")
-        required = ("dataset", "classes", "config", "config_hash", "streams", "videos")
+        required = ("dataset", "classes", "config", "config_hash", "streams")
         missing = [name for name in required if name not in data]
         if missing:
             raise SchemaError(f"store metadata: field {missing[0]!r} is missing")
@@ -260,7 +268,7 @@ class StoreMeta:
             raise SchemaError(f"store metadata: codec {data['codec']!r} is none of {', '.join(CODECS)}")
         return cls(**{**data, "classes": tuple(data["classes"]),
                       "streams": {n: StreamInfo.from_dict(s) for n, s in data["streams"].items()},
-                      "videos": tuple(ManifestRow.from_dict(row) for row in data["videos"]),
+                      "videos": tuple(ManifestRow.from_dict(row) for row in data.get("videos", ())),
                       "multi_label": bool(data.get("multi_label", False))})
 
 

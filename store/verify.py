@@ -5,7 +5,9 @@ exist, be float16 with 4 dimensions and the per-frame shape the root attributes 
 declare one), hold as many frames as the video's ``n_frames``, ``frame_indices`` and ``timestamps``,
 decode without error, contain no NaN or Inf, and hash to the sha256 recorded at write time. A zstd
 chunk with a flipped byte either fails to decode or decodes to other values; the first is caught by
-the decode, the second by the checksum. Failed and pending videos hold no data and are only counted.
+the decode, the second by the checksum. Failed and pending videos hold no data and are only counted. The index
+(store/index.py) must agree with every video's attributes: a video it calls done or failed is that, with the same
+frame count, and the other way round (``store reindex`` rebuilds it from the attributes).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import numpy as np
 import zarr
 
 from glimpse.files import fingerprint
-from glimpse.store.layout import VIDEOS_GROUP, array_checksum
+from glimpse.store.layout import array_checksum
 from glimpse.store.reader import Store, open_store
-from glimpse.store.schema import DONE, UNREADABLE, StreamInfo, VideoEntry
+from glimpse.store.schema import DONE, FAILED, UNREADABLE, StreamInfo, VideoEntry
+from glimpse.store.video_files import opened_video, video_name
 
 
 @dataclass(frozen=True)
@@ -51,18 +54,17 @@ class Verification:
         return "\n".join(lines)
 
 
-def stream_array(root: zarr.Group, key: str, name: str, desc: StreamInfo | Mapping[str, Any],
+def stream_array(video: zarr.Group, key: str, name: str, desc: StreamInfo | Mapping[str, Any],
                  n_frames: int) -> tuple[zarr.Array | None, list[str]]:
-    """Stream ``name`` of video ``key`` of the store whose root group is ``root``, and why its metadata does not
-    fit the store (no chunk is read).
+    """Stream ``name`` of video ``key`` whose group (its file, store.video_files) is ``video``, and why its metadata
+    does not fit the store (no chunk is read).
 
     The array must exist and be float16 (frames, ...) with the per-frame shape the store declares (where it
-    declares one) and ``n_frames`` frames. Training checks every video it selects with this, so that metadata
-    which lies about shapes is caught before a batch is read. Returns (None, reasons) for a bad array.
+    declares one) and ``n_frames`` frames. Returns (None, reasons) for a bad array.
     """
-    where = f"{VIDEOS_GROUP}/{key}/{name}"
+    where = f"{video_name(key)}/{name}"
     try:
-        array = root[where]
+        array = video[name]
     except KeyError:
         return None, [f"{where}: array missing"]
     except Exception as exc:
@@ -83,12 +85,12 @@ def stream_array(root: zarr.Group, key: str, name: str, desc: StreamInfo | Mappi
     return (None if problems else array), problems
 
 
-def check_stream(root: zarr.Group, name: str, desc: StreamInfo | Mapping[str, Any], entry: VideoEntry) -> list[str]:
-    """Reasons why stream ``name`` of a done video of the store at ``root`` is bad (empty when it is good)."""
-    array, problems = stream_array(root, entry.key, name, desc, entry.n_frames)
+def check_stream(video: zarr.Group, name: str, desc: StreamInfo | Mapping[str, Any], entry: VideoEntry) -> list[str]:
+    """Reasons why stream ``name`` of a done video whose group is ``video`` is bad (empty when it is good)."""
+    array, problems = stream_array(video, entry.key, name, desc, entry.n_frames)
     if array is None:
         return problems  # reading an array whose shape is wrong proves nothing more
-    where = f"{VIDEOS_GROUP}/{entry.key}/{name}"
+    where = f"{video_name(entry.key)}/{name}"
     try:
         data = array[...]  # (frames, ...)
     except Exception as exc:
@@ -100,7 +102,7 @@ def check_stream(root: zarr.Group, name: str, desc: StreamInfo | Mapping[str, An
         problems.append(f"{where}: no checksum recorded at write time")
     elif array_checksum(data) != recorded:
         problems.append(f"{where}: sha256 differs from the one recorded at write time (data changed after "
-                        "writing, or chunk files are missing)")
+                        "writing, or chunks are missing)")
     return problems
 
 
@@ -113,8 +115,14 @@ def check_video(store: Store, entry: VideoEntry) -> list[str]:
     problems = []
     if len(set(counts.values())) != 1:
         problems.append("frame counts disagree: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for name, desc in store.stream_info.items():
-        problems += check_stream(store.root, name, desc, entry)
+    try:
+        with opened_video(store.path, entry.key, store.storage_options) as video:
+            for name, desc in store.stream_info.items():
+                problems += check_stream(video, name, desc, entry)
+    except FileNotFoundError:
+        problems.append(f"{video_name(entry.key)}: video file missing")
+    except Exception as exc:
+        problems.append(f"{video_name(entry.key)}: does not open ({type(exc).__name__}: {exc})")
     return problems
 
 
@@ -152,7 +160,11 @@ def run_verify(path: str | Path, progress: bool = False, storage_options: Mappin
     bar = tqdm(total=len(entries), unit="video", desc="verify", dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
     checked = 0
-    for entry in entries:
+    for indexed in entries:
+        entry = store.video(indexed.id)  # the video's attributes: the source of truth
+        disagree = index_disagreement(indexed, entry)
+        if disagree:
+            bad.append((entry.id, f"{disagree}; rebuild the index with 'python -m glimpse.store reindex {path}'"))
         if entry.status == UNREADABLE:
             checked += 1
             bad.append((entry.id, entry.error or "video metadata unreadable"))
@@ -169,6 +181,19 @@ def run_verify(path: str | Path, progress: bool = False, storage_options: Mappin
     if sources:
         bad += changed_sources(store, root)
     return Verification(str(path), tuple(store.streams), checked, dict(not_done), tuple(bad))
+
+
+def index_disagreement(indexed: VideoEntry, entry: VideoEntry) -> str | None:
+    """Why the index's view of a video (``indexed``) disagrees with its attributes (``entry``); None when it agrees:
+    done and failed match both ways, and a done video has the same frame count."""
+    final = (DONE, FAILED, UNREADABLE)
+    if (indexed.status in final or entry.status in final) and indexed.status != entry.status:
+        if {indexed.status, entry.status} == {FAILED, UNREADABLE}:
+            return None
+        return f"the index says {indexed.status}, the video's attributes say {entry.status}"
+    if entry.status == DONE and indexed.n_frames != entry.n_frames:
+        return f"the index says {indexed.n_frames} frames, the video's attributes say {entry.n_frames}"
+    return None
 
 
 def verify_store(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:

@@ -1,8 +1,8 @@
 """Writing a store: created once by the extraction client, filled one video at a time by tasks.
 
-Each task owns one video's group: it writes the arrays first and the video's attributes last
-(an atomic file replace on local stores), so a video is "done" only when all of its data is
-on disk. A task killed half-way leaves a group without "done", which the next run rewrites.
+Each task owns one video's file (store.video_files): its group, arrays and attributes are built in memory and
+written under a temporary name, then renamed into place, so a video is "done" only when all of its data is on disk.
+A task killed half-way leaves a temporary file (ignored by readers, removed by ``store gc``) and the video pending.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import zarr
 
 from glimpse.store.claims import CLAIMS_DIR, creation_lock
+from glimpse.store.index import IndexLog, IndexState, video_bytes, write_snapshot
 from glimpse.store.layout import (
     DEFAULT_CODEC,
     ROOT_ATTR,
@@ -30,6 +32,7 @@ from glimpse.store.layout import (
     frames_per_chunk,
     video_key,
 )
+from glimpse.store.manifest import read_keys, write_manifest
 from glimpse.store.reader import StoreError, _open_root, read_meta
 from glimpse.store.schema import (
     DONE,
@@ -43,6 +46,7 @@ from glimpse.store.schema import (
     VideoRecord,
     VideoResult,
 )
+from glimpse.store.video_files import read_video_attrs, refuse_old_layout, remove_video, write_video_file
 
 # The default codec, zstd: on ReLU cubes (half zeros) it beat Blosc-zstd with byte or bit shuffle in
 # bench/bench_extract.py (1.08 against 1.12 and 1.40 bytes per value). Level 3 stores as small as level 5 and
@@ -147,8 +151,10 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked:
         for item in contents:  # the claims folder stays: its locks may be held right now
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     # under the creation lock with nothing but the claims folder here: "a" creates the group, touching no lock
-    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.to_dict()})
+    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.head_dict()})
+    write_manifest(root, meta.videos)
     root.create_group(VIDEOS_GROUP)
+    write_snapshot(path, IndexState.empty(len(meta.videos)))
     return StoreWriter(path)
 
 
@@ -162,35 +168,36 @@ def config_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 class StoreWriter:
-    """Writes videos into an existing store; cheap to construct, so each task may make its own."""
+    """Writes videos into an existing store; constructed in constant time (the root attributes only, never the
+    manifest), so each task may make its own. Every status change is also a line of this writer's index log."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._root = _open_root(self.path, "r+")
-        self.metadata: StoreMeta = read_meta(self._root, str(self.path))
-        self.keys = frozenset(row.key for row in self.metadata.videos)
+        refuse_old_layout(self.path)
+        self.metadata: StoreMeta = read_meta(self._root, str(self.path))  # without the manifest (schema 3)
         self.compressor = compressor(self.metadata.codec)
+        self.index = IndexLog(self.path)
+
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        """Every video key of the manifest (read on first use)."""
+        return frozenset(read_keys(self._root))
 
     def status(self, key: str) -> str:
         """The video's status as stored right now (pending when nothing is written yet)."""
         try:
-            return self._root[f"{VIDEOS_GROUP}/{key}"].attrs.get(VIDEO_ATTR, {}).get("status", PENDING)
-        except KeyError:
+            attrs = read_video_attrs(self.path, key)
+        except FileNotFoundError:
             return PENDING
+        return (attrs or {}).get("status", PENDING)
 
     def reset(self, key: str) -> None:
         """Remove whatever the store holds of a video, back to pending. The caller holds its claim."""
         if key not in self.keys:
             raise StoreError(f"{self.path}: no video with key {key!r} in this store's manifest")
-        node_path = f"{VIDEOS_GROUP}/{key}"
-        if node_path in self._root:
-            del self._root[node_path]
-
-    def _fresh_group(self, key: str) -> zarr.Group:
-        """The video's group, emptied of whatever an earlier, interrupted attempt left."""
-        self.reset(key)
-        writing = VideoResult(status=WRITING).to_dict()
-        return self._root.create_group(f"{VIDEOS_GROUP}/{key}", attributes={VIDEO_ATTR: writing})
+        remove_video(self.path, key)
+        self.index.append(key, PENDING)
 
     def write_video(self, key: str, arrays: Mapping[str, np.ndarray],
                     result: VideoResult | Mapping[str, Any]) -> VideoResult:
@@ -210,24 +217,20 @@ class StoreWriter:
             if not np.isfinite(half).all():
                 raise ValueError(f"video {key}: stream {name} has values that are NaN or overflow float16")
             cast[name] = half
-        group = self._fresh_group(key)
-        for name, half in cast.items():
-            group.create_array(
-                name,
-                data=half,
-                chunks=(min(len(half), frames_per_chunk(half.shape[1:])), *half.shape[1:]),
-                compressors=self.compressor,
-                dimension_names=self.metadata.streams[name].dims,
-            )
         checksums = {n: array_checksum(a) for n, a in cast.items()}
         done = replace(result, status=DONE, error=None, checksums=checksums)
-        group.attrs[VIDEO_ATTR] = done.to_dict()
+        self.index.append(key, WRITING)  # a writer killed now leaves the index "writing": settled from the file
+        write_video_file(self.path, key, {VIDEO_ATTR: done.to_dict()}, {
+            name: (half, self.compressor, self.metadata.streams[name].dims, frames_per_chunk(half.shape[1:]))
+            for name, half in cast.items()})
+        self.index.append(key, DONE, done.n_frames, video_bytes(self.path, key), device=done.device)
         return done
 
     def write_failure(self, key: str, error: str, result: VideoResult | Mapping[str, Any] | None = None) -> VideoResult:
         """Record that a video failed, with the reason; any partial data of it is removed."""
         result = result if isinstance(result, VideoResult) else VideoResult.from_dict(result or {})
-        group = self._fresh_group(key)
         failed = replace(result, status=FAILED, error=error)
-        group.attrs[VIDEO_ATTR] = failed.to_dict()
+        self.index.append(key, WRITING)
+        write_video_file(self.path, key, {VIDEO_ATTR: failed.to_dict()}, {})
+        self.index.append(key, FAILED, nbytes=video_bytes(self.path, key), error=error)
         return failed

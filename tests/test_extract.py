@@ -20,6 +20,7 @@ from bad_inputs import Case, check_outcomes
 from click.testing import CliRunner
 from extraction import extract
 from reliability_log import record
+from zarr.storage import ZipStore
 
 from glimpse.extract.cli import main
 from glimpse.store import StoreExistsError, open_store
@@ -103,10 +104,13 @@ def test_store_is_readable_with_plain_zarr(extracted):
     meta = root.attrs["glimpse"]
     assert meta["backbone"] == "googlenet" and meta["layer"] and meta["config_hash"]
     assert set(meta["versions"]) >= {"torch", "torchvision", "av", "opencv", "zarr"}
-    key = next(row["key"] for row in meta["videos"] if row["id"].endswith("c01") and "g90" not in row["id"])
-    array = root[f"videos/{key}/rgb"]
+    ids, keys = root["manifest/id"][:].tolist(), root["manifest/key"][:].tolist()  # the manifest's columns
+    key = next(k for i, k in zip(ids, keys, strict=True) if i.endswith("c01") and "g90" not in i)
+    video = zarr.open_group(ZipStore(extracted / "videos" / f"{key}.zip", mode="r"), mode="r")  # one file a video
+    array = video["rgb"]
     assert array.metadata.dimension_names == ("frame", "channel", "y", "x")
-    assert root[f"videos/{key}"].attrs["video"]["status"] == "done"
+    assert video.attrs["video"]["status"] == "done"
+    np.testing.assert_array_equal(array[...], open_store(extracted).read(ids[keys.index(key)]))
 
 
 def test_rerun_skips_finished_videos_and_refuses_another_config(extracted, tiny_with_bad_files, dask_client):

@@ -6,10 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from store_files import edit_entry, edit_zip, zipped_array
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.storage import ZipStore
 
 from glimpse.store.chunks import StoredStream
 from glimpse.store.reader import StoreError
+from glimpse.store.video_files import open_video
 
 CODECS = {
     "zstd": ZstdCodec(level=3),
@@ -30,11 +33,9 @@ def relu_cube(frames: int = 17, shape=(6, 3, 3), seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("codec", list(CODECS))
 def test_direct_reads_equal_zarrs_reads(codec, threads, tmp_path):
-    where = tmp_path / "rgb"
+    where = tmp_path / "rgb.zip"
     data = relu_cube()  # 17 frames in chunks of 5: the last chunk holds 2
-    zarr.create_array(str(where), data=data, chunks=(5, *data.shape[1:]), compressors=CODECS[codec],
-                      fill_value=7.0)
-    array = zarr.open_array(str(where), mode="r")
+    array = zipped_array(where, data, chunks=(5, *data.shape[1:]), compressors=CODECS[codec], fill_value=7.0)
     stream = StoredStream(array, str(where), where, threads=threads)
     assert stream.direct
     for lo, hi in RANGES:
@@ -44,19 +45,19 @@ def test_direct_reads_equal_zarrs_reads(codec, threads, tmp_path):
     np.testing.assert_array_equal(out, array[9:15])
     np.testing.assert_array_equal(stream.read(), data)
     for c in ("1", "3"):  # chunks never written (a middle one and the partial last one) read as the fill value
-        (where / "c" / c / "0" / "0" / "0").unlink()
-    again = zarr.open_array(str(where), mode="r")
+        edit_zip(where, f"c/{c}/0/0/0", lambda _: None)
+    again = zarr.open_array(ZipStore(where, mode="r"), mode="r")
+    stream = StoredStream(again, str(where), where, threads=threads)
     for lo, hi in RANGES:
         np.testing.assert_array_equal(stream.read(lo, hi), again[lo:hi], err_msg=f"{codec} {lo}..{hi}, missing")
 
 
 def test_layouts_the_reader_does_not_decode_itself_go_through_zarr(tmp_path):
     data = relu_cube()
-    zarr.create_array(str(tmp_path / "sharded"), data=data, chunks=(5, *data.shape[1:]),
-                      shards=(10, *data.shape[1:]), compressors=ZstdCodec(level=3))
-    zarr.create_array(str(tmp_path / "split"), data=data, chunks=(5, 3, 3, 3), compressors=ZstdCodec(level=3))
-    for name in ("sharded", "split"):
-        array = zarr.open_array(str(tmp_path / name), mode="r")
+    arrays = {"sharded": zipped_array(tmp_path / "sharded", data, chunks=(5, *data.shape[1:]),
+                                      shards=(10, *data.shape[1:]), compressors=ZstdCodec(level=3)),
+              "split": zipped_array(tmp_path / "split", data, chunks=(5, 3, 3, 3), compressors=ZstdCodec(level=3))}
+    for name, array in arrays.items():
         stream = StoredStream(array, name, tmp_path / name)
         assert not stream.direct
         for lo, hi in RANGES:
@@ -64,13 +65,12 @@ def test_layouts_the_reader_does_not_decode_itself_go_through_zarr(tmp_path):
 
 
 def test_a_bad_out_or_a_short_chunk_is_a_clear_error(tmp_path):
-    where = tmp_path / "rgb"
-    zarr.create_array(str(where), data=relu_cube(), chunks=(5, 6, 3, 3), compressors=None)
-    stream = StoredStream(zarr.open_array(str(where), mode="r"), str(where), where)
+    where = tmp_path / "rgb.zip"
+    stream = StoredStream(zipped_array(where, relu_cube(), chunks=(5, 6, 3, 3), compressors=None), str(where), where)
     with pytest.raises(ValueError, match="out is float32"):
         stream.read(0, 5, out=np.empty((5, 6, 3, 3), np.float32))
-    chunk = where / "c" / "1" / "0" / "0" / "0"
-    chunk.write_bytes(chunk.read_bytes()[:-2])
+    edit_zip(where, "c/1/0/0/0", lambda chunk: chunk[:-2])
+    stream = StoredStream(zarr.open_array(ZipStore(where, mode="r"), mode="r"), str(where), where)
     with pytest.raises(StoreError, match="chunk 1 holds"):
         stream.read(4, 12)
 
@@ -98,7 +98,7 @@ def test_store_read_equals_zarrs_values_for_frame_slices_and_lists(codec, tmp_pa
 
     written_store(tmp_path / "s", codec)
     store = open_store(tmp_path / "s")
-    array = zarr.open_array(str(tmp_path / "s" / "videos" / "v" / "rgb"), mode="r")
+    array = open_video(tmp_path / "s", "v")["rgb"]
     assert array.chunks[0] == 5 and store.stream("v").direct
     whole = np.asarray(array[...])
     for frames in PICKS:
@@ -118,8 +118,7 @@ def test_store_read_takes_the_direct_chunk_reader(tmp_path):
     from glimpse.store import open_store
 
     written_store(tmp_path / "s", "none")
-    chunk = tmp_path / "s" / "videos" / "v" / "rgb" / "c" / "1" / "0" / "0" / "0"
-    chunk.write_bytes(chunk.read_bytes()[:-2])
+    edit_entry(tmp_path / "s", "v", "rgb/c/1/0/0/0", lambda chunk: chunk[:-2])
     store = open_store(tmp_path / "s")
     np.testing.assert_array_equal(store.read("v", frames=slice(0, 5)), relu_cube(17, FRAME)[:5])
     with pytest.raises(StoreError, match="chunk 1 holds"):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from extraction import HEAVY_OPTS, extract
 from reliability_log import record
+from store_files import edit_entry
 from test_extract import REPO, assert_same_stores, cli_args
 
 from glimpse.store import StoreError, open_store
@@ -115,7 +116,7 @@ def test_hostile_store_metadata_is_refused_as_data_and_never_run(tiny_synthetic,
     extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone="googlenet",
                     weights="none", size=64, frames=6, batch_size=8)
     victim = open_store(out).videos[2]
-    (out / "videos" / video_key(victim.id) / "zarr.json").write_bytes(pickle.dumps(Boom()))
+    edit_entry(out, video_key(victim.id), "zarr.json", lambda _: pickle.dumps(Boom()))
     entries = {v.id: v for v in open_store(out).videos}
     assert entries[victim.id].status == "unreadable" and "zarr.json" in entries[victim.id].error
     assert sum(v.status == "done" for v in entries.values()) == 11  # the others still read

@@ -19,6 +19,7 @@ import test_train
 import torch
 from click.testing import CliRunner
 from reliability_log import record
+from store_files import edit_entry
 from test_reliability import Boom
 from test_train import FAST
 
@@ -114,17 +115,22 @@ def lie_about_shapes(store: Path) -> tuple[str, str]:
     videos = open_store(store).videos
     wide = next(v for v in videos if v.splits["1"] == "train")
     long = next(v for v in videos if v.splits["1"] == "test")
-    array_meta = store / "videos" / wide.key / "rgb" / "zarr.json"
-    meta = json.loads(array_meta.read_text())
-    assert meta["shape"][1:] == [1024, 2, 2]
-    meta["shape"][2:] = [4, 4]
-    meta["chunk_grid"]["configuration"]["chunk_shape"][2:] = [4, 4]
-    array_meta.write_text(json.dumps(meta))
-    group_meta = store / "videos" / long.key / "zarr.json"
-    meta = json.loads(group_meta.read_text())
-    assert meta["attributes"]["video"]["n_frames"] == 6
-    meta["attributes"]["video"]["n_frames"] = 9
-    group_meta.write_text(json.dumps(meta))
+
+    def wider(data: bytes) -> bytes:
+        meta = json.loads(data)
+        assert meta["shape"][1:] == [1024, 2, 2]
+        meta["shape"][2:] = [4, 4]
+        meta["chunk_grid"]["configuration"]["chunk_shape"][2:] = [4, 4]
+        return json.dumps(meta).encode()
+
+    def longer(data: bytes) -> bytes:
+        meta = json.loads(data)
+        assert meta["attributes"]["video"]["n_frames"] == 6
+        meta["attributes"]["video"]["n_frames"] = 9
+        return json.dumps(meta).encode()
+
+    edit_entry(store, wide.key, "rgb/zarr.json", wider)
+    edit_entry(store, long.key, "zarr.json", longer)
     return wide.id, long.id
 
 

@@ -177,3 +177,30 @@ def test_refused_credentials_are_one_line(uploaded, s3, monkeypatch):
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks every key from now on
     assert_one_line(subprocess_cli("glimpse.store", "info", uploaded[1], env={**s3, "AWS_ACCESS_KEY_ID": "nobody"}),
                     uploaded[1], "the server refused access")
+
+
+def test_ls_info_and_training_selection_on_s3_list_no_video_prefix(uploaded, monkeypatch):
+    import s3fs
+
+    from glimpse.train.clips import role_videos
+
+    local, url = uploaded
+    prefixes: list[str] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):  # every request s3fs makes goes through here
+        if method == "list_objects_v2":
+            prefixes.append(kwargs.get("Prefix", "") + ("" if kwargs.get("Delimiter") == "/" else "**"))
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    s3fs.S3FileSystem.clear_instance_cache()  # no listing served from an earlier test's cache
+    cli("ls", f"s3://{BUCKET}/stores")
+    info = json.loads(cli("info", url, "--json"))
+    selected = role_videos(open_store(url), "1", "train")
+    assert info["videos"]["done"] == 12
+    assert [v.id for v in selected] == [v.id for v in role_videos(open_store(local), "1", "train")] and selected
+    assert prefixes, "the spy saw no LIST request"
+    videos = [p for p in prefixes if "/videos" in p]
+    recursive = [p for p in prefixes if p.endswith("**") and not p.endswith(("/manifest/**", "/index/**"))]
+    assert not videos and not recursive, prefixes  # one folder level at a time, never into videos/

@@ -7,12 +7,13 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from extraction import extract
+from old_stores import as_schema_1
+from store_files import edit_entry
 from test_extract import TINY_OPTS
 
 from glimpse.extract.cli import main as extract_main
@@ -157,8 +158,7 @@ def test_a_registered_toy_stream_is_extracted_stored_read_and_verified(toy_strea
     runner = CliRunner()
     assert runner.invoke(store_main, ["verify", str(stores["pipelined"])]).exit_code == 0
     victim = pipelined.videos[0]
-    chunk = next((stores["pipelined"] / "videos" / victim.key / "toy").rglob("c/*/*/*/*"))
-    chunk.write_bytes(chunk.read_bytes()[:-1] + bytes([chunk.read_bytes()[-1] ^ 0xFF]))
+    edit_entry(stores["pipelined"], victim.key, "toy/c/0/0/0/0", lambda chunk: chunk[:-1] + bytes([chunk[-1] ^ 0xFF]))
     broken = runner.invoke(store_main, ["verify", str(stores["pipelined"])])
     assert broken.exit_code != 0 and victim.id in broken.output  # verify checks the toy stream too
 
@@ -185,11 +185,7 @@ def test_an_old_store_is_refused_with_the_upgrade_and_upgraded_in_place(tmp_path
     records = [*RECORDS, VideoRecord(id="both", path="/v/both.avi", labels=(0, 1), splits={"1": "train"})]
     create_store(store, dataset="d", classes=["a", "b"], records=records, config={},
                  streams={"rgb": {"frame_shape": [1, 1, 1]}}, multi_label=False)
-    metadata = Path(store / "zarr.json")
-    meta = json.loads(metadata.read_text())
-    del meta["attributes"]["glimpse"]["multi_label"]
-    meta["attributes"]["glimpse"]["schema_version"] = 1  # as glimpse 0.1 wrote it
-    metadata.write_text(json.dumps(meta))
+    as_schema_1(store)  # as glimpse 0.1 wrote it
     with pytest.raises(StoreError, match=f"schema version 1, this glimpse reads version {SCHEMA_VERSION}; "
                                          f"upgrade it with 'python -m glimpse.store upgrade {store}'"):
         open_store(store)

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from extraction import extract
+from store_files import chunk_entries, edit_entry
 from test_extract import REPO, TINY_OPTS
 
 from glimpse.store import StoreError, StoreExistsError, open_store
 from glimpse.store.catalog import resolve_store
 from glimpse.store.claims import claim_video
+from glimpse.store.index import IndexLog
 from glimpse.store.layout import video_key
 from glimpse.store.maintenance import collect_garbage, extraction_options, recode_store
 from glimpse.store.verify import verify_store
+from glimpse.store.video_files import video_path
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +54,25 @@ def test_gc_removes_what_a_crashed_writer_left_and_spares_live_writers(lab, tmp_
     shutil.copytree(lab[1].store, store_path)
     videos = open_store(store_path).videos
     crashed, live = videos[0], videos[1]
-    group = zarr.open_group(str(store_path), mode="r+")[f"videos/{video_key(crashed.id)}"]
-    group.attrs["video"] = {"status": "writing"}  # as a writer killed between its arrays and its "done"
-    (store_path / "videos" / video_key(crashed.id) / "rgb" / "zarr.json.abc.partial").write_bytes(b"half")
-    group_live = zarr.open_group(str(store_path), mode="r+")[f"videos/{video_key(live.id)}"]
-    group_live.attrs["video"] = {"status": "writing"}
+    log = IndexLog(store_path)  # what the two writers logged before they touched their videos
+    log.append(video_key(crashed.id), "writing")
+    log.append(video_key(live.id), "writing")
+    log.close()
+    temporary = {}
+    for video in (crashed, live):  # as writers killed (or still going) half-way through a video's file
+        whole = Path(video_path(store_path, video.key))
+        temporary[video.id] = whole.with_name(f".{whole.name}.tmp4242")
+        temporary[video.id].write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    Path(video_path(store_path, crashed.key)).unlink()  # a video being written again after a repair
+    (store_path / "zarr.json.abc.partial").write_bytes(b"half")
+    assert {v.id: v.status for v in open_store(store_path).videos}[crashed.id] == "pending"  # no half video read
     with claim_video(store_path, video_key(live.id)):  # a live run is writing this one
         cleanup = collect_garbage(store_path)
     assert cleanup.groups == [crashed.id] and cleanup.partial_files == 1 and cleanup.busy == [live.id]
     after = {v.id: v.status for v in open_store(store_path).videos}
-    assert after[crashed.id] == "pending" and after[live.id] == "writing"
-    assert not (store_path / "videos" / video_key(crashed.id)).exists()
+    assert after[crashed.id] == "pending" and after[live.id] == "done"
+    assert not temporary[crashed.id].exists() and temporary[live.id].exists()
+    assert collect_garbage(store_path).groups == [live.id]  # its writer gone, its file is garbage too
 
 
 @pytest.mark.slow
@@ -71,10 +81,7 @@ def test_repair_redoes_a_corrupted_video_through_the_extraction_stage(lab, tmp_p
     shutil.copytree(lab[1].store, store_path)
     victim = open_store(store_path).videos[4]
     original = open_store(store_path).read(victim.id, "rgb")
-    chunk = next((store_path / "videos" / video_key(victim.id) / "rgb").rglob("c/*/*/*/*"))
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    edit_entry(store_path, victim.key, "rgb/c/0/0/0/0", lambda chunk: flip_middle_byte(chunk))
     assert [vid for vid, _ in verify_store(store_path)] == [victim.id]
     dry = subprocess.run([sys.executable, "-m", "glimpse.store", "repair", str(store_path), "--dry-run"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
@@ -96,10 +103,13 @@ def test_repair_asks_the_extraction_api_for_nothing_it_does_not_take(lab):
     assert FeatureRequest(**features).dataset == "synthetic" and RunOptions(**run).out == lab[1].store
 
 
-def chunk_files(store_path) -> dict[str, bytes]:
-    """Every chunk file of a store's videos, by its path inside the store."""
-    root = Path(store_path) / "videos"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("c/*/*/*/*"))}
+def flip_middle_byte(data: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    return bytes(flipped)
+
+
+chunk_files = chunk_entries
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +168,7 @@ def test_recode_copies_a_store_to_another_codec_file_for_file(lab, raw_store, tm
     assert back == {"done": 12, "failed": 0, "pending": 0}
     assert chunk_files(tmp_path / "back") == chunk_files(lab[1].store)
     # an interrupted copy is finished; a folder that is no store is refused and left as it was
-    shutil.rmtree(copy / "videos" / copied.videos[3].key)
+    Path(video_path(copy, copied.videos[3].key)).unlink()
     assert recode_store(lab[1].store, copy, "none") == {"done": 12, "failed": 0, "pending": 0}
     assert chunk_files(copy) == chunk_files(raw_store)
     with pytest.raises(StoreExistsError, match="codec none, this run asks for lz4"):

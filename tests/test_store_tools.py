@@ -23,6 +23,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 from extraction import extract
+from store_files import edit_entry
 
 from glimpse.store import VideoRecord, create_store, open_store
 from glimpse.store.catalog import store_info, store_summary
@@ -97,6 +98,11 @@ def edit_json(path: Path, change) -> None:
     meta = json.loads(path.read_text())
     change(meta)
     path.write_text(json.dumps(meta))
+
+
+def edited(meta: dict, change) -> dict:
+    change(meta)
+    return meta
 
 
 def run_cli(*args: str, env: dict | None = None):
@@ -219,13 +225,16 @@ def flip_position(chunk: bytes, kind: str) -> int:
 def test_verify_names_the_video_with_a_flipped_chunk_byte(extracted, tmp_path, kind, reason):
     store = copy_of(extracted, tmp_path)
     victim = [v for v in open_store(store).videos if v.status == "done"][5]
-    chunk = store / "videos" / victim.key / "rgb" / "c" / "0" / "0" / "0" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[flip_position(bytes(data), kind)] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+
+    def flip(chunk: bytes) -> bytes:
+        data = bytearray(chunk)
+        data[flip_position(chunk, kind)] ^= 0xFF
+        return bytes(data)
+
+    edit_entry(store, victim.key, "rgb/c/0/0/0/0", flip)
     bad = verify_store(store)
     assert [vid for vid, _ in bad] == [victim.id]
-    assert reason in bad[0][1] and f"videos/{victim.key}/rgb" in bad[0][1]
+    assert reason in bad[0][1] and f"videos/{victim.key}.zip/rgb" in bad[0][1]
     result = run_cli("verify", store)
     assert result.exit_code == 1 and victim.id in result.output and reason in result.output
 
@@ -240,7 +249,7 @@ def set_shape(shape: list[int], chunks: bool = False):
 
 
 SHAPE_LIES = {
-    # case: (file to edit relative to the video or the store, edit, videos that go bad, phrase in the reason)
+    # case: (entry of the video's file, or file of the store, to edit; edit; videos that go bad; phrase in the reason)
     "array frame shape": ("rgb/zarr.json", set_shape([4, 1024, 3, 3]), 1,
                           "per-frame shape (1024, 3, 3) but the store declares (1024, 2, 2)"),
     "array frame count": ("flow_cnn/zarr.json", set_shape([5, 1024, 2, 2]), 1,
@@ -249,7 +258,7 @@ SHAPE_LIES = {
                          "chunk data does not decode"),
     "frame indices": ("zarr.json", lambda m: m["attributes"]["video"]["frame_indices"].pop(), 1,
                       "frame counts disagree: n_frames 4, frame_indices 3, timestamps 4"),
-    "root frame shape": ("../../zarr.json",
+    "root frame shape": ("STORE/zarr.json",
                          lambda m: m["attributes"]["glimpse"]["streams"]["rgb"].update(frame_shape=[1024, 3, 3]), 12,
                          "per-frame shape (1024, 2, 2) but the store declares (1024, 3, 3)"),
 }
@@ -260,7 +269,10 @@ def test_verify_reports_metadata_that_lies_about_shapes(extracted, tmp_path, cas
     relative, change, n_bad, phrase = SHAPE_LIES[case]
     store = copy_of(extracted, tmp_path)
     victim = [v for v in open_store(store).videos if v.status == "done"][2]
-    edit_json((store / "videos" / victim.key / relative).resolve(), change)
+    if relative.startswith("STORE/"):
+        edit_json(store / relative.removeprefix("STORE/"), change)
+    else:
+        edit_entry(store, victim.key, relative, lambda data: json.dumps(edited(json.loads(data), change)).encode())
     bad = dict(verify_store(store))
     assert len(bad) == n_bad and victim.id in bad
     assert all(phrase in why for why in bad.values()), bad[victim.id]
@@ -270,17 +282,22 @@ def test_verify_reports_metadata_that_lies_about_shapes(extracted, tmp_path, cas
 def test_verify_reports_nan_missing_arrays_lost_chunks_and_unreadable_metadata(extracted, tmp_path):
     store = copy_of(extracted, tmp_path)
     nan, missing, lost, unreadable = [v for v in open_store(store).videos if v.status == "done"][:4]
-    array = zarr.open_array(str(store / "videos" / nan.key / "rgb"), mode="r+")
-    array[1, 0, 0, 0] = np.nan
-    shutil.rmtree(store / "videos" / missing.key / "flow_cnn")
-    (store / "videos" / lost.key / "flow" / "c" / "0" / "0" / "0" / "0").unlink()
-    (store / "videos" / unreadable.key / "zarr.json").write_text("{not json")
+
+    def one_nan(chunk: bytes) -> bytes:  # rgb[1, 0, 0, 0] of a chunk of (frames, 1024, 2, 2) float16
+        values = np.frombuffer(numcodecs.Zstd().decode(chunk), np.float16).copy()
+        values[1024 * 2 * 2] = np.nan
+        return numcodecs.Zstd(level=3).encode(values.tobytes())
+
+    edit_entry(store, nan.key, "rgb/c/0/0/0/0", one_nan)
+    edit_entry(store, missing.key, "flow_cnn/", lambda _: None)
+    edit_entry(store, lost.key, "flow/c/0/0/0/0", lambda _: None)
+    edit_entry(store, unreadable.key, "zarr.json", lambda _: b"{not json")
     bad = dict(verify_store(store))
     assert set(bad) == {nan.id, missing.id, lost.id, unreadable.id}
     assert "1 values are NaN or Inf" in bad[nan.id] and "sha256 differs" in bad[nan.id]
-    assert f"videos/{missing.key}/flow_cnn: array missing" in bad[missing.id]
-    assert f"videos/{lost.key}/flow: sha256 differs" in bad[lost.id]
-    assert f"videos/{unreadable.key}/zarr.json" in bad[unreadable.id]
+    assert f"videos/{missing.key}.zip/flow_cnn: array missing" in bad[missing.id]
+    assert f"videos/{lost.key}.zip/flow: sha256 differs" in bad[lost.id]
+    assert f"videos/{unreadable.key}.zip" in bad[unreadable.id]
     result = run_cli("verify", store)
     assert result.exit_code == 1 and all(vid in result.output for vid in bad)
 
