@@ -277,7 +277,8 @@ def compact(store_path: str | Path, keys: Sequence[str],
             rebuild_from: Callable[[], IndexState] | None = None) -> IndexState:
     """Fold every log of a local store into a new snapshot and delete the logs of writers that are gone.
 
-    ``result_status(key)`` (status, n_frames, error, device from the video's attributes) settles the videos the logs leave
+    ``result_status(key)`` (status, n_frames, error, device from the video's attributes) settles the videos the
+    logs leave
     "writing" (a writer killed between its attributes and its log line). ``rebuild_from()``, when given, replaces
     the snapshot and the logs' past lines with a state read from every video's attributes (``store reindex``): the
     logs' lengths are taken first, so a line a writer adds during the scan is applied on top of it.

@@ -8,6 +8,8 @@ A task killed half-way leaves a temporary file (ignored by readers, removed by `
 from __future__ import annotations
 
 import getpass
+import os
+import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -121,14 +123,20 @@ def _refuse_non_store(path: Path) -> None:
     """A StoreExistsError when ``path`` is a file, or a non-empty directory that holds no store (a wrong --out)."""
     if path.exists() and not path.is_dir():
         raise StoreExistsError(f"{path}: is a file, not a store or a folder to make one in; refusing to write")
-    if path.is_dir() and any(p.name != CLAIMS_DIR for p in path.iterdir()):
+    if path.is_dir() and any(p.name != CLAIMS_DIR and not p.name.startswith(STAGING_PREFIX) for p in path.iterdir()):
         try:
             _open_root(path, "r")
         except StoreError as exc:  # checked before the claims folder is made: a wrong --out is left untouched
             raise StoreExistsError(f"{path}: exists and is not a glimpse store; refusing to write ({exc})") from exc
 
 
+#: Prefix of the folder a new store is built in before its parts are renamed into place (root metadata last).
+STAGING_PREFIX = ".creating-"
+
+
 def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked: bool) -> StoreWriter:
+    for staging in path.glob(f"{STAGING_PREFIX}*"):  # a creation killed half-way (we hold the creation lock)
+        shutil.rmtree(staging, ignore_errors=True)
     contents = [p for p in path.iterdir() if p.name != CLAIMS_DIR]
     if contents:
         try:
@@ -150,11 +158,18 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked:
             )
         for item in contents:  # the claims folder stays: its locks may be held right now
             shutil.rmtree(item) if item.is_dir() else item.unlink()
-    # under the creation lock with nothing but the claims folder here: "a" creates the group, touching no lock
-    root = zarr.open_group(str(path), mode="a", zarr_format=3, attributes={ROOT_ATTR: meta.head_dict()})
+    # Under the creation lock with nothing but the claims folder here. The store is built beside, then moved in with
+    # its root metadata last: a reader that sees zarr.json sees the whole manifest (schema 2 held it in zarr.json).
+    staging = path / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
+    root = zarr.open_group(str(staging), mode="w", zarr_format=3, attributes={ROOT_ATTR: meta.head_dict()})
     write_manifest(root, meta.videos)
     root.create_group(VIDEOS_GROUP)
-    write_snapshot(path, IndexState.empty(len(meta.videos)))
+    write_snapshot(staging, IndexState.empty(len(meta.videos)))
+    for item in staging.iterdir():
+        if item.name != "zarr.json":
+            os.rename(item, path / item.name)
+    os.rename(staging / "zarr.json", path / "zarr.json")
+    staging.rmdir()
     return StoreWriter(path)
 
 

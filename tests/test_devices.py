@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -14,6 +15,7 @@ from test_extract import REPO, TINY_OPTS
 
 from glimpse.store import open_store
 from glimpse.store.catalog import format_info, store_info
+from glimpse.store.writer import StoreWriter
 
 OPTIONS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_OPTS.items()]
 
@@ -41,11 +43,10 @@ def test_the_store_records_the_device_and_tf32_and_info_shows_them(tiny_syntheti
     assert "device cpu" in shown and "tf32 off" in shown
     videos = open_store(summary.store).videos
     assert {v.device for v in videos} == {"cpu"} and "devices " not in shown  # one device: no devices line
-    root = zarr.open_group(summary.store, mode="r+")
+    store, writer = open_store(summary.store), StoreWriter(summary.store)
     for n, video in enumerate(videos[:3]):  # as a resumed run on a GPU wrote two of them, and an old glimpse one
-        attrs = root[f"videos/{video.key}"]
-        result = {k: v for k, v in cast(dict[str, Any], attrs.attrs["video"]).items() if k != "device"}
-        attrs.attrs["video"] = result if n == 2 else {**result, "device": "cuda NVIDIA H200"}
+        arrays = {name: store.stream(video.id, name).read() for name in store.streams}
+        writer.write_video(video.key, arrays, replace(video.result, device=None if n == 2 else "cuda NVIDIA H200"))
     assert open_store(summary.store).video(videos[2].id).device is None  # a video written before it was recorded
     shown = format_info(store_info(summary.store)).splitlines()
     assert f"devices      cpu {len(videos) - 3}, cuda NVIDIA H200 2, unrecorded 1" in shown
