@@ -54,6 +54,19 @@ def atomic_link(source: str | Path, target: str | Path) -> Path:
     return target
 
 
+def publish_folder(staging: str | Path, target: str | Path, last: str) -> None:
+    """Move every entry of the folder ``staging`` into the folder ``target``, the entry named ``last`` after all the
+    others, then remove ``staging``: a reader that finds ``target/last`` finds the rest (a new store's root metadata
+    is ``last``). Both folders must be on one file system."""
+    staging, target = Path(staging), Path(target)
+    for item in staging.iterdir():
+        if item.name != last:
+            os.replace(item, target / item.name)
+    os.replace(staging / last, target / last)
+    staging.rmdir()
+    _sync_folder(target)
+
+
 def _sync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX; elsewhere a no-op)."""
     if hasattr(os, "O_DIRECTORY"):

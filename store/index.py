@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from glimpse.files import atomic_writer
 from glimpse.store.schema import DONE, FAILED, PENDING, WRITING
 from glimpse.store.video_files import video_bytes as file_bytes
 
@@ -200,11 +201,9 @@ def write_snapshot(store_path: str | Path, state: IndexState) -> None:
     folder.mkdir(exist_ok=True)
     about = json.dumps({"errors": {str(k): v for k, v in state.errors.items()}, "covered": state.covered,
                         "devices": state.devices})
-    tmp = folder / f".{SNAPSHOT}.{secrets.token_hex(4)}.partial"
-    with open(tmp, "wb") as f:
+    with atomic_writer(folder / SNAPSHOT) as f:  # readers see the old snapshot or the new one
         np.savez(f, status=state.status, n_frames=state.n_frames, bytes=state.nbytes, device=state.device,
                  about=np.array(about))
-    os.replace(tmp, folder / SNAPSHOT)
 
 
 class IndexLog:
@@ -278,8 +277,7 @@ def compact(store_path: str | Path, keys: Sequence[str],
     """Fold every log of a local store into a new snapshot and delete the logs of writers that are gone.
 
     ``result_status(key)`` (status, n_frames, error, device from the video's attributes) settles the videos the
-    logs leave
-    "writing" (a writer killed between its attributes and its log line). ``rebuild_from()``, when given, replaces
+    logs leave "writing" (a writer killed between its file and its log line). ``rebuild_from()``, when given, replaces
     the snapshot and the logs' past lines with a state read from every video's attributes (``store reindex``): the
     logs' lengths are taken first, so a line a writer adds during the scan is applied on top of it.
     """

@@ -8,7 +8,6 @@ A task killed half-way leaves a temporary file (ignored by readers, removed by `
 from __future__ import annotations
 
 import getpass
-import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from glimpse.files import publish_folder
 from glimpse.store.claims import CLAIMS_DIR, creation_lock
 from glimpse.store.index import IndexLog, IndexState, video_bytes, write_snapshot
 from glimpse.store.layout import (
@@ -165,11 +165,7 @@ def _create_or_reopen(path: Path, meta: StoreMeta, overwrite: bool, codec_asked:
     write_manifest(root, meta.videos)
     root.create_group(VIDEOS_GROUP)
     write_snapshot(staging, IndexState.empty(len(meta.videos)))
-    for item in staging.iterdir():
-        if item.name != "zarr.json":
-            os.rename(item, path / item.name)
-    os.rename(staging / "zarr.json", path / "zarr.json")
-    staging.rmdir()
+    publish_folder(staging, path, last="zarr.json")
     return StoreWriter(path)
 
 

@@ -25,6 +25,7 @@ from test_train import FAST
 
 from glimpse.evaluate.cli import main as evaluate_cli
 from glimpse.store import open_store
+from glimpse.store.maintenance import reindex_store
 from glimpse.train.cli import main as train_cli
 from glimpse.train.loop import resume_run, train_model
 from glimpse.train.predict import load_run, predict_run
@@ -131,6 +132,7 @@ def lie_about_shapes(store: Path) -> tuple[str, str]:
 
     edit_entry(store, wide.key, "rgb/zarr.json", wider)
     edit_entry(store, long.key, "zarr.json", longer)
+    reindex_store(store)  # a hostile store whose index tells the same lie as its attributes
     return wide.id, long.id
 
 
