@@ -104,7 +104,7 @@ def measure(root: Path, n: int, keys: list[str]) -> dict[str, float]:
 
 def run(quick: bool = False) -> str:
     """Markdown section: the growth table of a store's open, listing, description, verify and writes."""
-    sizes = list(QUICK_SIZES if quick else SIZES)
+    sizes: list[int] = list(QUICK_SIZES if quick else SIZES)
     largest = int(os.environ.get("GLIMPSE_SCALE_MAX", "0"))
     if largest and not quick:
         sizes.append(largest)

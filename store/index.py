@@ -298,10 +298,11 @@ def compact(store_path: str | Path, keys: Sequence[str],
         else:
             state = read_index(str(store_path), lambda: where, len(keys))
         if result_status is not None:
-            for at in np.flatnonzero(state.status == _CODE[WRITING]).tolist():
-                status, n_frames, error, device = result_status(keys[at])
+            for at in np.flatnonzero(state.status == _CODE[WRITING]):
+                key: str = keys[int(at)]
+                status, n_frames, error, device = result_status(key)
                 if status in (DONE, FAILED, PENDING):
-                    state.set(at, status, n_frames, video_bytes(store_path, keys[at]), error, device)
+                    state.set(int(at), status, n_frames, video_bytes(store_path, key), error, device)
         gone = [name for name in state.covered if _writer_gone(Path(files.base) / name)]
         for name in gone:  # read to its end above, and no one appends to it any more
             state.covered.pop(name)

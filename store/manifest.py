@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import numpy as np
 import zarr
@@ -70,17 +71,25 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _column(group: zarr.Group, name: str) -> np.ndarray:
+    """One column of the manifest, whole (one array read)."""
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise KeyError(f"{MANIFEST_GROUP}/{name} is not an array")
+    return np.asarray(array[...])
+
+
 def read_keys(root: zarr.Group) -> list[str]:
     """Every video's key in manifest order (one array read)."""
-    return [str(k) for k in root[f"{MANIFEST_GROUP}/key"][...].tolist()]
+    return [str(k) for k in _column(root, f"{MANIFEST_GROUP}/key").tolist()]
 
 
 def read_manifest(root: zarr.Group) -> tuple[ManifestRow, ...]:
     """Every row of the store's manifest, in order (about 1 s at 650,000 videos)."""
     group = root[MANIFEST_GROUP]
     assert isinstance(group, zarr.Group)
-    split_names = list(group.attrs.get("split_names", []))
-    col = {name: group[name][...] for name in group.array_keys()}  # one read per column
+    split_names = [str(name) for name in cast(list, group.attrs.get("split_names", []))]
+    col = {name: _column(group, name) for name in group.array_keys()}  # one read per column
     n = len(col["id"])
     if n == 0:
         return ()

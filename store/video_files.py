@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -175,7 +175,7 @@ def read_video_attrs(store: str | Path, key: str,
             meta = _first_entry(read)
     if meta is None:  # not written by glimpse's writer: the zip's own directory finds it
         with opened_video(store, key, storage_options) as group:
-            return group.attrs.get(VIDEO_ATTR)
+            return cast("dict[str, Any] | None", group.attrs.get(VIDEO_ATTR))
     return meta["attributes"].get(VIDEO_ATTR)
 
 
@@ -258,10 +258,10 @@ def upgrade_video_layout(path: str | Path) -> int:
             except Exception:  # no group metadata: a writer killed before it wrote any
                 shutil.rmtree(entry.path)
                 continue
-            attrs = dict(old.attrs)
+            attrs: dict[str, Any] = dict(old.attrs)
             if VIDEO_ATTR in attrs and attrs[VIDEO_ATTR].get("status") in (DONE, FAILED):
-                arrays = {name: (array[...], array.compressors[0] if array.compressors else None,
-                                 array.metadata.dimension_names, array.chunks[0])
+                arrays: dict[str, Any] = {name: (array[...], array.compressors[0] if array.compressors else None,
+                                 getattr(array.metadata, "dimension_names", None), array.chunks[0])
                           for name, array in old.arrays()}
                 write_video_file(path, key, attrs, arrays)
                 converted += 1

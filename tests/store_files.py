@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -58,8 +59,9 @@ def rewrite_stream(store: str | Path, key: str, stream: str, change: Callable[[n
     attributes (checksums included) kept: data changed behind the store's back."""
     with opened_video(store, key) as video:
         attrs = dict(video.attrs)
-        arrays = {name: (array[...], array.compressors[0] if array.compressors else None,
-                         array.metadata.dimension_names, array.chunks[0]) for name, array in video.arrays()}
+        arrays: dict[str, Any] = {name: (array[...], array.compressors[0] if array.compressors else None,
+                                         getattr(array.metadata, "dimension_names", None), array.chunks[0])
+                                  for name, array in video.arrays()}
     data, *rest = arrays[stream]
     arrays[stream] = (change(data), *rest)
     write_video_file(store, key, attrs, arrays)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from typing import cast
 
 import pytest
 import torch
@@ -66,9 +67,9 @@ def test_a_lost_device_fails_its_video_alone_and_its_worker_is_replaced(tiny_syn
     monkeypatch.setenv(FAULT_ENV, victim)  # the workers (and their replacements) inherit it
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        before = set(client.run(os.getpid).values())
+        before = set(cast(dict, client.run(os.getpid)).values())
         summary = extract("synthetic", str(tiny_synthetic), str(tmp_path / "s"), client=client, **TINY_OPTS)
-        after = set(client.run(os.getpid).values())
+        after = set(cast(dict, client.run(os.getpid)).values())
     assert list(summary.failed) == [victim]
     assert "device lost (RuntimeError: CUDA error: an illegal memory access" in summary.failed[victim]
     assert "its worker was replaced" in summary.failed[victim]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -101,15 +102,16 @@ def test_local_cluster_extracts_good_videos_and_fails_bad_ones_with_reasons(extr
 
 def test_store_is_readable_with_plain_zarr(extracted):
     root = zarr.open_group(str(extracted), mode="r")
-    meta = root.attrs["glimpse"]
+    meta = cast(dict[str, Any], root.attrs["glimpse"])
     assert meta["backbone"] == "googlenet" and meta["layer"] and meta["config_hash"]
     assert set(meta["versions"]) >= {"torch", "torchvision", "av", "opencv", "zarr"}
-    ids, keys = root["manifest/id"][:].tolist(), root["manifest/key"][:].tolist()  # the manifest's columns
+    ids = cast(zarr.Array, root["manifest/id"])[:].tolist()  # the manifest's columns
+    keys = cast(zarr.Array, root["manifest/key"])[:].tolist()
     key = next(k for i, k in zip(ids, keys, strict=True) if i.endswith("c01") and "g90" not in i)
     video = zarr.open_group(ZipStore(extracted / "videos" / f"{key}.zip", mode="r"), mode="r")  # one file a video
-    array = video["rgb"]
-    assert array.metadata.dimension_names == ("frame", "channel", "y", "x")
-    assert video.attrs["video"]["status"] == "done"
+    array = cast(zarr.Array, video["rgb"])
+    assert getattr(array.metadata, "dimension_names", None) == ("frame", "channel", "y", "x")
+    assert cast(dict[str, Any], video.attrs["video"])["status"] == "done"
     np.testing.assert_array_equal(array[...], open_store(extracted).read(ids[keys.index(key)]))
 
 

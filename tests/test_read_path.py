@@ -3,6 +3,8 @@ the reader decodes itself, in one thread and in several, with a partial last chu
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 import zarr
@@ -98,7 +100,7 @@ def test_store_read_equals_zarrs_values_for_frame_slices_and_lists(codec, tmp_pa
 
     written_store(tmp_path / "s", codec)
     store = open_store(tmp_path / "s")
-    array = open_video(tmp_path / "s", "v")["rgb"]
+    array = cast(zarr.Array, open_video(tmp_path / "s", "v")["rgb"])
     assert array.chunks[0] == 5 and store.stream("v").direct
     whole = np.asarray(array[...])
     for frames in PICKS:
