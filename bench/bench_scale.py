@@ -1,11 +1,11 @@
 """Stores at Kinetics scale (issue 25): open, list, describe, verify and write a synthetic store of N videos.
 
     python -m bench scale                          N = 1,000 / 10,000 / 100,000
-    GLIMPSE_SCALE_MAX=650000 python -m bench scale also 650,000 (about 3 million files on today's layout)
+    GLIMPSE_SCALE_MAX=650000 python -m bench scale also 650,000 (650,000 video files)
 
 Each store is made by :func:`glimpse.store.create_store` (the real manifest), one template video written by the real
-:class:`StoreWriter`, then a bench-only bulk path that copies the template's files under every other key (the same
-format: group attributes, array metadata, one chunk) and writes the index snapshot as a compaction would. All but
+:class:`StoreWriter`, then a bench-only bulk path that copies the template's file under every other key (the same
+format: one zip file per video) and writes the index snapshot as a compaction would. All but
 :data:`PENDING_LEFT` videos are done; the writer times write those.
 """
 
@@ -128,12 +128,13 @@ def run(quick: bool = False) -> str:
         "## Stores at scale: open, list, describe, verify and write at N videos",
         "",
         f"A synthetic store of N videos of {FRAMES} frames of 4 x 2 x 2 (the manifest by `create_store`, one video by "
-        "the real writer, the rest copies of its files, the index snapshot written as a compaction would), "
+        "the real writer, the rest copies of its file, the index snapshot written as a compaction would), "
         f"{PENDING_LEFT} left pending. `open` is `open_store`, `videos` a fresh store's `Store.videos` (manifest "
         "and index read), `ls` `list_stores` of a root holding it, `info` `store_info`, `verify` one video's checks "
         f"(of {SAMPLE} drawn), `start` `StoreWriter(path)`, `write` the median `write_video` of the "
-        f"{PENDING_LEFT} pending ones, `files` the files of one video (today's layout: group, array metadata, one "
-        f"chunk per 5 frames). Building took " + ", ".join(f"{s:.0f} s at {n:,}" for n, s in build_s.items()) + ".",
+        f"{PENDING_LEFT} pending ones, `files` the files of one video (one zip file "
+        "holding its group, array metadata and chunks). Building took "
+        + ", ".join(f"{s:.0f} s at {n:,}" for n, s in build_s.items()) + ".",
         "",
         "| videos | open | videos | ls | info | verify / video | writer start | write / video | files / video |",
         "|---|---|---|---|---|---|---|---|---|",
