@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from glimpse.extract.api import FeatureRequest, RunOptions, extract_dataset
@@ -26,3 +28,20 @@ def extract(dataset: str, root: str, out: str | None = None, *, client: Any = No
     request = FeatureRequest(dataset, root, **{k: v for k, v in options.items() if k in FEATURE_FIELDS})
     run = RunOptions(out=out, **{k: v for k, v in options.items() if k in RUN_FIELDS})
     return extract_dataset(request, run, client)
+
+
+def stores_per_backbone(root: Path, make_folder: Callable[[], Path], client: Any,
+                        options_of: Callable[[str], dict[str, Any]]) -> Callable[[str], Path]:
+    """A function from a backbone's name to its store of the synthetic dataset at ``root`` (extracted with
+    ``options_of(name)`` into a folder of ``make_folder``, once per name; no video may fail)."""
+    stores: dict[str, Path] = {}
+
+    def store_of(name: str) -> Path:
+        if name not in stores:
+            out = make_folder() / name
+            assert not extract("synthetic", str(root), str(out), client=client, backbone=name,
+                               **options_of(name)).failed
+            stores[name] = out
+        return stores[name]
+
+    return store_of

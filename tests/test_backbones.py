@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from extraction import extract
+from extraction import extract, stores_per_backbone
 from torchvision.transforms.v2 import functional as TF
 
 from glimpse.extract.backbones import (
@@ -340,17 +340,8 @@ def extracted_cubes(out: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def extracted(tiny_synthetic, dask_client, tmp_path_factory):
     """Backbone name -> its store of the tiny dataset with random weights at its small size, extracted once."""
-    stores: dict[str, Path] = {}
-
-    def store_of(name: str) -> Path:
-        if name not in stores:
-            out = tmp_path_factory.mktemp("stores") / name
-            assert not extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone=name,
-                               size=SMALL[name], **EXTRACT).failed
-            stores[name] = out
-        return stores[name]
-
-    return store_of
+    return stores_per_backbone(tiny_synthetic, lambda: tmp_path_factory.mktemp("stores"), dask_client,
+                               lambda name: {"size": SMALL[name], **EXTRACT})
 
 
 @pytest.mark.parametrize("name", TO_EXTRACT)

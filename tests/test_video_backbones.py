@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
-from extraction import extract
+from extraction import extract, stores_per_backbone
 from torchvision.transforms.v2 import functional as TF
 
 from glimpse.extract.backbones import BACKBONES
@@ -44,17 +44,7 @@ def options_of(name: str) -> dict:
 @pytest.fixture(scope="module")
 def extracted(tiny_synthetic, dask_client, tmp_path_factory):
     """Video backbone name -> its store of the tiny dataset with random weights, extracted once."""
-    stores: dict[str, Path] = {}
-
-    def store_of(name: str) -> Path:
-        if name not in stores:
-            out = tmp_path_factory.mktemp("video") / name
-            assert not extract("synthetic", str(tiny_synthetic), str(out), client=dask_client, backbone=name,
-                               **options_of(name)).failed
-            stores[name] = out
-        return stores[name]
-
-    return store_of
+    return stores_per_backbone(tiny_synthetic, lambda: tmp_path_factory.mktemp("video"), dask_client, options_of)
 
 
 def test_every_video_backbone_is_registered_beside_the_2d_ones():
