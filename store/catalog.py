@@ -310,7 +310,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
     shapes, per-split and per-class counts, the devices its done videos were computed on, every failure with its
     reason."""
     store = open_store(path)
-    entries = store.videos
+    state = store.index()  # read once: the entries and the devices line
+    entries = store.entries(state)
     classes = store.classes
     per_class = {name: {DONE: 0, FAILED: 0, PENDING: 0} for name in classes}
     splits: dict[str, Counter] = {}
@@ -348,7 +349,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "streams": streams,
         "videos": {"total": len(entries), **Counter(e.status for e in entries)},
         "frames": sum(e.n_frames for e in entries if e.status == DONE),
-        "devices": store.index().device_counts(DONE),  # from the index: no video's attributes are read
+        "devices": state.device_counts(DONE),  # from the index: no video's attributes are read
         "splits": {split: dict(counts) for split, counts in sorted(splits.items())},
         "classes": per_class,
         "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in entries

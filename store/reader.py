@@ -277,7 +277,10 @@ class Store:
         Entries are :class:`IndexedEntry`: the rest of a result is read from the video's attributes on first use. A
         video the index has "writing" (a live writer, or one killed before its log line) is read from its attributes.
         """
-        state = self.index()
+        return self.entries(self.index())
+
+    def entries(self, state: IndexState) -> list[VideoEntry]:
+        """:attr:`videos` as the index ``state`` (from :meth:`index`) says, for a caller that also needs the state."""
         with paused_gc():
             return self._entries(state)
 
