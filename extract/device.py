@@ -33,32 +33,52 @@ LOST_MARKERS = ("illegal memory access", "unspecified launch failure", "device-s
                 "CUDA error: unknown error")
 
 _dead = False  # set once the fault hook fired in this process: every later batch fails, as on a dead context
+_lost: str | None = None  # this process's first DeviceLost message: its context is dead, whatever runs next
 
 
 class DeviceLost(GlimpseError, RuntimeError):
     """The worker's device failed beyond recovery (its CUDA context is dead): ``worker`` (its Dask address, None
-    outside a worker) must be replaced before it runs anything else."""
+    outside a worker) must be replaced before it runs anything else. ``inherited``: the device was already lost
+    by an earlier task of this process (a task queued behind the one that lost it), so the loss says nothing of
+    this task's videos."""
 
-    def __init__(self, message: str, worker: str | None = None) -> None:
+    def __init__(self, message: str, worker: str | None = None, inherited: bool = False) -> None:
         super().__init__(message)
         self.worker = worker
+        self.inherited = inherited
 
     def __reduce__(self):  # pickled to the client with its worker
-        return type(self), (str(self), self.worker)
+        return type(self), (str(self), self.worker, self.inherited)
 
     @classmethod
     def of(cls, exc: BaseException) -> DeviceLost:
-        """The DeviceLost of ``exc`` (itself if it is one), naming this process's Dask worker."""
+        """The DeviceLost of ``exc`` (itself if it is one), naming this process's Dask worker; remembered, so that
+        every later task of this process is refused (:func:`refuse_if_lost`)."""
+        global _lost
         if isinstance(exc, DeviceLost):
             return exc
-        try:
-            from distributed import get_worker
-
-            worker: str | None = get_worker().address
-        except (ImportError, ValueError):  # not in a Dask worker
-            worker = None
         first = (str(exc).strip().splitlines() or [""])[0]
-        return cls(f"device lost ({type(exc).__name__}: {first})", worker)
+        message, inherited = f"device lost ({type(exc).__name__}: {first})", _lost is not None
+        _lost = _lost or message
+        return cls(message, _worker_address(), inherited)
+
+
+def refuse_if_lost() -> None:
+    """Raise an inherited :class:`DeviceLost` when an earlier task of this process lost its device: a task queued
+    behind that one must neither touch the dead context nor be blamed for it (the client runs it again on the
+    replaced worker)."""
+    if _lost is not None:
+        raise DeviceLost(_lost, _worker_address(), inherited=True)
+
+
+def _worker_address() -> str | None:
+    """This process's Dask worker address; None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):  # not in a Dask worker
+        return None
 
 
 def device_lost(exc: BaseException) -> bool:

@@ -33,7 +33,7 @@ from glimpse.extract.config import (
     failure_reason,
 )
 from glimpse.extract.datasets import Dataset
-from glimpse.extract.device import DeviceLost, device_lost, fault_point
+from glimpse.extract.device import DeviceLost, device_lost, fault_point, refuse_if_lost
 from glimpse.extract.streams import Extractor, describe_streams
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
 from glimpse.store.claims import claim_video, is_claimed
@@ -111,7 +111,8 @@ def extract_video(store_path: str, record: VideoRecord, config: ExtractConfig, r
 def extract_group(store_path: str, records: list[VideoRecord], config: ExtractConfig,
                   runtime: Runtime) -> list[Outcome]:
     """Dask task: extract a group of videos, pipelined (:mod:`extract.batched`) or one after the other; one
-    outcome per video."""
+    outcome per video. A worker whose device an earlier task lost refuses it (the client runs it again elsewhere)."""
+    refuse_if_lost()
     if not runtime.pipelined:
         return [extract_video(store_path, record, config, runtime) for record in records]
     runtime, writer = worker_setup(store_path, runtime)
@@ -291,7 +292,8 @@ def _outcomes(future: Any, video_ids: list[str], by_id: dict[str, VideoRecord], 
     (that worker is replaced first, so that what runs again does not meet its dead context).
 
     A lone video whose worker died twice (e.g. a decoder segfault), or lost its device, is recorded as failed here,
-    so a video that crashes its worker fails alone.
+    so a video that crashes its worker fails alone; one refused by a worker whose device an earlier task lost
+    (``inherited``) runs again.
     """
     try:
         return future.result(), []
@@ -299,6 +301,8 @@ def _outcomes(future: Any, video_ids: list[str], by_id: dict[str, VideoRecord], 
         lost = isinstance(exc, DeviceLost)
         if lost and exc.worker:
             replace_worker(client, exc.worker)
+        if lost and exc.inherited:
+            return [], list(video_ids)
         if len(video_ids) > 1:
             done = [v for v in video_ids if writer.status(video_key(v)) == DONE]
             frames = {v: open_store(store_path).video(v).n_frames for v in done}

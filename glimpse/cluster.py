@@ -163,7 +163,10 @@ def worker_device(count: int | None = None) -> str:
 def replace_worker(client: Any, address: str) -> None:
     """Give the worker at ``address`` a fresh process (its nanny restarts it: a dead CUDA context is gone with the
     old one), waiting until it is back; a worker without a nanny (an external ``dask worker --no-nanny``) that cannot
-    be restarted is retired instead where others remain, so that nothing more is sent to its dead device."""
+    be restarted is retired instead where others remain, so that nothing more is sent to its dead device. An address
+    no longer in the cluster was replaced already (two tasks of one dead worker report it)."""
+    if address not in client.scheduler_info()["workers"]:
+        return
     try:
         status = client.restart_workers([address], raise_for_error=False).get(address)
     except Exception as err:  # an old scheduler, a worker gone meanwhile

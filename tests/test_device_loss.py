@@ -15,11 +15,12 @@ import torch
 from extraction import extract
 from test_extract import TINY_OPTS
 
+from glimpse.extract import device
 from glimpse.extract.api import FeatureRequest, fingerprinted, resolve_config
 from glimpse.extract.config import Runtime
 from glimpse.extract.datasets import load_dataset
 from glimpse.extract.device import FAULT_ENV, FAULT_MESSAGE, DeviceLost, device_lost
-from glimpse.extract.pipeline import extract_video, prepare_store
+from glimpse.extract.pipeline import extract_group, extract_video, prepare_store
 from glimpse.store import open_store
 
 
@@ -41,21 +42,30 @@ def test_device_lost_recognises_the_errors_that_leave_a_dead_context_only():
             raise ValueError("batch of video v1") from cause
     except ValueError as wrapped:
         assert device_lost(wrapped)  # found through the chain
-    lost = pickle.loads(pickle.dumps(DeviceLost("device lost (RuntimeError: x)", "tcp://127.0.0.1:1")))
-    assert (str(lost), lost.worker) == ("device lost (RuntimeError: x)", "tcp://127.0.0.1:1")
+    lost = pickle.loads(pickle.dumps(DeviceLost("device lost (RuntimeError: x)", "tcp://127.0.0.1:1", True)))
+    assert (str(lost), lost.worker, lost.inherited) == ("device lost (RuntimeError: x)", "tcp://127.0.0.1:1", True)
 
 
 def test_the_sequential_path_raises_a_lost_device_and_records_nothing(tiny_synthetic, tmp_path, monkeypatch,
                                                                      worker_threads):
+    monkeypatch.setattr(device, "_lost", None)  # this process's dead-device marks, restored after the test
+    monkeypatch.setattr(device, "_dead", False)
     dataset = fingerprinted(load_dataset("synthetic", str(tiny_synthetic)))
     options = {k: v for k, v in TINY_OPTS.items() if k != "batch_size"}
     config = resolve_config(FeatureRequest("synthetic", str(tiny_synthetic), **options), dataset)
     prepare_store(str(tmp_path / "s"), config, dataset)
     record = sorted(dataset.videos, key=lambda r: r.id)[0]
     monkeypatch.setenv(FAULT_ENV, record.id)
-    with pytest.raises(DeviceLost, match="illegal memory access"):
+    with pytest.raises(DeviceLost, match="illegal memory access") as first:
         extract_video(str(tmp_path / "s"), record, config, Runtime(pipelined=False))
+    assert not first.value.inherited
     assert open_store(tmp_path / "s").video(record.id).status == "pending"  # not recorded as failed by the worker
+    monkeypatch.delenv(FAULT_ENV)
+    other = sorted(dataset.videos, key=lambda r: r.id)[1]  # a task queued behind the loss, in the same process:
+    with pytest.raises(DeviceLost, match="illegal memory access") as queued:  # refused, not blamed (run again)
+        extract_group(str(tmp_path / "s"), [other], config, Runtime(pipelined=True))
+    assert queued.value.inherited
+    assert open_store(tmp_path / "s").video(other.id).status == "pending"
 
 
 @pytest.mark.slow
