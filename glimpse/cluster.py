@@ -160,22 +160,25 @@ def worker_device(count: int | None = None) -> str:
     return f"cuda:{device_rank(worker.address, get_client().scheduler_info()['workers']) % count}"
 
 
-def replace_worker(client: Any, address: str) -> None:
+def replace_worker(client: Any, address: str) -> bool:
     """Give the worker at ``address`` a fresh process (its nanny restarts it: a dead CUDA context is gone with the
     old one), waiting until it is back; a worker without a nanny (an external ``dask worker --no-nanny``) that cannot
     be restarted is retired instead where others remain, so that nothing more is sent to its dead device. An address
-    no longer in the cluster was replaced already (two tasks of one dead worker report it)."""
+    no longer in the cluster was replaced already (two tasks of one dead worker report it). False when the worker
+    stays as it was (the last worker, and it could not be restarted)."""
     if address not in client.scheduler_info()["workers"]:
-        return
+        return True
     try:
         status = client.restart_workers([address], raise_for_error=False).get(address)
     except Exception as err:  # an old scheduler, a worker gone meanwhile
         status = f"{type(err).__name__}: {err}"
     if status in ("OK", "removed"):
-        return
+        return True
     log.warning("could not restart the Dask worker %s after its device was lost (%s)", address, status)
     if len(client.scheduler_info()["workers"]) > 1:
         client.retire_workers([address], close_workers=True)
+        return True
+    return False
 
 
 def check_gpu_workers(client: Any, per_task: int, where: str) -> None:
