@@ -347,7 +347,8 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
 
     def run(on: Any) -> Summary:
         with claims_on(on if runtime.claims == SCHEDULER else None):
-            return run_extraction(writer or prepare(), config, runtime, dataset, on, on_result=progress)
+            store = prepare() if writer is None else writer  # scheduler claims: created under the scheduler's lock
+            return run_extraction(store, config, runtime, dataset, on, on_result=progress)
 
     try:
         if client is not None:

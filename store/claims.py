@@ -61,6 +61,7 @@ class ClaimsUnsupported(StoreError):
 
 _process_server: Any = None  # a dask Worker or Client whose scheduler holds this process's claims; None: flock
 _thread = threading.local()  # .server: the same for one thread (an extraction client), over the process's
+_UNSET = object()
 
 
 def hold_claims_on(server: Any) -> None:
@@ -74,20 +75,18 @@ def hold_claims_on(server: Any) -> None:
 def claims_on(server: Any) -> Iterator[None]:
     """In this thread, for the block: claims on the scheduler of ``server`` (None: flock); what was set before is
     restored after it, so that two runs in two threads of one process each keep their own."""
-    before = getattr(_thread, "server", False)
+    before = getattr(_thread, "server", _UNSET)
     _thread.server = server
     try:
         yield
     finally:
-        if before is False:
-            del _thread.server
-        else:
-            _thread.server = before
+        _thread.server = before
 
 
 def _server() -> Any:
-    server = getattr(_thread, "server", False)
-    return _process_server if server is False else server
+    """The Worker or Client whose scheduler holds claims in this thread (None: flock)."""
+    server = getattr(_thread, "server", _UNSET)
+    return _process_server if server is _UNSET else server
 
 
 def flock_unsupported(store_path: str | Path) -> str | None:
