@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from glimpse.store.schema import StoreError
 
@@ -226,13 +226,13 @@ def _acquire(server: Any, name: str, blocking: bool) -> tuple[Any, bool]:
     for _ in range(_TRIES - 1):
         semaphore = Semaphore(max_leases=1, name=name, scheduler_rpc=server.scheduler, loop=server.loop)
         try:
-            return semaphore, semaphore.acquire(timeout=None if blocking else 0)
+            return semaphore, cast(bool, semaphore.acquire(timeout=None if blocking else 0))
         except RuntimeError as err:  # "Semaphore or Lock ... not known": its holder closed it after we registered it
             _stop_refreshing(semaphore)
             if "not known" not in str(err):
                 raise
     semaphore = Semaphore(max_leases=1, name=name, scheduler_rpc=server.scheduler, loop=server.loop)
-    return semaphore, semaphore.acquire(timeout=None if blocking else 0)
+    return semaphore, cast(bool, semaphore.acquire(timeout=None if blocking else 0))
 
 
 def _stop_refreshing(semaphore: Any) -> None:

@@ -15,6 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def hold_claim_in_worker(store: str, key: str) -> bool:
 
 @pytest.mark.slow
 def test_a_scheduler_claim_of_a_killed_worker_is_taken_over_after_its_lease_timeout(tmp_path):
-    import dask
+    import dask.config
     from distributed import Client, LocalCluster
 
     short = {"distributed.scheduler.locks.lease-timeout": "2s",
@@ -109,7 +110,7 @@ def test_a_scheduler_claim_of_a_killed_worker_is_taken_over_after_its_lease_time
         assert (tmp_path / "v1.held").read_text() == "True"
         with claim_video(tmp_path, "v1") as taken:
             assert not taken  # the worker holds it
-        (pid,) = client.run(os.getpid).values()
+        (pid,) = cast(dict, client.run(os.getpid)).values()
         client.cancel(holder)  # not run again on the restarted worker
         os.kill(pid, signal.SIGKILL)
         tries = 0
