@@ -22,7 +22,7 @@ import pytest
 from extraction import HEAVY_OPTS, extract
 from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
-from test_reliability import finish_like_reference
+from test_reliability import done_count, finish_like_reference
 
 from glimpse.extract.api import resolve_claims
 from glimpse.store import open_store
@@ -121,14 +121,14 @@ def test_a_scheduler_claim_of_a_killed_worker_is_taken_over_after_its_lease_time
             assert taken, "the killed worker's claim was never released"
 
 
+def no_locks(fd, operation):
+    """fcntl.flock on a file system mounted without flock (Lustre noflock, some NFS)."""
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+
 def test_auto_claims_fall_back_to_the_scheduler_where_flock_is_not_supported(tmp_path, monkeypatch, caplog):
     store = tmp_path / "store"
     assert resolve_claims("auto", str(store)) == "flock"
-    real_flock = fcntl.flock
-
-    def no_locks(fd, operation):  # a file system mounted without flock (Lustre noflock, some NFS)
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with caplog.at_level(logging.INFO, logger="extract"):
         assert resolve_claims("auto", str(store)) == "scheduler"
@@ -138,28 +138,30 @@ def test_auto_claims_fall_back_to_the_scheduler_where_flock_is_not_supported(tmp
     assert not store.exists()  # probed beside it: a store not yet made is left untouched
     assert resolve_claims("flock", str(store)) == "flock"  # asked for: its claims then fail in one line
     unsupported = r"\.glimpse-claims: this file system does not support flock"
-    with pytest.raises(ClaimsUnsupported, match=unsupported), claim_video(store, "v1"):
+    with pytest.raises(ClaimsUnsupported, match=unsupported), claim_video(tmp_path / "maintained", "v1"):
         pass
-    monkeypatch.setattr(fcntl, "flock", real_flock)
 
 
 @pytest.mark.slow
-def test_two_runs_through_one_scheduler_with_scheduler_claims_extract_each_video_once(
-        tiny_synthetic, reference, dask_client, tmp_path):
+def test_two_runs_claiming_on_one_scheduler_extract_each_video_once(tiny_synthetic, reference, dask_client, tmp_path,
+                                                                   monkeypatch):
+    """One run with --claims scheduler, one with auto where flock fails: both claim on the scheduler they share."""
     out = tmp_path / "shared"
     ids = [v.id for v in open_store(reference).videos]
+    real_flock = fcntl.flock
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # this process's: the second run's auto must choose the scheduler
     with ThreadPoolExecutor(2) as pool:
         with claims_on(dask_client), claim_video(out, video_key(ids[0])):
             # this test holds the first video: both runs meet on it, and exactly one of them must take it over
             runs = [pool.submit(extract, "synthetic", str(tiny_synthetic), str(out), client=dask_client, workers=1,
-                                claims="scheduler", **TINY_OPTS) for _ in range(2)]
+                                claims=claims, **TINY_OPTS) for claims in ("scheduler", "auto")]
             for _ in range(1200):
-                if (out / "zarr.json").exists() and sum(v.status == "done" for v in open_store(out).videos) == len(
-                        ids) - 1:
+                if done_count(out) == len(ids) - 1:
                     break
                 time.sleep(0.05)
             assert not any(run.done() for run in runs)  # both wait for the held video
         summaries = [run.result(timeout=300) for run in runs]
+    monkeypatch.setattr(fcntl, "flock", real_flock)
     for summary in summaries:
         assert not summary.failed and summary.done + summary.skipped + summary.by_others == len(ids), summary
     assert sum(s.done for s in summaries) == len(ids), [s.done for s in summaries]  # none twice, none missed
