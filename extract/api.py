@@ -33,6 +33,7 @@ from glimpse.extract.video_backbones import VideoBackboneSpec, check_clip, clip_
 from glimpse.files import fingerprint
 from glimpse.store import open_store
 from glimpse.store.catalog import is_store
+from glimpse.store.claims import CLAIMS, FLOCK, SCHEDULER, claims_on, flock_unsupported
 from glimpse.store.layout import config_hash
 from glimpse.store.schema import FAILED, STREAMS
 
@@ -86,6 +87,7 @@ class RunOptions:
     decode_threads: int | None = None  # per worker; None: the cores each worker has
     scheduler: str | None = None
     codec: str | None = None
+    claims: str = "auto"  # where videos are claimed (store.claims.CLAIMS): auto, flock, or the Dask scheduler
     overwrite: bool = False
     other_device: bool = False  # resume (or repair) a store on another kind of device than it was extracted on
     progress: bool = False
@@ -282,6 +284,21 @@ def check_same_device(out: str, device: str) -> None:
                           "--other-device to mix them anyway", "--device")
 
 
+def resolve_claims(choice: str, out: str) -> str:
+    """Where this run claims videos: ``choice`` (store.claims.CLAIMS), auto as flock where it works on the store's
+    file system, else the Dask scheduler (said in one log line)."""
+    if choice not in CLAIMS:
+        raise OptionError(f"unknown claims backend {choice!r}; choose from {', '.join(CLAIMS)}", "--claims")
+    if choice != "auto":
+        return choice
+    why = flock_unsupported(out)
+    if why is None:
+        return FLOCK
+    log.info("claims: %s, so videos are claimed on the Dask scheduler: only runs through this scheduler are kept "
+             "apart (share one with --scheduler)", why)
+    return SCHEDULER
+
+
 def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = None) -> Summary:
     """Extract ``request``'s dataset into the store ``options`` names (created, or resumed): one Dask task per few
     videos on ``client``, or on the cluster ``options`` asks for (a LocalCluster, or ``options.scheduler``)."""
@@ -318,14 +335,20 @@ def extract_dataset(request: FeatureRequest, options: RunOptions, client: Any = 
              if options.device == "auto" and device == "cpu" else "", options.decode_threads or plan.threads)
     runtime = Runtime(device=device, batch_size=options.batch_size, threads=plan.threads,
                       pipelined=not options.sequential, group=options.group, codec=options.codec,
-                      decode_threads=options.decode_threads or plan.threads)
-    # the store is created (or reopened, or refused in one line) before any worker starts
-    writer = prepare_store(out, config, dataset, overwrite=options.overwrite, source=source, codec=options.codec,
-                  device=device)
+                      decode_threads=options.decode_threads or plan.threads, claims=resolve_claims(options.claims, out))
+
+    def prepare() -> Any:
+        return prepare_store(out, config, dataset, overwrite=options.overwrite, source=source, codec=options.codec,
+                             device=device)
+
+    # with flock claims, the store is created (or reopened, or refused in one line) before any worker starts
+    writer = prepare() if runtime.claims == FLOCK else None
     progress = Progress(len(dataset.videos), enabled=options.progress)
 
     def run(on: Any) -> Summary:
-        return run_extraction(writer, config, runtime, dataset, on, on_result=progress)
+        with claims_on(on if runtime.claims == SCHEDULER else None):
+            store = prepare() if writer is None else writer  # scheduler claims: created under the scheduler's lock
+            return run_extraction(store, config, runtime, dataset, on, on_result=progress)
 
     try:
         if client is not None:

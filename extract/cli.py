@@ -19,6 +19,7 @@ from glimpse.errors import Command
 from glimpse.extract.api import FLOW_CHOICES, FeatureRequest, RunOptions, extract_dataset
 from glimpse.extract.backbones import BACKBONES, TORCHVISION
 from glimpse.extract.datasets import DATASETS
+from glimpse.store.claims import CLAIMS
 from glimpse.store.layout import CODECS
 from glimpse.store.schema import STREAMS
 
@@ -79,6 +80,11 @@ def _names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--decode-threads", default=None, type=click.IntRange(min=1),
               help="Threads decoding ahead of the CNN in each worker (never changes a value). [the worker's cores]")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS).")
+@click.option("--claims", default="auto", type=RegistryChoice(CLAIMS),
+              help="Where each video is claimed by one writer: flock (a lock file in the store), scheduler (a lease "
+                   "on the run's Dask scheduler: for file systems without flock, e.g. Lustre noflock, or flock "
+                   "coherent within one node only; it keeps apart the runs sharing that --scheduler), or auto "
+                   "(flock where the store's file system supports it).")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made with another config.")
 @click.option("--other-device", is_flag=True,

@@ -140,6 +140,7 @@ class Runtime:
     group: int | None = None  # videos per Dask task [pipelined: a few per worker; sequential: 1]
     decode_threads: int = 2  # threads decoding ahead of the CNN in each worker (extract_dataset: the worker's cores)
     codec: str | None = None  # how a new store's chunks are stored (store.layout.CODECS); None: zstd, or the store's
+    claims: str = "flock"  # where workers claim videos: flock, or scheduler (store.claims; the client resolved auto)
 
 
 @dataclass(frozen=True)

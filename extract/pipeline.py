@@ -36,7 +36,7 @@ from glimpse.extract.datasets import Dataset
 from glimpse.extract.device import DeviceLost, device_lost, fault_point, refuse_if_lost
 from glimpse.extract.streams import Extractor, describe_streams
 from glimpse.store import StoreWriter, VideoRecord, create_store, open_store
-from glimpse.store.claims import claim_video, is_claimed
+from glimpse.store.claims import SCHEDULER, claim_video, hold_claims_on, is_claimed
 from glimpse.store.layout import video_key
 from glimpse.store.maintenance import compact_index
 from glimpse.store.schema import DONE, FAILED
@@ -54,10 +54,17 @@ _WRITERS: dict[str, StoreWriter] = {}
 
 
 def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWriter]:
-    """In a worker: pin torch / OpenCV threads, TF32 off (features as float32 convolutions give them) and the
-    CUDA device; the worker's store writer."""
+    """In a worker: pin torch / OpenCV threads, TF32 off (features as float32 convolutions give them), the CUDA
+    device and where this process claims videos (``runtime.claims``); the worker's store writer."""
     import cv2
     import torch
+
+    if runtime.claims == SCHEDULER:
+        from distributed import get_worker
+
+        hold_claims_on(get_worker())
+    else:
+        hold_claims_on(None)
 
     torch.set_num_threads(max(1, runtime.threads))
     cv2.setNumThreads(max(1, runtime.threads))
@@ -70,7 +77,7 @@ def worker_setup(store_path: str, runtime: Runtime) -> tuple[Runtime, StoreWrite
 def worker_models(config: ExtractConfig, runtime: Runtime) -> Extractor:
     """The worker's :class:`glimpse.extract.streams.Extractor` for ``config``, built once per worker process
     (whichever path runs them)."""
-    model_key = (config, dataclasses.replace(runtime, pipelined=True, group=None, decode_threads=0))
+    model_key = (config, dataclasses.replace(runtime, pipelined=True, group=None, decode_threads=0, claims=""))
     if model_key not in _MODELS:
         _MODELS.clear()
         _MODELS[model_key] = Extractor(config, runtime)
@@ -85,10 +92,10 @@ def extract_video(store_path: str, record: VideoRecord, config: ExtractConfig, r
     the worker, see :func:`run_extraction`).
     """
     key = video_key(record.id)
+    runtime, writer = worker_setup(store_path, runtime)
     with claim_video(store_path, key, note=record.id) as held:
         if not held:  # another run is writing this video right now
             return Outcome(record.id, CLAIMED)
-        runtime, writer = worker_setup(store_path, runtime)
         if writer.status(key) == DONE:  # another run finished it while this task waited
             return Outcome(record.id, SKIPPED)
         try:

@@ -11,10 +11,12 @@
 Writers append to their own log (no global lock: one ``write`` of one line each); readers read the snapshot, then every
 log from where the snapshot stopped, and apply the lines in time order. :func:`compact` folds the logs into a new
 snapshot (``store gc`` and the end of every extraction run it) and deletes the logs of writers that are gone (a live
-writer holds an ``flock`` on its log). The per-video attributes stay the source of truth: a writer logs "writing"
-before it touches a video and "done" after the video's attributes say so, so a video the index calls done is done;
-one left "writing" by a killed writer is read from its attributes (:func:`resolve_writing`); ``store verify`` checks
-the index against the attributes and ``store reindex`` (:func:`rebuild`) makes it again from them.
+writer holds an ``flock`` on its log; on a file system without flock no log is known gone, and all are kept).
+Compactions take turns through :func:`glimpse.store.claims.store_lock` (flock, or the run's Dask scheduler). The
+per-video attributes stay the source of truth: a writer logs "writing" before it touches a video and "done" after the
+video's attributes say so, so a video the index calls done is done; one left "writing" by a killed writer is read
+from its attributes (:func:`resolve_writing`); ``store verify`` checks the index against the attributes and
+``store reindex`` (:func:`rebuild`) makes it again from them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from glimpse.files import atomic_writer
+from glimpse.store.claims import FLOCK_UNSUPPORTED, store_lock
 from glimpse.store.schema import DONE, FAILED, PENDING, WRITING
 from glimpse.store.video_files import video_bytes as file_bytes
 
@@ -232,7 +234,11 @@ class IndexLog:
         self.folder.mkdir(exist_ok=True)
         name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}{LOG_SUFFIX}"
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
-        fcntl.flock(fd, fcntl.LOCK_SH)  # shared: compact's exclusive try fails while this process lives
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # shared: compact's exclusive try fails while this process lives
+        except OSError as err:  # a file system without flock: compact keeps every log (see _writer_gone)
+            if err.errno not in FLOCK_UNSUPPORTED:
+                raise
         self._fd, self._pid = fd, os.getpid()
 
     def close(self) -> None:
@@ -244,20 +250,8 @@ class IndexLog:
         self.close()
 
 
-@contextmanager
-def _compact_lock(store_path: Path) -> Iterator[None]:
-    folder = store_path / INDEX_DIR
-    folder.mkdir(exist_ok=True)
-    fd = os.open(folder / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o664)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _writer_gone(path: Path) -> bool:
-    """Whether no live process holds the log at ``path`` open for writing."""
+    """Whether no live process holds the log at ``path`` open for writing (never known without flock)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -266,6 +260,10 @@ def _writer_gone(path: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno not in FLOCK_UNSUPPORTED:
+            raise
         return False
     finally:
         os.close(fd)
@@ -283,7 +281,8 @@ def compact(store_path: str | Path, keys: Sequence[str],
     """
     store_path = Path(store_path)
     where = {k: i for i, k in enumerate(keys)}
-    with _compact_lock(store_path):
+    (store_path / INDEX_DIR).mkdir(exist_ok=True)
+    with store_lock(store_path / INDEX_DIR / COMPACT_LOCK):
         files = _Files(str(store_path))
         if rebuild_from is not None:
             lengths = {name: (files.read(name) or b"").rfind(b"\n") + 1 for name in files.names()}

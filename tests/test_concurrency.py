@@ -4,23 +4,30 @@ extraction writes it: nothing is corrupted, lost, done twice, or read before it 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from extraction import HEAVY_OPTS, extract
 from reliability_log import record
 from test_extract import REPO, TINY_OPTS, assert_same_stores, cli_args
-from test_reliability import finish_like_reference
+from test_reliability import done_count, finish_like_reference
 
+from glimpse.extract.api import resolve_claims
 from glimpse.store import open_store
-from glimpse.store.claims import claim_video, is_claimed
+from glimpse.store.claims import ClaimsUnsupported, claim_video, claims_on, hold_claims_on, is_claimed
+from glimpse.store.layout import video_key
 from glimpse.store.verify import verify_store
 from glimpse.train.loop import train_model
 from glimpse.train.run import RunDir
@@ -53,6 +60,116 @@ def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
     holder.kill()
     holder.wait()
     assert not is_claimed(tmp_path, "v2")  # the kernel dropped the claim with its holder
+
+
+def claim_semaphores(dask_scheduler) -> list[str]:
+    """On the scheduler: the names of the semaphores it keeps (glimpse's claims among them)."""
+    return sorted(dask_scheduler.extensions["semaphores"].max_leases)
+
+
+def test_a_scheduler_claim_is_refused_while_held_and_granted_after_release(dask_client, tmp_path):
+    with claims_on(dask_client):
+        with claim_video(tmp_path, "v1") as first:
+            assert first and is_claimed(tmp_path, "v1")
+            with claim_video(tmp_path, "v1") as second:
+                assert not second
+            assert any(str(tmp_path) in name for name in dask_client.run_on_scheduler(claim_semaphores))
+        assert not is_claimed(tmp_path, "v1")
+        with claim_video(tmp_path, "v1") as again:
+            assert again
+    assert not any(str(tmp_path) in name for name in dask_client.run_on_scheduler(claim_semaphores))  # closed
+    assert not (tmp_path / ".glimpse-claims").exists()  # nothing on disk
+
+
+def hold_claim_in_worker(store: str, key: str) -> bool:
+    """A Dask task: claim ``key`` on the scheduler, say so in a file, and hold it until the worker is killed."""
+    from distributed import get_worker
+
+    hold_claims_on(get_worker())
+    with claim_video(store, key) as held:
+        (Path(store) / f"{key}.held").write_text(str(held))
+        time.sleep(300)
+    return held
+
+
+@pytest.mark.slow
+def test_a_scheduler_claim_of_a_killed_worker_is_taken_over_after_its_lease_timeout(tmp_path):
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    short = {"distributed.scheduler.locks.lease-timeout": "2s",
+             "distributed.scheduler.locks.lease-validation-interval": "0.5s"}
+    with dask.config.set(short), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                              dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client, claims_on(client):
+        holder = client.submit(hold_claim_in_worker, str(tmp_path), "v1", pure=False)
+        for _ in range(600):
+            if (tmp_path / "v1.held").exists():
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "v1.held").read_text() == "True"
+        with claim_video(tmp_path, "v1") as taken:
+            assert not taken  # the worker holds it
+        (pid,) = cast(dict, client.run(os.getpid)).values()
+        client.cancel(holder)  # not run again on the restarted worker
+        os.kill(pid, signal.SIGKILL)
+        tries = 0
+        while is_claimed(tmp_path, "v1") and tries < 600:  # its lease expires: 2 s after its last refresh
+            tries += 1
+            time.sleep(0.05)
+        with claim_video(tmp_path, "v1") as taken:
+            assert taken, "the killed worker's claim was never released"
+
+
+def no_locks(fd, operation):
+    """fcntl.flock on a file system mounted without flock (Lustre noflock, some NFS)."""
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+
+def test_auto_claims_fall_back_to_the_scheduler_where_flock_is_not_supported(tmp_path, monkeypatch, caplog):
+    store = tmp_path / "store"
+    assert resolve_claims("auto", str(store)) == "flock"
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.INFO, logger="extract"):
+        assert resolve_claims("auto", str(store)) == "scheduler"
+    assert [r.message for r in caplog.records if "claims" in r.message] == [
+        f"claims: flock on {tmp_path}: {os.strerror(errno.ENOLCK)}, so videos are claimed on the Dask scheduler: "
+        "only runs through this scheduler are kept apart (share one with --scheduler)"]
+    assert not store.exists()  # probed beside it: a store not yet made is left untouched
+    assert resolve_claims("flock", str(store)) == "flock"  # asked for: its claims then fail in one line
+    unsupported = r"\.glimpse-claims: this file system does not support flock"
+    with pytest.raises(ClaimsUnsupported, match=unsupported), claim_video(tmp_path / "maintained", "v1"):
+        pass
+
+
+@pytest.mark.slow
+def test_two_runs_claiming_on_one_scheduler_extract_each_video_once(tiny_synthetic, reference, dask_client, tmp_path,
+                                                                   monkeypatch):
+    """One run with --claims scheduler, one with auto where flock fails: both claim on the scheduler they share."""
+    out = tmp_path / "shared"
+    ids = [v.id for v in open_store(reference).videos]
+    real_flock = fcntl.flock
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # this process's: the second run's auto must choose the scheduler
+    with ThreadPoolExecutor(2) as pool:
+        with claims_on(dask_client), claim_video(out, video_key(ids[0])):
+            # this test holds the first video: both runs meet on it, and exactly one of them must take it over
+            runs = [pool.submit(extract, "synthetic", str(tiny_synthetic), str(out), client=dask_client, workers=1,
+                                claims=claims, **TINY_OPTS) for claims in ("scheduler", "auto")]
+            for _ in range(1200):
+                if done_count(out) == len(ids) - 1:
+                    break
+                time.sleep(0.05)
+            assert not any(run.done() for run in runs)  # both wait for the held video
+        summaries = [run.result(timeout=300) for run in runs]
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    for summary in summaries:
+        assert not summary.failed and summary.done + summary.skipped + summary.by_others == len(ids), summary
+    assert sum(s.done for s in summaries) == len(ids), [s.done for s in summaries]  # none twice, none missed
+    assert verify_store(out) == []
+    assert_same_stores(reference, out)
+    assert list((out / ".glimpse-claims").iterdir()) == []  # no lock file: workers and clients claimed on Dask
+    assert not any(str(out) in name for name in dask_client.run_on_scheduler(claim_semaphores)
+                   if name.startswith("glimpse-claim:"))
 
 
 @pytest.mark.slow
