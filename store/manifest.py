@@ -101,9 +101,6 @@ class ManifestColumns:
     split_maps: tuple[dict[str, str], ...]
     split_of: list[int]
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def splits(self) -> list[dict[str, str]]:
         """Every row's splits, each its own dict."""
         return list(map(dict.copy, map(self.split_maps.__getitem__, self.split_of)))
@@ -133,7 +130,7 @@ def with_dicts(cls: type, values: list[dict[str, Any]]) -> list[Any]:
 
 
 def read_columns(root: zarr.Group) -> ManifestColumns:
-    """The store's manifest, one read per array (about 0.6 s at 650,000 videos)."""
+    """The store's manifest, one read per array (about 0.9 s at 650,000 videos on 2 shared cores)."""
     group = root[MANIFEST_GROUP]
     assert isinstance(group, zarr.Group)
     split_names = [str(name) for name in cast(list, group.attrs.get("split_names", []))]

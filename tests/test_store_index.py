@@ -128,7 +128,9 @@ def test_entries_made_a_column_at_a_time_equal_the_videos_read_one_by_one(tmp_pa
     assert [(v.labels, dict(v.splits), v.group) for v in videos] == [(r.labels, r.splits, r.group) for r in recs]
     assert [v.row for v in videos] == list(store.manifest)
     assert pickle.loads(pickle.dumps(videos[0])) == store.video("v0") and videos[0].frame_indices == ()
-    videos[0].splits["1"] = "test"  # v0 and v3 have the same roles: each entry and row still has its own mapping
+    splits = videos[0].splits
+    assert isinstance(splits, dict)  # a plain dict, as VideoEntry.of makes it: it pickles and dumps to JSON
+    splits["1"] = "test"  # v0 and v3 have the same roles: each entry and row still has its own mapping
     assert videos[3].splits["1"] == store.manifest[0].splits["1"] == store.videos[0].splits["1"] == "train"
 
 
