@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -310,18 +310,17 @@ def store_info(path: str | Path) -> dict[str, Any]:
     shapes, per-split and per-class counts, the devices its done videos were computed on, every failure with its
     reason."""
     store = open_store(path)
-    state = store.index()  # read once: the entries and the devices line
-    entries = store.entries(state)
+    entries, state = store.videos_and_index()  # the index read once: the entries and the devices line
     classes = store.classes
     per_class = {name: {DONE: 0, FAILED: 0, PENDING: 0} for name in classes}
-    splits: dict[str, Counter] = {}
+    splits: defaultdict[str, Counter] = defaultdict(Counter)  # not setdefault: a Counter made per video is 0.7 s
     for entry in entries:
         status = entry.status if entry.status in (DONE, FAILED) else (FAILED if entry.status == UNREADABLE
                                                                       else PENDING)
         for label in entry.labels:
             per_class[classes[label] if label < len(classes) else str(label)][status] += 1
         for split, role in entry.splits.items():
-            splits.setdefault(split, Counter())[role] += 1
+            splits[split][role] += 1
     streams = {}
     done = [e for e in entries if e.status == DONE]
     for name, desc in store.streams.items():

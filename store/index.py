@@ -161,10 +161,11 @@ def _lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
     return [json.loads(line) for line in data[:end].splitlines() if line.strip()], end
 
 
-def read_index(location: str, positions: Callable[[], dict[str, int]], n: int,
+def read_index(location: str, positions: Callable[[set[str]], dict[str, int]], n: int,
                storage_options: dict[str, Any] | None = None) -> IndexState:
-    """The index of the store at ``location`` (a path or URL) with ``n`` videos; ``positions`` gives each key's
-    place in the manifest (called only when a log has lines). A compaction racing the read is retried."""
+    """The index of the store at ``location`` (a path or URL) with ``n`` videos; ``positions(keys)`` gives the place
+    in the manifest of each of ``keys`` (called only when a log has lines, with their keys). A compaction racing the
+    read is retried."""
     files = _Files(location, storage_options)
     for _attempt in range(10):
         stamp = files.stamp()
@@ -183,13 +184,15 @@ def read_index(location: str, positions: Callable[[], dict[str, int]], n: int,
             state.covered[name] = start + used
         if vanished or files.stamp() != stamp:
             continue  # a compaction replaced the snapshot and removed logs under us: read again
-        _apply(state, lines, positions if lines else dict)
+        _apply(state, lines, positions)
         return state
     raise OSError(f"{location}/{INDEX_DIR}: the index kept changing while it was read")
 
 
-def _apply(state: IndexState, lines: list[dict[str, Any]], positions: Callable[[], dict[str, int]]) -> None:
-    where = positions()
+def _apply(state: IndexState, lines: list[dict[str, Any]], positions: Callable[[set[str]], dict[str, int]]) -> None:
+    if not lines:
+        return
+    where = positions({line["key"] for line in lines})
     for line in sorted(lines, key=lambda d: d["t"]):
         at = where.get(line["key"])
         if at is not None:
@@ -293,9 +296,9 @@ def compact(store_path: str | Path, keys: Sequence[str],
                 got, used = _lines(files.read(name, start) or b"")
                 lines += got
                 state.covered[name] = start + used
-            _apply(state, lines, lambda: where)
+            _apply(state, lines, lambda _keys: where)
         else:
-            state = read_index(str(store_path), lambda: where, len(keys))
+            state = read_index(str(store_path), lambda _keys: where, len(keys))
         if result_status is not None:
             for at in np.flatnonzero(state.status == _CODE[WRITING]):
                 key: str = keys[int(at)]

@@ -24,7 +24,7 @@ from zarr.errors import GroupNotFoundError
 from glimpse.store.chunks import StoredStream, read_frames
 from glimpse.store.index import INDEX_STATUSES, IndexState, read_index
 from glimpse.store.layout import ROOT_ATTR, VIDEO_ATTR, VIDEOS_GROUP
-from glimpse.store.manifest import MANIFEST_GROUP, paused_gc, read_keys, read_manifest
+from glimpse.store.manifest import MANIFEST_GROUP, ManifestColumns, paused_gc, read_columns, read_keys, with_dicts
 from glimpse.store.schema import (
     DONE,
     PENDING,
@@ -114,21 +114,25 @@ class _Lazy:
     def __get__(self, entry: Any, owner: type | None = None) -> Any:
         if entry is None:
             return self
-        found = entry.__dict__["_store"]._result(entry.row) or VideoResult()
+        attrs = entry.__dict__
+        pending = attrs["status"] == PENDING  # nothing written to read: a pending video's values
+        found = (None if pending else attrs["_store"]._result(entry.row)) or VideoResult()
         for name in _LAZY:
-            entry.__dict__.setdefault(name, getattr(found, name))
-        return entry.__dict__[self.name]
+            attrs.setdefault(name, getattr(found, name))
+        return attrs[self.name]
 
 
 #: The result fields an index entry reads on first use: every field but what the index holds.
 _LAZY = tuple(f.name for f in fields(VideoResult) if f.name not in ("status", "error", "n_frames"))
-#: A pending video's values of those fields (nothing is written to read).
-_PENDING = {name: getattr(VideoResult(), name) for name in _LAZY}
 
 
 class IndexedEntry(VideoEntry):
     """A :class:`VideoEntry` whose status, error and frame count come from the store's index; the rest of its result
-    (frame indices, timestamps, boxes, checksums, ...) is read from the video's attributes on first use."""
+    (frame indices, timestamps, boxes, checksums, ...) is read from the video's attributes on first use.
+
+    Made by :attr:`Store.videos` a whole column at a time: its ``__dict__`` holds the row's fields, status, frame
+    count and store, and ``error`` only where the index has one (the field's default, None, otherwise).
+    """
 
     locals().update({name: _Lazy() for name in _LAZY})  # one lazy attribute per field of _LAZY
 
@@ -167,8 +171,13 @@ class Store:
     @cached_property
     def manifest(self) -> tuple[ManifestRow, ...]:
         """Every video's manifest row, in order (the ``manifest/`` group, read once)."""
+        return self._columns.rows()
+
+    @cached_property
+    def _columns(self) -> ManifestColumns:
+        """The ``manifest/`` group as read, once: what :attr:`manifest` and every :attr:`videos` are built from."""
         with _backend_errors(self.path):
-            return read_manifest(self._root)
+            return read_columns(self._root)
 
     @cached_property
     def video_count(self) -> int:
@@ -178,9 +187,9 @@ class Store:
 
     def index(self) -> IndexState:
         """Every video's status, frame count and bytes on disk as the index says, in manifest order (read fresh)."""
-        def positions() -> dict[str, int]:
-            keys = [r.key for r in self.manifest] if "manifest" in self.__dict__ else read_keys(self._root)
-            return {k: i for i, k in enumerate(keys)}
+        def positions(wanted: set[str]) -> dict[str, int]:  # the logs' keys only: a dict of all is 3x slower
+            keys = self._columns.keys if "_columns" in self.__dict__ else read_keys(self._root)
+            return {key: at for at, key in enumerate(keys) if key in wanted}
 
         with _backend_errors(self.path):
             try:
@@ -277,32 +286,36 @@ class Store:
         Entries are :class:`IndexedEntry`: the rest of a result is read from the video's attributes on first use. A
         video the index has "writing" (a live writer, or one killed before its log line) is read from its attributes.
         """
-        return self.entries(self.index())
+        return self.videos_and_index()[0]
 
-    def entries(self, state: IndexState) -> list[VideoEntry]:
-        """:attr:`videos` as the index ``state`` (from :meth:`index`) says, for a caller that also needs the state."""
+    def videos_and_index(self) -> tuple[list[VideoEntry], IndexState]:
+        """:attr:`videos` and the index state they were made from, for a caller that also needs the state."""
+        _ = self._columns  # read before the index, whose log lines are placed by the manifest's keys
+        state = self.index()
         with paused_gc():
-            return self._entries(state)
+            return self._entries(state), state
 
     def _entries(self, state: IndexState) -> list[VideoEntry]:
-        codes, frames = state.status.tolist(), state.n_frames.tolist()
-        new, out = object.__new__, []
-        for at, row in enumerate(self.manifest):
-            status = INDEX_STATUSES[codes[at]]
-            if status == WRITING:
-                out.append(VideoEntry.of(row, self._result(row)))
-                continue
-            entry = new(IndexedEntry)
-            entry.__dict__.update(row.__dict__, status=status, error=state.errors.get(at), n_frames=frames[at],
-                                  _store=self)
-            if status == PENDING:
-                entry.__dict__.update(_PENDING)
-            out.append(entry)
+        cols = self._columns
+        status = list(map(INDEX_STATUSES.__getitem__, state.status.tolist()))
+        attrs = [{"id": i, "key": k, "path": p, "labels": lab, "splits": sp, "group": g, "fingerprint": f,
+                  "status": st, "n_frames": n, "_store": self}
+                 for i, k, p, lab, sp, g, f, st, n in zip(cols.ids, cols.keys, cols.paths, cols.labels, cols.splits(),
+                                                          cols.groups, cols.fingerprints, status,
+                                                          state.n_frames.tolist(), strict=True)]
+        # ten keys: a dict's smallest table for them (eleven, with error, double it and take 2.5x the time)
+        out: list[VideoEntry] = with_dicts(IndexedEntry, attrs)
+        for at, error in state.errors.items():
+            attrs[at]["error"] = error
+        for at in np.flatnonzero(state.status == INDEX_STATUSES.index(WRITING)).tolist():
+            row = cols.row(at)  # a live writer's, or one killed before its log line: its attributes say
+            out[at] = VideoEntry.of(row, self._result(row))
         return out
 
     @cached_property
-    def _by_id(self) -> dict[str, ManifestRow]:
-        return {row.id: row for row in self.manifest}
+    def _positions(self) -> dict[str, int]:
+        ids = self._columns.ids
+        return dict(zip(ids, range(len(ids)), strict=True))
 
     def video(self, video_id: str) -> VideoEntry:
         """The entry of one video, read fresh."""
@@ -310,10 +323,10 @@ class Store:
         return VideoEntry.of(row, self._result(row))
 
     def _row(self, video_id: str) -> ManifestRow:
-        try:
-            return self._by_id[video_id]
-        except KeyError:
-            raise StoreError(f"{self.path}: no video {video_id!r} in this store") from None
+        at = self._positions.get(video_id)
+        if at is None:
+            raise StoreError(f"{self.path}: no video {video_id!r} in this store")
+        return self._columns.row(at)
 
     def read(self, video_id: str, stream: str = "rgb", frames: slice | Sequence[int] | None = None) -> np.ndarray:
         """The stored array of one finished video: rgb / flow_cnn (frames, C, K, K), flow (frames, 2, H, W).

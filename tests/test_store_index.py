@@ -110,6 +110,30 @@ def test_videos_from_the_index_equal_the_attributes_and_pickle_whole(tmp_path):
     assert run_verify(path).ok
 
 
+def test_entries_made_a_column_at_a_time_equal_the_videos_read_one_by_one(tmp_path):
+    recs = [VideoRecord(id=f"v{i}", path=f"/v/{i}.avi", labels=(i % 3,) if i % 2 else (0, 2),
+                        splits={"1": "train", **({"2": ("test", "unused")[i % 2]} if i % 3 else {})},
+                        group="g" if i % 4 else None) for i in range(9)]
+    path = tmp_path / "s"
+    create_store(path, dataset="toy", classes=["a", "b", "c"], records=recs, config={}, streams={"rgb": {}})
+    writer = StoreWriter(path)
+    for i in (1, 2):
+        writer.write_video(video_key(f"v{i}"), arrays(i), result())
+    writer.index.append(video_key("v2"), "writing")  # as a writer killed mid-way logs it: its attributes say done
+    writer.write_failure(video_key("v3"), "no frames")
+    store = open_store(path)
+    videos = store.videos
+    assert [v.status for v in videos[:5]] == ["pending", "done", "done", "failed", "pending"]
+    assert videos == [store.video(r.id) for r in recs] and videos[3].error == "no frames"
+    assert [(v.labels, dict(v.splits), v.group) for v in videos] == [(r.labels, r.splits, r.group) for r in recs]
+    assert [v.row for v in videos] == list(store.manifest)
+    assert pickle.loads(pickle.dumps(videos[0])) == store.video("v0") and videos[0].frame_indices == ()
+    splits = videos[0].splits
+    assert isinstance(splits, dict)  # a plain dict, as VideoEntry.of makes it: it pickles and dumps to JSON
+    splits["1"] = "test"  # v0 and v3 have the same roles: each entry and row still has its own mapping
+    assert videos[3].splits["1"] == store.manifest[0].splits["1"] == store.videos[0].splits["1"] == "train"
+
+
 def test_two_writers_and_a_reader_keep_the_index_consistent(tmp_path):
     path = new_store(tmp_path / "s")
     writers = [writer_process(path, 0, N, 1), writer_process(path, N - 1, -1, -1)]  # from both ends: claims decide
