@@ -305,17 +305,18 @@ def _outcomes(future: Any, video_ids: list[str], by_id: dict[str, VideoRecord], 
     try:
         return future.result(), []
     except Exception as exc:
-        lost = isinstance(exc, DeviceLost)
-        replaced = isinstance(exc, DeviceLost) and exc.worker is not None and replace_worker(client, exc.worker)
-        if isinstance(exc, DeviceLost) and exc.inherited and replaced:  # refused by a dead worker, now replaced:
+        lost = exc if isinstance(exc, DeviceLost) else None
+        replaced = lost is not None and lost.worker is not None and replace_worker(client, lost.worker)
+        if lost is not None and lost.inherited and replaced:  # refused by a dead worker, now replaced:
             return [], list(video_ids)  # not this video's doing
         if len(video_ids) > 1:
             done = [v for v in video_ids if writer.status(video_key(v)) == DONE]
             frames = {v: open_store(store_path).video(v).n_frames for v in done}
             return [Outcome(v, DONE, frames=frames[v]) for v in done], [v for v in video_ids if v not in frames]
         video_id = video_ids[0]
-        reason = (f"{by_id[video_id].path}: {exc}; its worker was {'' if replaced else 'not '}replaced" if lost else
-                  f"{by_id[video_id].path}: worker died while extracting ({type(exc).__name__}: {exc})")
+        path = by_id[video_id].path
+        reason = (f"{path}: {exc}; its worker was {'' if replaced else 'not '}replaced" if lost is not None else
+                  f"{path}: worker died while extracting ({type(exc).__name__}: {exc})")
         with claim_video(store_path, video_key(video_id)) as held:
             if held:
                 writer.write_failure(video_key(video_id), reason)
