@@ -176,19 +176,29 @@ def _flock(path: Path, blocking: bool) -> Iterator[int | None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            unsupported = flock_where_supported(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             yield None
             return
-        except OSError as err:
-            if err.errno not in FLOCK_UNSUPPORTED:
-                raise
+        if unsupported:
             raise ClaimsUnsupported(
-                f"{path.parent}: this file system does not support flock ({os.strerror(err.errno)}), which claims "
-                "need here; extract with --claims scheduler (claims held on the run's Dask scheduler)") from None
+                f"{path.parent}: this file system does not support flock ({unsupported}), which claims need here; "
+                "extract with --claims scheduler (claims held on the run's Dask scheduler)")
         yield fd
     finally:
         os.close(fd)  # closing drops the lock
+
+
+def flock_where_supported(fd: int, operation: int) -> str | None:
+    """``fcntl.flock(fd, operation)``; where the file system has no flock (:data:`FLOCK_UNSUPPORTED`) nothing is
+    locked and the reason is returned, else None. Any other error is raised (BlockingIOError: another holds it)."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as err:
+        if err.errno not in FLOCK_UNSUPPORTED:
+            raise
+        return os.strerror(err.errno)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- Dask scheduler
@@ -223,16 +233,16 @@ def _acquire(server: Any, name: str, blocking: bool) -> tuple[Any, bool]:
     """A Semaphore of one lease named ``name`` on ``server``'s scheduler, and whether its lease was granted."""
     from distributed import Semaphore
 
-    for _ in range(_TRIES - 1):
+    tries = 1
+    while True:
         semaphore = Semaphore(max_leases=1, name=name, scheduler_rpc=server.scheduler, loop=server.loop)
         try:
             return semaphore, cast(bool, semaphore.acquire(timeout=None if blocking else 0))
         except RuntimeError as err:  # "Semaphore or Lock ... not known": its holder closed it after we registered it
             _stop_refreshing(semaphore)
-            if "not known" not in str(err):
+            if "not known" not in str(err) or tries == _TRIES:
                 raise
-    semaphore = Semaphore(max_leases=1, name=name, scheduler_rpc=server.scheduler, loop=server.loop)
-    return semaphore, cast(bool, semaphore.acquire(timeout=None if blocking else 0))
+            tries += 1
 
 
 def _stop_refreshing(semaphore: Any) -> None:

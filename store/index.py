@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from glimpse.files import atomic_writer
-from glimpse.store.claims import FLOCK_UNSUPPORTED, store_lock
+from glimpse.store.claims import flock_where_supported, store_lock
 from glimpse.store.schema import DONE, FAILED, PENDING, WRITING
 from glimpse.store.video_files import video_bytes as file_bytes
 
@@ -237,11 +237,8 @@ class IndexLog:
         self.folder.mkdir(exist_ok=True)
         name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}{LOG_SUFFIX}"
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # shared: compact's exclusive try fails while this process lives
-        except OSError as err:  # a file system without flock: compact keeps every log (see _writer_gone)
-            if err.errno not in FLOCK_UNSUPPORTED:
-                raise
+        # shared: compact's exclusive try fails while this process lives; without flock compact keeps every log
+        flock_where_supported(fd, fcntl.LOCK_SH)
         self._fd, self._pid = fd, os.getpid()
 
     def close(self) -> None:
@@ -260,13 +257,8 @@ def _writer_gone(path: Path) -> bool:
     except FileNotFoundError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        return flock_where_supported(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) is None  # unsupported: never known gone
     except BlockingIOError:
-        return False
-    except OSError as err:
-        if err.errno not in FLOCK_UNSUPPORTED:
-            raise
         return False
     finally:
         os.close(fd)
